@@ -1,0 +1,241 @@
+"""RoutingEvent: the atomic log record, one per (step, layer, mode).
+
+It records the *actual dispatch* (tokens each expert processed, after
+capacity drops), not the router's preferences. ``token_count`` is derived as
+``sum(expert_token_counts)``, never from ``batch * seq_len``, so it agrees
+with what the experts really saw.
+
+Counts are held as a read-only ``int64`` numpy array, so that windows of
+thousands of events aggregate without per-element Python work; JSON carries
+them as a list of integers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+Mode = Literal["TRAIN", "INFER"]
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    """Array view of a list, tuple, numpy array or torch tensor (torch is not imported)."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _as_counts(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray) and value.dtype == np.int64 and not value.flags.writeable:
+        return value  # already validated (a view handed out by another record)
+    array = _to_numpy(value)
+    if array.ndim != 1:
+        raise ValueError(f"must be a 1-D sequence of per-expert counts, got shape {array.shape}")
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
+        raise ValueError(f"must hold integers, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating):
+        bad = ~np.isfinite(array) | (array != np.round(array))
+        if bad.any():
+            index = int(np.argmax(bad))
+            raise ValueError(f"element [{index}] = {array[index].item()!r} is not an integer count")
+    if array.size and array.min() < 0:
+        index = int(np.argmin(array))
+        raise ValueError(f"element [{index}] = {array[index].item()!r} is negative")
+    counts = array.astype(np.int64)
+    counts.flags.writeable = False
+    return counts
+
+
+def _as_floats(value: Any) -> np.ndarray:
+    array = _to_numpy(value).astype(np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"must be a 1-D sequence, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        index = int(np.argmax(~np.isfinite(array)))
+        raise ValueError(f"element [{index}] = {array[index].item()!r} is not finite")
+    array.flags.writeable = False
+    return array
+
+
+def _integer(value: Any) -> int:
+    """Accept Python and numpy integers (not bools, not floats, not strings)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"must be an integer, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def _integer_list(array: np.ndarray) -> list[int]:
+    return array.tolist()
+
+
+Integer = Annotated[int, BeforeValidator(_integer)]
+"""An integer field that refuses floats, bools and numeric strings."""
+
+
+CountsArray = Annotated[
+    np.ndarray,
+    BeforeValidator(_as_counts),
+    PlainSerializer(_integer_list, return_type=list[int]),
+    WithJsonSchema({"type": "array", "items": {"type": "integer", "minimum": 0}}),
+]
+"""Per-expert token counts: 1-D, non-negative integers, stored as read-only int64."""
+
+FloatArray = Annotated[
+    np.ndarray,
+    BeforeValidator(_as_floats),
+    PlainSerializer(_integer_list, return_type=list[float]),
+    WithJsonSchema({"type": "array", "items": {"type": "number"}}),
+]
+"""1-D finite floats, stored as read-only float64."""
+
+
+def finite_or_none(name: str, value: float | None) -> float | None:
+    """Reject NaN and infinities in an optional float field, naming it."""
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+class Record(BaseModel):
+    """Base of every ChronoMoE record: frozen, strict about unknown fields.
+
+    Equality compares array fields element-wise (pydantic's default would
+    raise on numpy arrays).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        for name in type(self).model_fields:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if isinstance(mine, np.ndarray) or isinstance(theirs, np.ndarray):
+                if not np.array_equal(mine, theirs):
+                    return False
+            elif mine != theirs:
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class RoutingEvent(Record):
+    """Actual dispatch of one MoE layer at one step.
+
+    Fields:
+        timestamp: unix time in seconds when the event was recorded.
+        run_id: run identifier.
+        step: training step (>= 0).
+        mode: ``"TRAIN"`` or ``"INFER"`` (``model.eval()`` forwards).
+        layer_id: MoE layer index (>= 0).
+        n_experts: experts in the layer (>= 1).
+        top_k: experts each token is routed to, in ``1..n_experts``.
+        expert_token_counts: ``[n_experts]`` tokens each expert processed.
+        active_experts: indices whose count is > 0 (derived when omitted;
+            rejected when it disagrees with the counts).
+        token_count: ``sum(expert_token_counts)`` (derived; rejected when a
+            given value disagrees).
+        router_prob_sums: optional ``[n_experts]`` sum of router
+            probabilities per expert over the step's tokens.
+        loss, aux_loss: optional finite losses at this step.
+    """
+
+    timestamp: float = Field(default_factory=time.time)
+    run_id: str = Field(min_length=1)
+    step: Integer = Field(ge=0)
+    mode: Mode = "TRAIN"
+    layer_id: Integer = Field(ge=0)
+    n_experts: Integer = Field(ge=1)
+    top_k: Integer = Field(ge=1)
+    expert_token_counts: CountsArray
+    active_experts: tuple[int, ...] | None = None
+    token_count: int | None = None
+    router_prob_sums: FloatArray | None = None
+    loss: float | None = None
+    aux_loss: float | None = None
+
+    @field_validator("loss", "aux_loss", "timestamp")
+    @classmethod
+    def _finite(cls, value: float | None, info: Any) -> float | None:
+        return finite_or_none(info.field_name, value)
+
+    @model_validator(mode="after")
+    def _derive_and_check(self) -> "RoutingEvent":
+        counts = self.expert_token_counts
+        if self.top_k > self.n_experts:
+            raise ValueError(f"top_k={self.top_k} must be in 1..n_experts={self.n_experts}")
+        if counts.shape[0] != self.n_experts:
+            raise ValueError(
+                f"expert_token_counts has {counts.shape[0]} entries, n_experts={self.n_experts}"
+            )
+        if self.router_prob_sums is not None and self.router_prob_sums.shape[0] != self.n_experts:
+            raise ValueError(
+                f"router_prob_sums has {self.router_prob_sums.shape[0]} entries, "
+                f"n_experts={self.n_experts}"
+            )
+        active = tuple(np.flatnonzero(counts).tolist())
+        if self.active_experts is not None and tuple(self.active_experts) != active:
+            raise ValueError(
+                f"active_experts={list(self.active_experts)} disagrees with the counts, "
+                f"whose non-zero experts are {list(active)}"
+            )
+        total = int(counts.sum())
+        if self.token_count is not None and self.token_count != total:
+            raise ValueError(
+                f"token_count={self.token_count} disagrees with sum(expert_token_counts)={total}"
+            )
+        # Frozen model: derived fields are filled in once, here.
+        self.__dict__["active_experts"] = active
+        self.__dict__["token_count"] = total
+        return self
+
+    @classmethod
+    def from_router_output(
+        cls,
+        run_id: str,
+        step: int,
+        mode: Mode,
+        layer_id: int,
+        used_capacity: Any,
+        n_experts: int,
+        top_k: int,
+        **fields: Any,
+    ) -> "RoutingEvent":
+        """Build an event from a router's per-expert dispatch counts.
+
+        ``used_capacity`` is ``[n_experts]`` tokens each expert processed
+        after capacity drops (a torch tensor on any device, a numpy array or a
+        list). Copying a CUDA tensor here synchronises with the device: in a
+        training loop prefer :meth:`chronomoe.Monitor.record`, which does not.
+        Extra keyword fields (``loss``, ``router_prob_sums``, ...) pass through.
+        """
+        return cls(
+            run_id=run_id,
+            step=step,
+            mode=mode,
+            layer_id=layer_id,
+            n_experts=n_experts,
+            top_k=top_k,
+            expert_token_counts=used_capacity,
+            **fields,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the seed's serialisation method)."""
+        return self.model_dump(mode="json")

@@ -1,0 +1,250 @@
+"""Routing-topology metrics: pure numpy functions, no state, no I/O.
+
+Two forms of every metric:
+
+* the seed's per-layer functions (``compute_entropy(shares)`` and friends),
+  which take one layer's 1-D array and return a Python scalar;
+* :func:`layer_metrics_batch`, which takes a counts matrix
+  ``[n_layers, max_experts]`` (layers may have different expert counts, given
+  by ``n_experts``; columns at or beyond a layer's ``n_experts`` are padding and
+  must be zero) and returns every metric for every layer in one vectorised
+  call, with no Python loop over layers.
+
+Units and conventions (both forms agree; a hypothesis test pins it):
+
+* shares are fractions of the window's dispatched tokens, in [0, 1], summing
+  to 1 over a layer's experts; a layer with no tokens has all-zero shares;
+* entropy is Shannon entropy in nats over the non-zero shares, in
+  [0, log(active experts)];
+* ``n_effective = exp(entropy)``, in [1, n_experts] for a layer with tokens;
+* ``top2_share`` is the sum of the two largest shares (the only share for a
+  one-expert layer);
+* dead means ``share == 0`` exactly (strict); nearly dead means
+  ``0 < share < nearly_dead_threshold`` (0.01 by default);
+* Gini coefficient of the shares, 0 for perfect balance, ``(n-1)/n`` when one
+  expert takes everything.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .events import RoutingEvent
+
+NEARLY_DEAD_THRESHOLD = 0.01
+"""Default share below which a non-dead expert counts as nearly dead."""
+
+
+def _counts_from_events(events: Iterable["RoutingEvent"], layer_id: int) -> np.ndarray:
+    layer_counts = [e.expert_token_counts for e in events if e.layer_id == layer_id]
+    if not layer_counts:
+        return np.zeros(0, dtype=np.int64)
+    return np.sum(layer_counts, axis=0, dtype=np.int64)
+
+
+def compute_utilization_shares(
+    counts_or_events: "np.ndarray | Sequence[int] | Sequence[RoutingEvent]",
+    layer_id: int | None = None,
+) -> np.ndarray:
+    """Fraction of the window's dispatched tokens each expert received.
+
+    Accepts a 1-D counts array, or (the seed's form) a list of routing events
+    and the ``layer_id`` whose counts are summed. Returns float64 shares of
+    length ``n_experts`` summing to 1, all zeros when no token was dispatched,
+    and an empty array when ``layer_id`` has no events.
+    """
+    if layer_id is not None:
+        counts = _counts_from_events(counts_or_events, layer_id)  # type: ignore[arg-type]
+    else:
+        counts = np.asarray(counts_or_events)
+    counts = counts.astype(np.float64, copy=False)
+    total = counts.sum()
+    if total == 0:
+        return np.zeros_like(counts)
+    return counts / total
+
+
+def compute_entropy(shares: np.ndarray) -> float:
+    """Shannon entropy (nats) of the non-zero shares; 0.0 for an empty or all-zero layer."""
+    shares = np.asarray(shares, dtype=np.float64)
+    positive = shares[shares > 0]
+    return float(-np.sum(positive * np.log(positive)))
+
+
+def compute_n_effective(entropy: float) -> float:
+    """Effective number of experts, ``exp(entropy)``: n for n balanced experts, 1 for one."""
+    return float(np.exp(entropy))
+
+
+def compute_top2_share(shares: np.ndarray) -> float:
+    """Sum of the two largest shares (the single share of a one-expert layer)."""
+    shares = np.asarray(shares, dtype=np.float64)
+    if shares.size <= 2:
+        return float(shares.sum())
+    top_two = np.partition(shares, shares.size - 2)[-2:]
+    return float(top_two.sum())
+
+
+def count_dead_experts(shares: np.ndarray) -> int:
+    """Experts with exactly zero share over the window (strict definition)."""
+    return int(np.count_nonzero(np.asarray(shares) == 0))
+
+
+def count_nearly_dead_experts(shares: np.ndarray, threshold: float = NEARLY_DEAD_THRESHOLD) -> int:
+    """Experts with ``0 < share < threshold``: alive, but barely."""
+    shares = np.asarray(shares)
+    return int(np.count_nonzero((shares > 0) & (shares < threshold)))
+
+
+def compute_gini_coefficient(shares: np.ndarray) -> float:
+    """Gini coefficient of the shares: 0 for equal use, (n-1)/n when one expert takes all."""
+    shares = np.sort(np.asarray(shares, dtype=np.float64))
+    n = shares.size
+    total = shares.sum()
+    if n == 0 or total == 0:
+        return 0.0
+    ranks = np.arange(1, n + 1)
+    return float(2.0 * np.dot(ranks, shares) / (n * total) - (n + 1) / n)
+
+
+def compute_layer_metrics(
+    counts_or_events: "np.ndarray | Sequence[int] | Sequence[RoutingEvent]",
+    layer_id: int | None = None,
+) -> tuple[np.ndarray, float, float, float, int, int]:
+    """The seed's bundle: ``(shares, entropy, n_effective, top2_share, dead, nearly_dead)``.
+
+    Takes a counts array, or a list of events and a ``layer_id``. A layer with
+    no events yields ``(empty array, 0.0, 0.0, 0.0, 0, 0)`` as in the seed.
+    """
+    shares = compute_utilization_shares(counts_or_events, layer_id)
+    if shares.size == 0:
+        return shares, 0.0, 0.0, 0.0, 0, 0
+    entropy = compute_entropy(shares)
+    return (
+        shares,
+        entropy,
+        compute_n_effective(entropy),
+        compute_top2_share(shares),
+        count_dead_experts(shares),
+        count_nearly_dead_experts(shares),
+    )
+
+
+class LayerMetricsBatch(NamedTuple):
+    """Every metric of every layer; arrays indexed by layer position.
+
+    Shapes: ``L`` layers, ``E`` = the widest layer's expert count. Float
+    metrics are NaN and counts are 0 for a layer with no dispatched tokens
+    (``no_data``).
+    """
+
+    n_experts: np.ndarray  # [L] int64
+    token_count: np.ndarray  # [L] int64, sum of the layer's counts
+    shares: np.ndarray  # [L, E] float64, zero in padding columns
+    entropy: np.ndarray  # [L] float64, nats
+    n_effective: np.ndarray  # [L] float64
+    top2_share: np.ndarray  # [L] float64
+    dead_count: np.ndarray  # [L] int64
+    nearly_dead_count: np.ndarray  # [L] int64
+    gini: np.ndarray  # [L] float64
+    no_data: np.ndarray  # [L] bool
+
+
+def pad_counts(rows: Sequence[np.ndarray | Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack ragged per-layer count vectors into a zero-padded matrix.
+
+    Returns ``(counts [L, max_experts] int64, n_experts [L] int64)``.
+    """
+    n_experts = np.array([len(row) for row in rows], dtype=np.int64)
+    width = int(n_experts.max()) if n_experts.size else 0
+    counts = np.zeros((len(rows), width), dtype=np.int64)
+    for position, row in enumerate(rows):
+        counts[position, : len(row)] = row
+    return counts, n_experts
+
+
+def layer_metrics_batch(
+    counts: np.ndarray,
+    n_experts: np.ndarray | Sequence[int] | None = None,
+    nearly_dead_threshold: float = NEARLY_DEAD_THRESHOLD,
+) -> LayerMetricsBatch:
+    """All metrics for all layers of a counts matrix in one vectorised pass.
+
+    Args:
+        counts: ``[L, E]`` non-negative token counts per layer and expert.
+        n_experts: ``[L]`` expert count of each layer (default: ``E`` for all);
+            padding columns (index >= n_experts) must hold zeros.
+        nearly_dead_threshold: share below which a live expert is nearly dead.
+    """
+    counts = np.asarray(counts)
+    if counts.ndim != 2:
+        raise ValueError(f"counts must be a [n_layers, n_experts] matrix, got shape {counts.shape}")
+    n_layers, width = counts.shape
+    if n_experts is None:
+        n_experts = np.full(n_layers, width, dtype=np.int64)
+    n_experts = np.asarray(n_experts, dtype=np.int64)
+    valid = np.arange(width)[None, :] < n_experts[:, None]
+
+    token_count = counts.sum(axis=1, dtype=np.int64)
+    no_data = token_count == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shares = np.where(no_data[:, None], 0.0, counts / token_count[:, None].astype(np.float64))
+        plogp = np.where(shares > 0, shares * np.log(np.where(shares > 0, shares, 1.0)), 0.0)
+    entropy = -plogp.sum(axis=1)
+    n_effective = np.exp(entropy)
+
+    if width >= 2:
+        top2_share = np.partition(shares, width - 2, axis=1)[:, -2:].sum(axis=1)
+    else:
+        top2_share = shares.sum(axis=1)
+
+    dead_count = np.count_nonzero((shares == 0) & valid, axis=1).astype(np.int64)
+    nearly_dead_count = np.count_nonzero(
+        (shares > 0) & (shares < nearly_dead_threshold), axis=1
+    ).astype(np.int64)
+
+    # Gini on the ascending sort of each row; padding sorts first (below any
+    # share) so a layer's k-th smallest valid share sits at column E - n + k.
+    ordered = np.sort(np.where(valid, shares, -1.0), axis=1)
+    rank = np.arange(1, width + 1)[None, :] - (width - n_experts)[:, None]
+    weighted = np.where(rank > 0, rank * ordered, 0.0).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gini = 2.0 * weighted / n_experts - (n_experts + 1) / n_experts
+
+    nan = np.nan
+    return LayerMetricsBatch(
+        n_experts=n_experts,
+        token_count=token_count,
+        shares=shares,
+        entropy=np.where(no_data, nan, entropy),
+        n_effective=np.where(no_data, nan, n_effective),
+        top2_share=np.where(no_data, nan, top2_share),
+        dead_count=np.where(no_data, 0, dead_count),
+        nearly_dead_count=np.where(no_data, 0, nearly_dead_count),
+        gini=np.where(no_data, nan, gini),
+        no_data=no_data,
+    )
+
+
+def sum_counts_by_layer(
+    layer_positions: np.ndarray, rows: np.ndarray, n_layers: int
+) -> np.ndarray:
+    """Sum count rows into per-layer totals: ``out[l] = rows[layer_positions == l].sum(0)``.
+
+    ``rows`` is ``[N, E]``; returns ``[n_layers, E]`` int64. Order of the rows
+    does not matter. When rows come step-major in a fixed layer order (what
+    the recorder and the writer produce), the sum is a reshape and one
+    reduction instead of a scatter.
+    """
+    n_rows, width = rows.shape
+    if n_rows and n_rows % n_layers == 0:
+        steps = n_rows // n_layers
+        regular = np.array_equal(layer_positions, np.tile(np.arange(n_layers), steps))
+        if regular:
+            return rows.reshape(steps, n_layers, width).sum(axis=0, dtype=np.int64)
+    totals = np.zeros((n_layers, width), dtype=np.int64)
+    np.add.at(totals, layer_positions, rows)
+    return totals

@@ -1,0 +1,352 @@
+"""Monitor: the one object a training loop uses.
+
+capture -> snapshot -> alert machines -> bus -> subscribers (writer, lens,
+controller, user handlers). Two ways to feed it:
+
+* **events or counts you already have**: ``monitor.observe(events_or_counts,
+  step, train_loss, val_loss)`` builds, publishes and writes a snapshot;
+* **sync-free capture from the model**: ``monitor.attach(model)`` (or
+  ``monitor.record(layer_id, indices=...)`` from your own code), then
+  ``monitor.step(step)`` at the end of each training step and
+  ``monitor.snapshot(step, train_loss, val_loss)`` at your evaluation cadence.
+
+Either way, each snapshot publishes its transitions (layer order) on
+``"transition"``, then itself on ``"snapshot"``; the writer is the first
+snapshot subscriber, so a snapshot is on disk before any user handler runs.
+A handler stops the run with :meth:`Monitor.request_stop`; the training loop
+checks :attr:`Monitor.should_stop`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from .alerts import AlertBank, AlertRules, AlertState
+from .bus import EventBus
+from .controller import Controller, NoOpController, connect
+from .errors import InvalidInputError
+from .events import RoutingEvent
+from .io import TelemetryWriter, create_run_manifest
+from .snapshots import SystemSnapshot, build_snapshot, validate_counts_matrix, window_counts
+
+if TYPE_CHECKING:
+    import torch
+
+    from .capture.recorder import RoutingRecorder, StagedSteps
+    from .lens import ChronoLens
+
+logger = logging.getLogger(__name__)
+
+MODES = ("TRAIN", "INFER")
+STATE_DICT_VERSION = 1
+
+
+class Monitor:
+    """Routing telemetry for one run.
+
+    Args:
+        run_id: run identifier (the run folder's name when writing).
+        output_dir: parent folder of run folders; ``None`` writes nothing.
+        model_name: recorded in snapshots and the manifest.
+        rules: alert rules (default: ``specs/default_rules.json``).
+        n_experts: experts of each MoE layer, for :meth:`record` without
+            :meth:`attach` (``attach`` finds them itself).
+        top_k: experts per token, for ``record(counts=...)`` events.
+        controller: subscribed to the bus (default :class:`NoOpController`;
+            ``None`` for none).
+        lens: a :class:`~chronomoe.lens.ChronoLens` following the bus
+            (default: an :class:`~chronomoe.lens.IdentityLens`; ``None`` for none).
+        strict_handlers: let handler exceptions propagate (for tests).
+        write_events: also write ``routing_events.jsonl`` (per step and layer).
+        fsync: ``fsync`` the run's files after every snapshot.
+        capacity: steps the recorder stages on the device between drains.
+        config: free-form run configuration stored in the manifest.
+    """
+
+    def __init__(
+        self,
+        run_id: str = "run",
+        output_dir: str | os.PathLike | None = None,
+        model_name: str = "",
+        rules: AlertRules | None = None,
+        *,
+        n_experts: Sequence[int] | None = None,
+        top_k: int | Sequence[int] = 1,
+        controller: Controller | None | str = "noop",
+        lens: "ChronoLens | None | str" = "identity",
+        strict_handlers: bool = False,
+        write_events: bool = True,
+        fsync: bool = False,
+        capacity: int = 128,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.model_name = model_name
+        self.rules = rules if rules is not None else AlertRules.default()
+        self.bus = EventBus(strict=strict_handlers)
+        self.banks = {mode: AlertBank(self.rules) for mode in MODES}
+        self.write_events = write_events
+        self.capacity = capacity
+        self.stop_reason: str | None = None
+        self.last_snapshot: SystemSnapshot | None = None
+        self.recorder: RoutingRecorder | None = None
+        self._recorder_layout: tuple[list[int], list[int], int | Sequence[int]] | None = None
+        if n_experts is not None:
+            self._recorder_layout = (list(range(len(n_experts))), [int(n) for n in n_experts], top_k)
+        self._window: np.ndarray | None = None  # [2, L, width] counts since the last snapshot
+        self._window_calls: np.ndarray | None = None  # [2, L] record calls since the last snapshot
+        self._attachment = None
+
+        self.writer: TelemetryWriter | None = None
+        if output_dir is not None:
+            self.writer = TelemetryWriter(run_id, output_dir, fsync=fsync)
+            self.writer.write_manifest(
+                create_run_manifest(run_id, model_name, config, rules=self.rules.model_dump())
+            )
+            self.bus.subscribe("snapshot", self.writer.write_snapshot)
+
+        self.controller = NoOpController() if controller == "noop" else controller
+        if self.controller is not None:
+            connect(self.bus, self.controller)
+        if lens == "identity":
+            from .lens import IdentityLens
+
+            lens = IdentityLens()
+        self.lens = lens
+        if self.lens is not None:
+            self.lens.follow(self.bus)
+
+    # -- stopping -------------------------------------------------------------
+    @property
+    def should_stop(self) -> bool:
+        """True once a handler called :meth:`request_stop`."""
+        return self.stop_reason is not None
+
+    def request_stop(self, reason: str = "requested by a handler") -> None:
+        """Ask the training loop to stop (e.g. from a handler on confirmed collapse)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            logger.warning("run %s: stop requested: %s", self.run_id, reason)
+
+    def state(self, layer_id: int, mode: str = "TRAIN") -> AlertState:
+        """Current alert state of ``layer_id`` (``nominal`` for a layer never seen)."""
+        bank = self.banks[mode]
+        return bank[layer_id].alert_state if layer_id in bank else AlertState.NOMINAL
+
+    # -- path 1: events or counts in hand ------------------------------------
+    def observe(
+        self,
+        events_or_counts: Sequence[RoutingEvent] | np.ndarray | Sequence[Sequence[int]],
+        step: int,
+        train_loss: float | None = None,
+        val_loss: float | None = None,
+        *,
+        mode: str = "TRAIN",
+        n_layers: int | None = None,
+    ) -> SystemSnapshot:
+        """Snapshot a window given as routing events or as summed counts ``[n_layers, n_experts]``."""
+        items = list(events_or_counts) if not isinstance(events_or_counts, np.ndarray) else events_or_counts
+        if isinstance(items, list) and items and isinstance(items[0], RoutingEvent):
+            if self.writer is not None and self.write_events:
+                self.writer.write_events_batch(items)
+            window = [event for event in items if event.mode == mode]
+            counts, n_experts, layer_ids = window_counts(window, n_layers)
+        else:
+            counts, n_experts = validate_counts_matrix(items)
+            layer_ids = np.arange(len(counts))
+        return self._publish_snapshot(mode, counts, n_experts, layer_ids, step, train_loss, val_loss)
+
+    def _publish_snapshot(
+        self, mode, counts, n_experts, layer_ids, step, train_loss, val_loss, timestamp=None
+    ) -> SystemSnapshot:
+        snapshot = build_snapshot(
+            self.banks[mode], counts, n_experts, layer_ids, step=step, run_id=self.run_id,
+            model_name=self.model_name, mode=mode, train_loss=train_loss, val_loss=val_loss,
+            timestamp=timestamp,
+        )
+        for transition in snapshot.transitions:
+            self.bus.publish("transition", transition)
+        self.bus.publish("snapshot", snapshot)
+        if mode == "TRAIN":
+            self.last_snapshot = snapshot
+        return snapshot
+
+    # -- path 2: sync-free capture ---------------------------------------------
+    def configure_capture(
+        self,
+        n_experts: Sequence[int],
+        layer_ids: Sequence[int] | None = None,
+        top_k: int | Sequence[int] = 1,
+        device: "torch.device | str | None" = None,
+    ) -> None:
+        """Declare the MoE layers to record (``attach`` calls this). Buffers are made on first record."""
+        if self.recorder is not None and self.recorder.pending_steps:
+            raise InvalidInputError("n_experts", list(n_experts), "cannot change layers in the middle of a window")
+        ids = list(range(len(n_experts))) if layer_ids is None else [int(i) for i in layer_ids]
+        self._recorder_layout = (ids, [int(n) for n in n_experts], top_k)
+        self.recorder = None
+        if device is not None:
+            self._make_recorder(device)
+
+    def _make_recorder(self, device: "torch.device | str") -> "RoutingRecorder":
+        from .capture.recorder import RoutingRecorder
+
+        if self._recorder_layout is None:
+            raise InvalidInputError(
+                "n_experts", None, "unknown: pass Monitor(n_experts=[...]) or call monitor.attach(model) before record()"
+            )
+        layer_ids, n_experts, top_k = self._recorder_layout
+        self.recorder = RoutingRecorder(
+            n_experts, device, layer_ids=layer_ids, top_k=top_k, capacity=self.capacity,
+            reduce=self._reduce_hook(),
+        )
+        return self.recorder
+
+    def _reduce_hook(self) -> Callable[["torch.Tensor"], None] | None:
+        """Cross-rank reduction of staged counts (none for a single process)."""
+        return None
+
+    def record(
+        self,
+        layer_id: int,
+        indices: "torch.Tensor | None" = None,
+        counts: "torch.Tensor | None" = None,
+        mode: str = "TRAIN",
+    ) -> None:
+        """Add one forward's dispatch of ``layer_id`` (sync-free); see :class:`~chronomoe.capture.RoutingRecorder`."""
+        recorder = self.recorder
+        if recorder is None:
+            tensor = indices if indices is not None else counts
+            recorder = self._make_recorder(getattr(tensor, "device", "cpu"))
+        recorder.record(layer_id, indices=indices, counts=counts, mode=mode)
+
+    def step(self, step: int) -> None:
+        """End of training step ``step``: stage its counts (sync-free unless the staging ring is full)."""
+        if self.recorder is None:
+            return
+        chunk = self.recorder.end_step(step)
+        if chunk is not None:
+            self._consume(chunk)
+
+    def snapshot(
+        self, step: int, train_loss: float | None = None, val_loss: float | None = None
+    ) -> SystemSnapshot:
+        """Close the window: drain the recorder, write its events, snapshot TRAIN (and INFER if any)."""
+        if self.recorder is None:
+            raise InvalidInputError("recorder", None, "nothing recorded yet: call record()/attach() and step() first")
+        self._consume(self.recorder.drain())
+        window, calls = self._window, self._window_calls
+        self._window = self._window_calls = None
+        recorder = self.recorder
+        n_experts = np.asarray(recorder.n_experts, dtype=np.int64)
+        layer_ids = np.asarray(recorder.layer_ids, dtype=np.int64)
+        if window is None:
+            window = np.zeros((len(MODES), recorder.n_layers, recorder.width), dtype=np.int64)
+            calls = np.zeros((len(MODES), recorder.n_layers), dtype=np.int64)
+        if calls[MODES.index("INFER")].any():
+            self._publish_snapshot("INFER", window[1], n_experts, layer_ids, step, None, val_loss)
+        return self._publish_snapshot("TRAIN", window[0], n_experts, layer_ids, step, train_loss, val_loss)
+
+    def _consume(self, chunk: "StagedSteps") -> None:
+        """Fold a drained chunk into the window and write its events."""
+        if not chunk.steps:
+            return
+        negative = chunk.counts < 0
+        if negative.any():
+            logger.error("negative counts recorded (counts= input); %d entries clipped to 0", int(negative.sum()))
+            np.clip(chunk.counts, 0, None, out=chunk.counts)
+        totals, calls = chunk.window_totals(), chunk.calls.sum(axis=0)
+        self._window = totals if self._window is None else self._window + totals
+        self._window_calls = calls if self._window_calls is None else self._window_calls + calls
+        if self.writer is not None and self.write_events:
+            self.writer.write_events_batch(self._events_of(chunk))
+
+    def _events_of(self, chunk: "StagedSteps") -> list[RoutingEvent]:
+        """One RoutingEvent per recorded (step, mode, layer) of a chunk, in that order."""
+        recorder = self.recorder
+        counts = chunk.counts
+        counts.flags.writeable = False
+        events = []
+        for step_index, mode_index, position in np.argwhere(chunk.calls > 0).tolist():
+            width = recorder.n_experts[position]
+            row = counts[step_index, mode_index, position, :width]
+            events.append(
+                RoutingEvent.model_construct(
+                    timestamp=chunk.timestamps[step_index], run_id=self.run_id,
+                    step=chunk.steps[step_index], mode=MODES[mode_index],
+                    layer_id=recorder.layer_ids[position], n_experts=width,
+                    top_k=min(recorder.top_k[position], width), expert_token_counts=row,
+                    active_experts=tuple(np.flatnonzero(row).tolist()), token_count=int(row.sum()),
+                    router_prob_sums=None, loss=None, aux_loss=None,
+                )
+            )
+        return events
+
+    # -- model attachment --------------------------------------------------------
+    def attach(self, model: "torch.nn.Module", **options: Any):
+        """Find the MoE layers of ``model`` and record their dispatch with forward hooks.
+
+        See :func:`chronomoe.capture.attach` for ``options`` (custom extractors,
+        module filters). Returns the attachment (its ``layers`` say what was found).
+        """
+        from .capture.adapters import attach
+
+        if self._attachment is not None:
+            self.detach()
+        self._attachment = attach(model, self, **options)
+        return self._attachment
+
+    def detach(self) -> None:
+        """Remove the hooks installed by :meth:`attach`."""
+        if self._attachment is not None:
+            self._attachment.remove()
+            self._attachment = None
+
+    # -- checkpointing -------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume mid-window: alert states and streaks, the partial window."""
+        return {
+            "version": STATE_DICT_VERSION,
+            "run_id": self.run_id,
+            "rules": self.rules.model_dump(),
+            "banks": {mode: bank.state_dict() for mode, bank in self.banks.items()},
+            "stop_reason": self.stop_reason,
+            "window": None if self._window is None else self._window.copy(),
+            "window_calls": None if self._window_calls is None else self._window_calls.copy(),
+            "recorder": None if self.recorder is None else self.recorder.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (configure/attach the same layers first when recording)."""
+        if state.get("version") != STATE_DICT_VERSION:
+            raise InvalidInputError("state.version", state.get("version"), f"expected {STATE_DICT_VERSION}")
+        if AlertRules.model_validate(state["rules"]) != self.rules:
+            logger.warning("resuming run %s with different alert rules than its checkpoint", self.run_id)
+        for mode, bank_state in state["banks"].items():
+            self.banks[mode].load_state_dict(bank_state)
+        self.stop_reason = state["stop_reason"]
+        self._window = None if state["window"] is None else np.asarray(state["window"], dtype=np.int64)
+        self._window_calls = None if state["window_calls"] is None else np.asarray(state["window_calls"], dtype=np.int64)
+        if state["recorder"] is not None:
+            recorder_state = state["recorder"]
+            if self.recorder is None:
+                if self._recorder_layout is None:
+                    self._recorder_layout = (recorder_state["layer_ids"], recorder_state["n_experts"], 1)
+                self._make_recorder("cpu" if self._attachment is None else self._attachment.device)
+            self.recorder.load_state_dict(recorder_state)
+
+    def close(self) -> None:
+        """Remove hooks and close files."""
+        self.detach()
+        if self.writer is not None:
+            self.writer.close()
+
+    def __enter__(self) -> "Monitor":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

@@ -1,0 +1,363 @@
+"""LayerSnapshot and SystemSnapshot: the periodic summary, the regression contract.
+
+A snapshot summarises a *window* (the events since the previous snapshot):
+per layer it sums the dispatched tokens per expert, computes every metric of
+:mod:`chronomoe.metrics` on the sums, steps the layer's alert machine, and
+lists the alerts of the layers that are in an alert state.
+
+* A layer whose window dispatched no token is ``no_data``: its metrics are
+  ``None``, its alert machine neither advances nor resets, and it raises no
+  alert.
+* A ``collapse_confirmed`` layer reports ``COLLAPSE_CONFIRMED`` only (it
+  inhibits its ``PRE_COLLAPSE``).
+* Alert strings start with ``PRE_COLLAPSE`` or ``COLLAPSE_CONFIRMED`` and
+  name the layer and its metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from .alerts import AlertBank, AlertRules, AlertState, AlertTransition
+from .errors import InvalidInputError
+from .events import CountsArray, FloatArray, Integer, Mode, Record, RoutingEvent, finite_or_none
+from .metrics import LayerMetricsBatch, layer_metrics_batch, pad_counts, sum_counts_by_layer
+
+
+class LayerSnapshot(Record):
+    """One layer's topology over a snapshot window.
+
+    Metric fields are ``None`` when ``no_data``. Shares are fractions of the
+    window's ``token_count``; entropy is in nats.
+    """
+
+    layer_id: Integer = Field(ge=0)
+    n_experts: Integer = Field(ge=1)
+    token_count: Integer = Field(ge=0)
+    no_data: bool
+    expert_token_counts: CountsArray
+    utilization_shares: FloatArray
+    active_experts: tuple[int, ...]
+    entropy: float | None
+    n_effective: float | None
+    top2_share: float | None
+    gini: float | None
+    dead_expert_count: Integer = Field(ge=0)
+    nearly_dead_count: Integer = Field(ge=0)
+    alert_state: AlertState
+    pre_streak: Integer = Field(ge=0)
+    collapse_streak: Integer = Field(ge=0)
+    healthy_streak: Integer = Field(ge=0)
+
+    def metrics(self) -> dict[str, float | int]:
+        """The scalar metrics, as carried by an :class:`~chronomoe.alerts.AlertTransition`."""
+        return {
+            "n_experts": self.n_experts,
+            "token_count": self.token_count,
+            "entropy": self.entropy,
+            "n_effective": self.n_effective,
+            "top2_share": self.top2_share,
+            "gini": self.gini,
+            "dead_expert_count": self.dead_expert_count,
+            "nearly_dead_count": self.nearly_dead_count,
+        }
+
+    def alert(self) -> str | None:
+        """This layer's alert string, or ``None`` when nominal or without data."""
+        if self.no_data or self.alert_state is AlertState.NOMINAL:
+            return None
+        if self.alert_state is AlertState.COLLAPSE_CONFIRMED:
+            return (
+                f"COLLAPSE_CONFIRMED: layer {self.layer_id} has {self.dead_expert_count}/"
+                f"{self.n_experts} dead experts, Top2={self.top2_share:.3f}, "
+                f"Neff={self.n_effective:.2f}/{self.n_experts} "
+                f"(condition held {self.collapse_streak} consecutive snapshots)"
+            )
+        return (
+            f"PRE_COLLAPSE: layer {self.layer_id} concentrating, "
+            f"Neff={self.n_effective:.2f}/{self.n_experts}, Top2={self.top2_share:.3f}, "
+            f"dead={self.dead_expert_count} "
+            f"(condition held {self.pre_streak} consecutive snapshots)"
+        )
+
+
+class SystemSnapshot(Record):
+    """All layers at one evaluation step, with alerts and the transitions made."""
+
+    step: Integer = Field(ge=0)
+    timestamp: float = Field(default_factory=time.time)
+    mode: Mode = "TRAIN"
+    train_loss: float | None = None
+    val_loss: float | None = None
+    run_id: str = Field(min_length=1)
+    model_name: str = ""
+    layers: list[LayerSnapshot]
+    alerts: list[str]
+    transitions: list[AlertTransition] = Field(default_factory=list)
+
+    @field_validator("train_loss", "val_loss", "timestamp")
+    @classmethod
+    def _finite(cls, value: float | None, info: Any) -> float | None:
+        return finite_or_none(info.field_name, value)
+
+    def layer(self, layer_id: int) -> LayerSnapshot:
+        """The snapshot of ``layer_id`` (KeyError if absent)."""
+        for layer in self.layers:
+            if layer.layer_id == layer_id:
+                return layer
+        raise KeyError(f"layer_id={layer_id} is not in this snapshot")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the seed's serialisation method)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_events(
+        cls,
+        events: Sequence[RoutingEvent],
+        step: int,
+        train_loss: float | None = None,
+        val_loss: float | None = None,
+        run_id: str | None = None,
+        model_name: str = "",
+        n_layers: int | None = None,
+        alert_history: dict | None = None,
+        *,
+        rules: AlertRules | None = None,
+        mode: str = "TRAIN",
+    ) -> "SystemSnapshot":
+        """Summarise a window of routing events (the seed's factory).
+
+        Args:
+            events: the window's events; those of another ``mode`` are ignored.
+            step: the snapshot's training step.
+            n_layers: layers ``0..n_layers-1`` appear in the snapshot (a layer
+                without events is ``no_data``); default: ``max(layer_id) + 1``.
+            alert_history: a plain dict, mutated in place, that carries each
+                layer's alert state and streaks from one call to the next
+                (start with ``{}`` and pass the same dict every time).
+            rules: alert rules (default: ``specs/default_rules.json``).
+            run_id: defaults to the events' run_id.
+        """
+        window = [event for event in events if event.mode == mode]
+        if run_id is None:
+            if not window:
+                raise InvalidInputError("run_id", None, "is required when the window holds no event")
+            run_id = window[0].run_id
+        counts, n_experts, layer_ids = window_counts(window, n_layers)
+        return cls._from_window(
+            counts, n_experts, layer_ids, alert_history, rules,
+            step=step, train_loss=train_loss, val_loss=val_loss,
+            run_id=run_id, model_name=model_name, mode=mode,
+        )
+
+    @classmethod
+    def from_counts(
+        cls,
+        counts: np.ndarray | Sequence[Sequence[int]],
+        step: int,
+        train_loss: float | None = None,
+        val_loss: float | None = None,
+        run_id: str = "run",
+        model_name: str = "",
+        alert_history: dict | None = None,
+        *,
+        n_experts: Sequence[int] | None = None,
+        layer_ids: Sequence[int] | None = None,
+        rules: AlertRules | None = None,
+        mode: str = "TRAIN",
+    ) -> "SystemSnapshot":
+        """Summarise a window given as summed counts ``[n_layers, n_experts]``.
+
+        ``counts`` may be a matrix or a list of per-layer vectors of different
+        lengths; ``n_experts`` gives each row's expert count when the matrix is
+        zero-padded. ``layer_ids`` default to ``0..n_layers-1``.
+        """
+        matrix, widths = validate_counts_matrix(counts, n_experts)
+        ids = np.arange(len(matrix)) if layer_ids is None else np.asarray(layer_ids, dtype=np.int64)
+        return cls._from_window(
+            matrix, widths, ids, alert_history, rules,
+            step=step, train_loss=train_loss, val_loss=val_loss,
+            run_id=run_id, model_name=model_name, mode=mode,
+        )
+
+    @classmethod
+    def _from_window(
+        cls, counts, n_experts, layer_ids, alert_history, rules, **fields: Any
+    ) -> "SystemSnapshot":
+        bank = AlertBank(rules)
+        if alert_history:
+            bank.load_state_dict(alert_history)
+        snapshot = build_snapshot(bank, counts, n_experts, layer_ids, **fields)
+        if alert_history is not None:
+            alert_history.update(bank.state_dict())
+        return snapshot
+
+
+def validate_counts_matrix(
+    counts: np.ndarray | Sequence[Sequence[int]], n_experts: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check a window's counts matrix and return ``(counts int64 [L, E], n_experts [L])``."""
+    if isinstance(counts, np.ndarray) or (hasattr(counts, "detach") and hasattr(counts, "cpu")):
+        matrix = np.asarray(counts.detach().cpu() if hasattr(counts, "detach") else counts)
+    else:
+        rows = [np.asarray(row) for row in counts]
+        ragged = len({row.shape for row in rows}) > 1
+        matrix = pad_counts(rows)[0] if ragged else np.asarray(rows)
+        if ragged and n_experts is None:
+            n_experts = [len(row) for row in rows]
+    if matrix.ndim != 2 or matrix.shape[1] == 0:
+        raise InvalidInputError("counts", matrix.shape, "must be a [n_layers, n_experts] matrix with n_experts >= 1")
+    if not (np.issubdtype(matrix.dtype, np.integer) or np.issubdtype(matrix.dtype, np.floating)):
+        raise InvalidInputError("counts.dtype", str(matrix.dtype), "must be an integer type")
+    if np.issubdtype(matrix.dtype, np.floating):
+        bad = ~np.isfinite(matrix) | (matrix != np.round(matrix))
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise InvalidInputError(f"counts[{where[0]}][{where[1]}]", matrix[where].item(), "is not an integer count")
+    if matrix.size and matrix.min() < 0:
+        where = tuple(int(i) for i in np.argwhere(matrix < 0)[0])
+        raise InvalidInputError(f"counts[{where[0]}][{where[1]}]", matrix[where].item(), "is negative")
+    matrix = matrix.astype(np.int64, copy=False)
+    if n_experts is None:
+        widths = np.full(len(matrix), matrix.shape[1], dtype=np.int64)
+    else:
+        widths = np.asarray(n_experts, dtype=np.int64)
+        if widths.shape != (len(matrix),) or widths.min(initial=1) < 1 or widths.max(initial=1) > matrix.shape[1]:
+            raise InvalidInputError("n_experts", widths.tolist(), f"must give 1..{matrix.shape[1]} for each of {len(matrix)} layers")
+        padding = np.arange(matrix.shape[1])[None, :] >= widths[:, None]
+        if (matrix[padding] != 0).any():
+            raise InvalidInputError("counts", "non-zero padding", "columns at or beyond a layer's n_experts must be 0")
+    return matrix, widths
+
+
+def window_counts(
+    events: Sequence[RoutingEvent], n_layers: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sum a window's events per layer: ``(counts [L, E], n_experts [L], layer_ids [L])``.
+
+    Layers are ``0..n_layers-1``; a layer without events gets zero counts and
+    the expert count 1 (it is ``no_data``). Raises when events of one layer
+    disagree on ``n_experts`` or a ``layer_id`` is outside ``0..n_layers-1``.
+    """
+    count = len(events)
+    layer_of_event = np.fromiter((e.layer_id for e in events), dtype=np.int64, count=count)
+    width_of_event = np.fromiter((e.n_experts for e in events), dtype=np.int64, count=count)
+    if n_layers is None:
+        n_layers = int(layer_of_event.max()) + 1 if count else 0
+    if count and layer_of_event.max() >= n_layers:
+        index = int(np.argmax(layer_of_event >= n_layers))
+        raise InvalidInputError(
+            f"events[{index}].layer_id", int(layer_of_event[index]), f"is outside 0..n_layers-1 (n_layers={n_layers})"
+        )
+    widths = np.ones(n_layers, dtype=np.int64)
+    widths[layer_of_event] = width_of_event
+    disagree = widths[layer_of_event] != width_of_event
+    if disagree.any():
+        index = int(np.argmax(disagree))
+        layer = int(layer_of_event[index])
+        raise InvalidInputError(
+            f"events[{index}].n_experts",
+            int(width_of_event[index]),
+            f"disagrees with other events of layer {layer} in this window (n_experts={int(widths[layer])})",
+        )
+    totals = np.zeros((n_layers, int(widths.max(initial=1))), dtype=np.int64)
+    for width in np.unique(width_of_event):
+        selected = np.flatnonzero(width_of_event == width)
+        rows = np.stack([events[i].expert_token_counts for i in selected])
+        totals[:, :width] += sum_counts_by_layer(layer_of_event[selected], rows, n_layers)
+    return totals, widths, np.arange(n_layers, dtype=np.int64)
+
+
+def build_snapshot(
+    bank: AlertBank,
+    counts: np.ndarray,
+    n_experts: np.ndarray,
+    layer_ids: np.ndarray,
+    *,
+    step: int,
+    run_id: str,
+    model_name: str = "",
+    mode: str = "TRAIN",
+    train_loss: float | None = None,
+    val_loss: float | None = None,
+    timestamp: float | None = None,
+) -> SystemSnapshot:
+    """Metrics for a validated window, one step of the layers' alert machines, the snapshot.
+
+    ``counts`` ``[L, E]`` int64 and ``n_experts`` ``[L]`` as returned by
+    :func:`validate_counts_matrix` or :func:`window_counts`.
+    """
+    timestamp = time.time() if timestamp is None else timestamp
+    batch = layer_metrics_batch(counts, n_experts)
+    rules = bank.rules
+    pre = rules.pre_condition(batch.n_effective, batch.n_experts, batch.top2_share)
+    collapse = rules.collapse_condition(batch.dead_count, batch.top2_share)
+    ids = layer_ids.tolist()
+    changes = dict(bank.step(ids, pre.tolist(), collapse.tolist(), batch.no_data.tolist()))
+
+    layers = _layer_snapshots(bank, batch, counts, ids)
+    transitions = [
+        AlertTransition.model_construct(
+            run_id=run_id, step=step, mode=mode, layer_id=layer.layer_id,
+            source=changes[layer.layer_id].source, dest=changes[layer.layer_id].dest,
+            trigger=changes[layer.layer_id].trigger,
+            pre_streak=layer.pre_streak, collapse_streak=layer.collapse_streak,
+            healthy_streak=layer.healthy_streak, metrics=layer.metrics(), timestamp=timestamp,
+        )
+        for layer in layers
+        if layer.layer_id in changes
+    ]
+    return SystemSnapshot(
+        step=step, timestamp=timestamp, mode=mode, train_loss=train_loss, val_loss=val_loss,
+        run_id=run_id, model_name=model_name, layers=layers,
+        alerts=[alert for alert in (layer.alert() for layer in layers) if alert is not None],
+        transitions=transitions,
+    )
+
+
+def _layer_snapshots(
+    bank: AlertBank, batch: LayerMetricsBatch, counts: np.ndarray, layer_ids: list[int]
+) -> list[LayerSnapshot]:
+    """Build LayerSnapshots without re-validating values computed here (the hot path)."""
+    counts = counts.copy()
+    counts.flags.writeable = False
+    shares = batch.shares.copy()
+    shares.flags.writeable = False
+    columns = {
+        name: getattr(batch, name).tolist()
+        for name in ("n_experts", "token_count", "entropy", "n_effective", "top2_share", "gini",
+                     "dead_count", "nearly_dead_count", "no_data")
+    }
+    layers = []
+    for position, layer_id in enumerate(layer_ids):
+        width = columns["n_experts"][position]
+        empty = columns["no_data"][position]
+        machine = bank[layer_id]
+        row = counts[position, :width]
+        layers.append(
+            LayerSnapshot.model_construct(
+                layer_id=layer_id,
+                n_experts=width,
+                token_count=columns["token_count"][position],
+                no_data=empty,
+                expert_token_counts=row,
+                utilization_shares=shares[position, :width],
+                active_experts=tuple(np.flatnonzero(row).tolist()),
+                entropy=None if empty else columns["entropy"][position],
+                n_effective=None if empty else columns["n_effective"][position],
+                top2_share=None if empty else columns["top2_share"][position],
+                gini=None if empty else columns["gini"][position],
+                dead_expert_count=columns["dead_count"][position],
+                nearly_dead_count=columns["nearly_dead_count"][position],
+                alert_state=machine.alert_state,
+                pre_streak=machine.pre_streak,
+                collapse_streak=machine.collapse_streak,
+                healthy_streak=machine.healthy_streak,
+            )
+        )
+    return layers
