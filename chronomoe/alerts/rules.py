@@ -6,7 +6,7 @@ Defaults are the seed's table (``specs/default_rules.json``):
 alert                         condition on one snapshot                   persistence
 ============================  ==========================================  ============
 PRE_COLLAPSE                  ``Neff < neff_ratio * n_experts`` or        ``pre_persistence`` (3)
-                              ``Top2 > pre_top2``
+                              ``Top2 > pre_top2`` (layers of > 2 experts)
 COLLAPSE_CONFIRMED            ``dead >= confirm_min_dead`` and            ``confirm_persistence`` (5)
                               ``Top2 > confirm_top2``
 step down                     the current alert's condition fails         ``resolve_persistence`` (1)
@@ -75,8 +75,13 @@ class AlertRules(Record):
             ) from None
 
     def pre_condition(self, n_effective: np.ndarray, n_experts: np.ndarray, top2_share: np.ndarray) -> np.ndarray:
-        """Element-wise PRE_COLLAPSE condition for one snapshot (arrays over layers)."""
-        return (n_effective < self.neff_ratio * n_experts) | (top2_share > self.pre_top2)
+        """Element-wise PRE_COLLAPSE condition for one snapshot (arrays over layers).
+
+        The Top2 clause applies to layers of more than two experts only: with
+        one or two experts Top2 is always 1, and a balanced 2-expert layer
+        would otherwise warn forever (its Neff clause still applies).
+        """
+        return (n_effective < self.neff_ratio * n_experts) | ((top2_share > self.pre_top2) & (n_experts > 2))
 
     def collapse_condition(self, dead_count: np.ndarray, top2_share: np.ndarray) -> np.ndarray:
         """Element-wise COLLAPSE_CONFIRMED condition for one snapshot (arrays over layers)."""

@@ -4,7 +4,7 @@ Phase 1 ships :class:`NoOpController`, which decides "no action" every time.
 A controller plugs in through the bus alone: :func:`connect` subscribes its
 ``on_snapshot``/``on_transition`` methods and publishes every decision they
 return on the ``"decision"`` topic, where the lens (and anything else) can
-read it. See ``tests/test_controller.py`` for a toy pressure controller.
+read it. See ``tests/test_lens_controller.py`` for a toy pressure controller.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class NoOpController:
 
     def _decide(self, trigger: str, payload: Any, layer_id: int | None) -> ControlDecision:
         self.decisions += 1
-        return ControlDecision.model_construct(
+        return ControlDecision.trusted(
             controller=self.name, trigger=trigger, step=payload.step, mode=payload.mode,
             layer_id=layer_id, action="none", pressure=None, heat=None, forgetting=None,
             reason="", timestamp=time.time(),

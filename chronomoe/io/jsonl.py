@@ -19,11 +19,15 @@ the next record.
 
 from __future__ import annotations
 
+import gc
 import logging
+import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
+import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
 
@@ -196,6 +200,20 @@ def _file_in(path: str | os.PathLike, default_name: str) -> Path:
     return path / default_name if path.is_dir() else path
 
 
+def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """``(line_number, line)`` of each non-blank complete line; a torn last line is skipped with a warning."""
+    with open(path, "rb") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.endswith(b"\n"):
+                logger.warning("%s:%d: skipping torn last line (%d bytes, no newline)", path, line_number, len(line))
+                return
+            if line.strip():
+                yield line_number, line
+
+
+_PARSE_ERRORS = (ValidationError, orjson.JSONDecodeError, InvalidInputError, ValueError, TypeError)
+
+
 def iter_records(path: str | os.PathLike, parse: Callable[[bytes], Record]) -> Iterator[Record]:
     """Stream records from a JSONL file, one line at a time (memory flat in file length).
 
@@ -204,19 +222,114 @@ def iter_records(path: str | os.PathLike, parse: Callable[[bytes], Record]) -> I
     :class:`~chronomoe.errors.CorruptRecordError` with the file and line number.
     """
     path = Path(path)
-    with open(path, "rb") as handle:
-        line_number = 0
-        for line in handle:
-            line_number += 1
-            if not line.endswith(b"\n"):
-                logger.warning("%s:%d: skipping torn last line (%d bytes, no newline)", path, line_number, len(line))
-                return
-            if not line.strip():
-                continue
+    for line_number, line in _iter_lines(path):
+        try:
+            yield parse(line)
+        except _PARSE_ERRORS as error:
+            raise CorruptRecordError(str(path), line_number, _first_line(error)) from None
+
+
+def iter_events(path: str | os.PathLike, batch_lines: int = 4096) -> Iterator[RoutingEvent]:
+    """Stream validated events from a JSONL file, ``batch_lines`` lines at a time.
+
+    Same contract as :func:`iter_records` with ``RoutingEvent`` validation,
+    about five times faster: lines in the writer's canonical form are checked
+    with vectorised numpy tests; any other line goes through full pydantic
+    validation, which accepts or rejects it exactly as ``RoutingEvent`` does.
+    """
+    path = Path(path)
+    batch: list[tuple[int, bytes]] = []
+    for numbered_line in _iter_lines(path):
+        batch.append(numbered_line)
+        if len(batch) == batch_lines:
+            yield from _events_of_batch(path, batch)
+            batch = []
+    yield from _events_of_batch(path, batch)
+
+
+_EVENT_FIELDS = tuple(RoutingEvent.model_fields)
+_EVENT_KEYS = frozenset(_EVENT_FIELDS)
+
+
+def _is_canonical_event(record: Any) -> bool:
+    """Whether a parsed line has the exact shape and scalar types the writer produces."""
+    if type(record) is not dict or record.keys() != _EVENT_KEYS:
+        return False
+    step, layer_id, n_experts, top_k = record["step"], record["layer_id"], record["n_experts"], record["top_k"]
+    counts, active = record["expert_token_counts"], record["active_experts"]
+    return (
+        type(step) is int and step >= 0
+        and type(layer_id) is int and layer_id >= 0
+        and type(n_experts) is int and n_experts >= 1
+        and type(top_k) is int and 1 <= top_k <= n_experts
+        and type(record["run_id"]) is str and record["run_id"] != ""
+        and record["mode"] in ("TRAIN", "INFER")
+        and type(record["timestamp"]) is float and math.isfinite(record["timestamp"])
+        and type(record["token_count"]) is int
+        and type(counts) is list and len(counts) == n_experts
+        and type(active) is list
+        and record["router_prob_sums"] is None
+        and all(value is None or (type(value) is float and math.isfinite(value))
+                for value in (record["loss"], record["aux_loss"]))
+    )
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: parsing allocates thousands of acyclic
+    containers per batch, and the collections they trigger cost about a third
+    of the load time (measured in benchmarks/bench_io.py)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _events_of_batch(path: Path, batch: list[tuple[int, bytes]]) -> list[RoutingEvent]:
+    with _gc_paused():
+        return _parse_event_batch(path, batch)
+
+
+def _parse_event_batch(path: Path, batch: list[tuple[int, bytes]]) -> list[RoutingEvent]:
+    parsed: list[Any] = []
+    for line_number, line in batch:
+        try:
+            parsed.append(orjson.loads(line))
+        except orjson.JSONDecodeError as error:
+            raise CorruptRecordError(str(path), line_number, _first_line(error)) from None
+    canonical = [_is_canonical_event(record) for record in parsed]
+    by_width: dict[int, list[int]] = {}
+    for index, record in enumerate(parsed):
+        if canonical[index]:
+            by_width.setdefault(record["n_experts"], []).append(index)
+    events: list[RoutingEvent | None] = [None] * len(parsed)
+    for indices in by_width.values():
+        counts = np.array([parsed[i]["expert_token_counts"] for i in indices])
+        if counts.dtype != np.int64:
+            continue  # floats, bools or huge integers: full validation decides
+        counts.flags.writeable = False
+        totals = counts.sum(axis=1).tolist()
+        rows, columns = np.nonzero(counts)
+        starts = np.searchsorted(rows, np.arange(len(indices) + 1)).tolist()
+        columns = columns.tolist()
+        non_negative = (counts >= 0).all(axis=1).tolist()
+        for position, index in enumerate(indices):
+            record = parsed[index]
+            active = columns[starts[position] : starts[position + 1]]
+            if non_negative[position] and record["token_count"] == totals[position] and record["active_experts"] == active:
+                record["expert_token_counts"] = counts[position]
+                record["active_experts"] = tuple(active)
+                events[index] = RoutingEvent.trusted(**record)
+    for index, event in enumerate(events):
+        if event is None:
             try:
-                yield parse(line)
-            except (ValidationError, orjson.JSONDecodeError, InvalidInputError, ValueError) as error:
-                raise CorruptRecordError(str(path), line_number, _first_line(error)) from None
+                events[index] = RoutingEvent.model_validate(parsed[index])
+            except _PARSE_ERRORS as error:
+                raise CorruptRecordError(str(path), batch[index][0], _first_line(error)) from None
+    return events  # type: ignore[return-value]
 
 
 def _first_line(error: Exception) -> str:
@@ -230,7 +343,7 @@ def _first_line(error: Exception) -> str:
 
 def load_events(path: str | os.PathLike) -> list[RoutingEvent]:
     """Validated events from ``routing_events.jsonl`` (a file path or a run folder)."""
-    return list(iter_records(_file_in(path, EVENTS_FILE), RoutingEvent.model_validate_json))
+    return list(iter_events(_file_in(path, EVENTS_FILE)))
 
 
 def load_snapshots(path: str | os.PathLike) -> list[SystemSnapshot]:

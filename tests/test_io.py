@@ -1,0 +1,292 @@
+"""Telemetry I/O: the seed's run folder layout, append-only JSONL, torn lines, corrupt lines, the manifest."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import chronomoe.io.jsonl as jsonl
+from chronomoe import (
+    CorruptRecordError,
+    SystemSnapshot,
+    TelemetryWriter,
+    create_run_manifest,
+    get_git_commit,
+    load_events,
+    load_manifest,
+    load_snapshots,
+    load_transitions,
+)
+from chronomoe.io.jsonl import event_line
+
+
+@pytest.fixture
+def events(make_event):
+    """Six events: steps 0..2 of layers 0 and 1, with losses on layer 0."""
+    return [
+        make_event([step, 2, 0, 5], run_id="run", step=step, layer_id=layer, top_k=2, loss=2.5 if layer == 0 else None)
+        for step in range(3)
+        for layer in range(2)
+    ]
+
+
+@pytest.fixture
+def snapshots(rows):
+    """Six snapshots of a collapsing layer (they carry PRE_COLLAPSE and COLLAPSE_CONFIRMED transitions)."""
+    history: dict = {}
+    return [
+        SystemSnapshot.from_counts([rows.collapsing, rows.balanced], step=step, run_id="run", alert_history=history)
+        for step in range(6)
+    ]
+
+
+# -- layout ------------------------------------------------------------------------------------------
+
+
+def test_run_folder_and_file_names_are_the_seeds(tmp_path):
+    with TelemetryWriter(run_id="my_run", output_dir=tmp_path / "outputs") as writer:
+        run_dir = tmp_path / "outputs" / "my_run"
+        assert writer.run_dir == run_dir and run_dir.is_dir()
+        assert writer.events_path == run_dir / "routing_events.jsonl"
+        assert writer.snapshots_path == run_dir / "snapshots.jsonl"
+        assert writer.alerts_path == run_dir / "alerts.jsonl"
+        assert writer.manifest_path == run_dir / "run_manifest.json"
+
+
+@pytest.mark.parametrize("run_id", ["../x", "/abs", "", "a/b", "..", ".", "a\\b"])
+def test_an_unsafe_run_id_is_refused(tmp_path, assert_rejected, run_id):
+    assert_rejected(lambda: TelemetryWriter(run_id, tmp_path), "run_id", repr(run_id))
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- writing and loading --------------------------------------------------------------------------
+
+
+def test_events_written_one_by_one_or_in_batches_load_back_equal(tmp_path, events):
+    with TelemetryWriter("run", tmp_path) as writer:
+        writer.write_event(events[0])
+        assert writer.write_events_batch(events[1:4]) == 3
+        assert writer.flush_events(events[4:]) == 2
+        assert writer.write_events_batch([]) == 0
+    assert load_events(tmp_path / "run") == events
+    assert load_events(tmp_path / "run" / "routing_events.jsonl") == events
+
+
+def test_snapshots_load_back_equal_and_their_transitions_go_to_alerts_jsonl(tmp_path, snapshots):
+    with TelemetryWriter("run", tmp_path) as writer:
+        for snapshot in snapshots:
+            writer.write_snapshot(snapshot)
+    assert load_snapshots(tmp_path / "run") == snapshots
+    written = load_transitions(tmp_path / "run")
+    assert written == [t for s in snapshots for t in s.transitions]
+    assert [(t.step, t.dest.value) for t in written] == [(2, "pre_collapse"), (4, "collapse_confirmed")]
+
+
+def test_event_line_equals_model_dump_json_as_parsed_json(events):
+    for event in events:
+        line = event_line(event)
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        assert json.loads(line) == json.loads(event.model_dump_json())
+
+
+@settings(max_examples=100)
+@given(
+    st.integers(1, 8).flatmap(lambda n: st.tuples(
+        st.lists(st.integers(0, 2**40), min_size=n, max_size=n),
+        st.none() | st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=n, max_size=n),
+    )),
+    st.none() | st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(0, 4e9),
+)
+def test_event_line_equals_model_dump_json_for_any_event(make_event, counts_and_sums, loss, timestamp):
+    counts, sums = counts_and_sums
+    event = make_event(counts, router_prob_sums=sums, loss=loss, timestamp=timestamp)
+    assert json.loads(event_line(event)) == json.loads(event.model_dump_json())
+
+
+def test_manifest_is_written_and_loaded(tmp_path):
+    manifest = create_run_manifest("run", "MyMoE", {"lr": 0.001, "layers": [1, 2]}, git_commit="abc1234", n_layers=4)
+    with TelemetryWriter("run", tmp_path) as writer:
+        writer.write_manifest(manifest)
+        writer.write_manifest({**manifest, "model_name": "Renamed"})
+    loaded = load_manifest(tmp_path / "run")
+    assert loaded == {**manifest, "model_name": "Renamed"}
+    assert (loaded["run_id"], loaded["config"], loaded["git_commit"], loaded["n_layers"]) == (
+        "run", {"lr": 0.001, "layers": [1, 2]}, "abc1234", 4,
+    )
+    assert {"created_at", "chronomoe_version", "python_version"} <= set(loaded)
+    assert [path.name for path in (tmp_path / "run").iterdir()] == ["run_manifest.json"]
+
+
+def test_get_git_commit_returns_a_string():
+    commit = get_git_commit()
+    assert isinstance(commit, str) and commit
+
+
+# -- append-only, one write per batch ------------------------------------------------------------------
+
+
+def test_a_second_writer_appends_to_the_same_files(tmp_path, events, snapshots):
+    with TelemetryWriter("run", tmp_path) as first:
+        first.write_events_batch(events[:3])
+        first.write_snapshot(snapshots[0])
+    before = (tmp_path / "run" / "routing_events.jsonl").read_bytes()
+    with TelemetryWriter("run", tmp_path) as second:
+        second.write_events_batch(events[3:])
+        second.write_snapshot(snapshots[1])
+    assert (tmp_path / "run" / "routing_events.jsonl").read_bytes().startswith(before)
+    assert load_events(tmp_path / "run") == events
+    assert load_snapshots(tmp_path / "run") == snapshots[:2]
+
+
+class SpyFile:
+    """Wraps an open file, recording each ``write`` call's size."""
+
+    def __init__(self, handle, writes: list) -> None:
+        self.handle = handle
+        self.writes = writes
+
+    def write(self, data) -> int:
+        self.writes.append((self.handle.name, len(data)))
+        return self.handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+
+@pytest.fixture
+def spied_writes(monkeypatch):
+    """Every ``write`` the writer makes, as (file name, bytes), and every file it opens."""
+    writes: list = []
+    opened: list = []
+    real_open = jsonl._open_for_append
+
+    def spying_open(path):
+        opened.append(path.name)
+        return SpyFile(real_open(path), writes)
+
+    monkeypatch.setattr(jsonl, "_open_for_append", spying_open)
+    return writes, opened
+
+
+def test_each_batch_is_one_write_and_each_file_is_opened_once(tmp_path, events, snapshots, spied_writes):
+    writes, opened = spied_writes
+    with TelemetryWriter("run", tmp_path) as writer:
+        writer.write_events_batch(events[:4])
+        writer.flush_events(events[4:])
+        writer.write_snapshot(snapshots[2])  # carries one transition
+        writer.write_snapshot(snapshots[3])
+    files = [name.rsplit("/", 1)[-1] for name, _ in writes]
+    assert files == [
+        "routing_events.jsonl", "routing_events.jsonl", "alerts.jsonl", "snapshots.jsonl", "snapshots.jsonl",
+    ]
+    assert writes[0][1] == sum(len(event_line(e)) for e in events[:4])
+    assert sorted(opened) == ["alerts.jsonl", "routing_events.jsonl", "snapshots.jsonl"]
+
+
+def test_fsync_true_syncs_after_every_snapshot(tmp_path, snapshots, monkeypatch):
+    synced = []
+    monkeypatch.setattr(jsonl.os, "fsync", synced.append)
+    with TelemetryWriter("run", tmp_path, fsync=True) as writer:
+        writer.write_snapshot(snapshots[0])
+        writer.write_snapshot(snapshots[2])
+    assert len(synced) == 1 + 2  # snapshots.jsonl, then snapshots.jsonl and alerts.jsonl
+
+
+# -- torn and corrupt lines ------------------------------------------------------------------------------
+
+
+def tear(path, keep_bytes: int = 25) -> None:
+    """Append the first bytes of a copy of the file's last line, as a crash mid-write leaves it."""
+    content = path.read_bytes()
+    last = content.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    path.write_bytes(content + last[:keep_bytes])
+
+
+def test_loaders_skip_a_torn_last_line_with_a_warning_and_keep_every_complete_record(
+    tmp_path, events, snapshots, caplog
+):
+    with TelemetryWriter("run", tmp_path) as writer:
+        writer.write_events_batch(events)
+        for snapshot in snapshots:
+            writer.write_snapshot(snapshot)
+    for name in ("routing_events.jsonl", "snapshots.jsonl", "alerts.jsonl"):
+        tear(tmp_path / "run" / name)
+    with caplog.at_level(logging.WARNING, logger="chronomoe.io.jsonl"):
+        assert load_events(tmp_path / "run") == events
+        assert load_snapshots(tmp_path / "run") == snapshots
+        assert len(load_transitions(tmp_path / "run")) == 2
+    torn = [r for r in caplog.records if "torn last line" in r.getMessage()]
+    assert len(torn) == 3
+    assert f"routing_events.jsonl:{len(events) + 1}" in torn[0].getMessage()
+
+
+def test_a_corrupt_line_before_the_last_raises_naming_file_and_line(tmp_path, events):
+    with TelemetryWriter("run", tmp_path) as writer:
+        writer.write_events_batch(events)
+    path = tmp_path / "run" / "routing_events.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2][:30] + b"\n"
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(CorruptRecordError) as raised:
+        load_events(path)
+    assert (raised.value.path, raised.value.line_number) == (str(path), 3)
+    assert str(raised.value).startswith(f"{path}:3:")
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"expert_token_counts": [1, -2, 0, 5]}, "expert_token_counts"),
+        ({"token_count": 999}, "token_count"),
+        ({"active_experts": [0]}, "active_experts"),
+        ({"mode": "EVAL"}, "mode"),
+        ({"top_k": 9}, "top_k"),
+        ({"step": -1}, "step"),
+        ({"expert_token_counts": [1, 2, 0]}, "expert_token_counts"),
+        ({"expert_token_counts": [1.5, 2, 0, 5]}, "expert_token_counts"),
+        ({"extra_field": 1}, "extra_field"),
+    ],
+)
+def test_a_line_that_is_json_but_not_a_valid_event_raises_naming_file_and_line(tmp_path, events, change, reason):
+    with TelemetryWriter("run", tmp_path) as writer:
+        writer.write_events_batch(events)
+    path = tmp_path / "run" / "routing_events.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = json.dumps({**json.loads(lines[1]), **change}).encode() + b"\n"
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(CorruptRecordError, match=reason) as raised:
+        load_events(path)
+    assert raised.value.line_number == 2
+
+
+def test_a_corrupt_snapshot_line_raises_naming_file_and_line(tmp_path, snapshots):
+    with TelemetryWriter("run", tmp_path) as writer:
+        for snapshot in snapshots:
+            writer.write_snapshot(snapshot)
+    path = tmp_path / "run" / "snapshots.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[0] = b"{not json}\n"
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(CorruptRecordError, match=r"snapshots\.jsonl:1:"):
+        load_snapshots(path)
+
+
+def test_a_new_writer_moves_a_torn_tail_aside_and_appends_cleanly(tmp_path, events, caplog):
+    with TelemetryWriter("run", tmp_path) as writer:
+        writer.write_events_batch(events[:3])
+    path = tmp_path / "run" / "routing_events.jsonl"
+    complete = path.read_bytes()
+    tear(path, keep_bytes=40)
+    tail = path.read_bytes()[len(complete):]
+    with caplog.at_level(logging.WARNING, logger="chronomoe.io.jsonl"):
+        with TelemetryWriter("run", tmp_path) as writer:
+            writer.write_events_batch(events[3:])
+    assert "torn line" in caplog.text
+    assert (tmp_path / "run" / "routing_events.jsonl.torn").read_bytes() == tail + b"\n"
+    assert path.read_bytes().startswith(complete)
+    assert load_events(path) == events
