@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -36,6 +37,7 @@ from .snapshots import SystemSnapshot, build_snapshot, validate_counts_matrix, w
 if TYPE_CHECKING:
     import torch
 
+    from .capture.distributed import RankReduction
     from .capture.recorder import RoutingRecorder, StagedSteps
     from .lens import ChronoLens
 
@@ -65,6 +67,17 @@ class Monitor:
         fsync: ``fsync`` the run's files after every snapshot.
         capacity: steps the recorder stages on the device between drains.
         config: free-form run configuration stored in the manifest.
+        process_group: under torch.distributed (initialised before the
+            Monitor is created), the group whose ranks' counts are summed at
+            each snapshot (default: the world); see ``docs/distributed.md``.
+        expert_ids: expert parallelism: global ids of this rank's experts when
+            it records local ids (a sequence, or ``{layer_id: sequence}``).
+        count_tokens: ``False`` on a rank whose routing replicates another's
+            (tensor-parallel peers): it joins the collectives, adds no tokens.
+        write_on_all_ranks: every rank writes (to ``output_dir/rank<r>/``);
+            by default only rank 0 of the group writes.
+        collective_timeout: seconds a collective waits for the other ranks
+            before raising (``None``: the process group's timeout).
     """
 
     def __init__(
@@ -83,6 +96,11 @@ class Monitor:
         fsync: bool = False,
         capacity: int = 128,
         config: dict[str, Any] | None = None,
+        process_group: Any = None,
+        expert_ids: Sequence[int] | dict[int, Sequence[int]] | None = None,
+        count_tokens: bool = True,
+        write_on_all_ranks: bool = False,
+        collective_timeout: float | None = None,
     ) -> None:
         self.run_id = run_id
         self.model_name = model_name
@@ -100,6 +118,17 @@ class Monitor:
         self._window: np.ndarray | None = None  # [2, L, width] counts since the last snapshot
         self._window_calls: np.ndarray | None = None  # [2, L] record calls since the last snapshot
         self._attachment = None
+        self._collective: RankReduction | None = None
+        # torch.distributed can only be initialised once torch is imported; importing it otherwise costs seconds.
+        if "torch" in sys.modules or process_group is not None or expert_ids is not None or not count_tokens:
+            from .capture.distributed import rank_reduction
+
+            self._collective = rank_reduction(
+                process_group, timeout_s=collective_timeout, expert_ids=expert_ids,
+                count_tokens=count_tokens, on_stop=self._stop,
+            )
+        if self._collective is not None:
+            output_dir = self._collective.output_dir_of_rank(output_dir, write_on_all_ranks)
 
         self.writer: TelemetryWriter | None = None
         if output_dir is not None:
@@ -123,11 +152,22 @@ class Monitor:
     # -- stopping -------------------------------------------------------------
     @property
     def should_stop(self) -> bool:
-        """True once a handler called :meth:`request_stop`."""
+        """True once a handler called :meth:`request_stop` (under torch.distributed: once the group agreed)."""
         return self.stop_reason is not None
 
     def request_stop(self, reason: str = "requested by a handler") -> None:
-        """Ask the training loop to stop (e.g. from a handler on confirmed collapse)."""
+        """Ask the training loop to stop (e.g. from a handler on confirmed collapse).
+
+        Under torch.distributed every rank of the group sees :attr:`should_stop`
+        turn True inside the same later call: the next ``snapshot()`` (or
+        ``observe()``, or a ``step()`` that drains a full staging ring).
+        """
+        if self._collective is not None:
+            self._collective.request_stop(reason)
+        else:
+            self._stop(reason)
+
+    def _stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
             logger.warning("run %s: stop requested: %s", self.run_id, reason)
@@ -149,15 +189,23 @@ class Monitor:
         n_layers: int | None = None,
     ) -> SystemSnapshot:
         """Snapshot a window given as routing events or as summed counts ``[n_layers, n_experts]``."""
+        if mode not in MODES:
+            raise InvalidInputError("mode", mode, f"must be one of {', '.join(MODES)}")
         items = list(events_or_counts) if not isinstance(events_or_counts, np.ndarray) else events_or_counts
-        if isinstance(items, list) and items and isinstance(items[0], RoutingEvent):
-            if self.writer is not None and self.write_events:
+        # An empty list is a window without events (layers up to n_layers are no_data).
+        if isinstance(items, list) and (not items or isinstance(items[0], RoutingEvent)):
+            # Under torch.distributed these are one rank's events; the reduced snapshot is what gets written.
+            if self.writer is not None and self.write_events and self._collective is None:
                 self.writer.write_events_batch(items)
             window = [event for event in items if event.mode == mode]
             counts, n_experts, layer_ids = window_counts(window, n_layers)
+            reported = np.isin(layer_ids, [event.layer_id for event in window])
         else:
             counts, n_experts = validate_counts_matrix(items)
             layer_ids = np.arange(len(counts))
+            reported = np.ones(len(counts), dtype=bool)
+        if self._collective is not None:
+            counts, n_experts, layer_ids = self._collective.reduce_window(counts, n_experts, reported, step=step, mode=mode)
         return self._publish_snapshot(mode, counts, n_experts, layer_ids, step, train_loss, val_loss)
 
     def _publish_snapshot(
@@ -208,7 +256,10 @@ class Monitor:
 
     def _reduce_hook(self) -> Callable[["torch.Tensor"], None] | None:
         """Cross-rank reduction of staged counts (none for a single process)."""
-        return None
+        if self._collective is None:
+            return None
+        layer_ids, n_experts, _ = self._recorder_layout
+        return self._collective.staged_reducer(layer_ids, n_experts, self.capacity)
 
     def record(
         self,
@@ -228,6 +279,8 @@ class Monitor:
         """End of training step ``step``: stage its counts (sync-free unless the staging ring is full)."""
         if self.recorder is None:
             return
+        if self._collective is not None:
+            self._collective.expect(step, "step")
         chunk = self.recorder.end_step(step)
         if chunk is not None:
             self._consume(chunk)
@@ -238,6 +291,8 @@ class Monitor:
         """Close the window: drain the recorder, write its events, snapshot TRAIN (and INFER if any)."""
         if self.recorder is None:
             raise InvalidInputError("recorder", None, "nothing recorded yet: call record()/attach() and step() first")
+        if self._collective is not None:
+            self._collective.expect(step, "snapshot")
         self._consume(self.recorder.drain())
         window, calls = self._window, self._window_calls
         self._window = self._window_calls = None
@@ -275,7 +330,7 @@ class Monitor:
             width = recorder.n_experts[position]
             row = counts[step_index, mode_index, position, :width]
             events.append(
-                RoutingEvent.model_construct(
+                RoutingEvent.trusted(
                     timestamp=chunk.timestamps[step_index], run_id=self.run_id,
                     step=chunk.steps[step_index], mode=MODES[mode_index],
                     layer_id=recorder.layer_ids[position], n_experts=width,
