@@ -69,6 +69,26 @@ def _inside_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
+@torch.library.custom_op("chronomoe::recording_gate", mutates_args=())
+def _recording_gate(like: torch.Tensor) -> torch.Tensor:
+    """0-d int64 on ``like``'s device: 0 while autograd runs backward, else 1.
+
+    Under ``torch.compile`` Python runs only while tracing, so ``if
+    _inside_backward()`` would be decided once and baked into the graph (and
+    Dynamo cannot trace it: a graph break per layer). As an opaque op it is
+    decided each time the graph runs, as a factor on the increments: no graph
+    break (``fullgraph=True`` works), no sync (a fill kernel), and a compiled
+    forward re-run by activation checkpointing is still not counted.
+    """
+    fill = torch.zeros if _inside_backward() else torch.ones
+    return fill((), dtype=torch.int64, device=like.device)
+
+
+@_recording_gate.register_fake
+def _recording_gate_fake(like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty((), dtype=torch.int64)
+
+
 class RoutingRecorder:
     """Per-layer tokens-per-expert counts for many layers, accumulated on one device.
 
@@ -148,19 +168,24 @@ class RoutingRecorder:
         """
         if (indices is None) == (counts is None):
             raise InvalidInputError("indices/counts", None, "give exactly one of indices= or counts=")
-        if _inside_backward():
+        gate = _recording_gate(self._current) if torch.compiler.is_compiling() else None
+        if gate is None and _inside_backward():
             return
         row, n_experts = self._slot(layer_id, mode)
         if indices is not None:
             if not isinstance(indices, torch.Tensor) or indices.is_floating_point() or indices.is_complex():
                 raise InvalidInputError("indices", getattr(indices, "dtype", type(indices)), "must be an integer tensor of expert ids")
-            if indices.dim() >= 2:
-                self.top_k[self._position[layer_id]] = int(indices.shape[-1])
+            position = self._position[layer_id]
+            # Written only on change: a Python side effect inside a torch.compile'd
+            # activation-checkpoint region cannot be traced.
+            if indices.dim() >= 2 and self.top_k[position] != indices.shape[-1]:
+                self.top_k[position] = int(indices.shape[-1])
             flat = indices.detach().reshape(-1).to(device=self.device, dtype=torch.int64)
             outside = (flat < 0) | (flat >= n_experts)
             # Out-of-range ids land in the overflow column instead of indexing out of bounds.
             flat = torch.where(outside, self.width, flat)
-            row[: self.width + 1].index_add_(0, flat, torch.ones_like(flat))
+            ones = torch.ones_like(flat) if gate is None else gate.expand_as(flat)
+            row[: self.width + 1].index_add_(0, flat, ones)
         else:
             if not isinstance(counts, torch.Tensor) or counts.dim() != 1 or counts.shape[0] != n_experts:
                 raise InvalidInputError(
@@ -169,8 +194,9 @@ class RoutingRecorder:
             counts = counts.detach().to(device=self.device)
             if counts.is_floating_point():
                 counts = counts.round()
-            row[:n_experts].add_(counts.to(torch.int64))
-        row[self.width + 1].add_(1)
+            counts = counts.to(torch.int64)
+            row[:n_experts].add_(counts if gate is None else counts * gate)
+        row[self.width + 1].add_(1 if gate is None else gate)
 
     def end_step(self, step: int) -> StagedSteps | None:
         """Close step ``step``: stage its counts (sync-free). Returns a drained chunk when the ring was full."""

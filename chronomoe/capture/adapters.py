@@ -1,0 +1,376 @@
+"""Attach a Monitor's recorder to a model: find its MoE layers and hook their dispatch.
+
+Conventions found automatically (every match is hooked):
+
+* **Experts call** (transformers 5.x MoE families: Mixtral, OLMoE, Qwen2/3-MoE,
+  DeepSeek-V3, GPT-OSS and 60+ more): a module whose ``forward`` takes
+  ``(hidden_states, <routing>, <weights>)`` with ``<routing>`` named one of
+  :data:`ROUTING_PARAMETERS`, and that has an integer expert count (the first
+  of :data:`EXPERT_COUNT_ATTRIBUTES` it has). A forward pre-hook records the
+  routing argument, i.e. the dispatch the experts actually receive:
+  ``top_k_index`` / ``router_indices`` are expert ids ``[tokens, top_k]``;
+  ``selected_experts`` (Switch Transformers) is a one-hot dispatch mask
+  ``[..., n_experts]`` after capacity drops, recorded as its per-expert sums.
+  Shared experts (Qwen2-MoE, DeepSeek-V3) are plain MLPs called with the
+  hidden states only, so they never match and are not counted as routed.
+* **nanoMoE router**: a module whose class name ends in ``Router`` and that has
+  an integer ``n_exp`` attribute; its forward returns ``(used_capacity, ...)``
+  with ``used_capacity`` a ``[n_exp]`` tensor of tokens kept per expert after
+  capacity drops. A forward hook records those counts.
+
+Any other model: ``attach(model, monitor, modules=..., extractor=...)`` (see
+:func:`attach`). A model where nothing matches raises
+:class:`~chronomoe.errors.InvalidInputError` saying what was looked for.
+
+Hooks are sync-free: they read only host metadata (argument names, shapes,
+``module.training``) and hand the tensors to
+:meth:`~chronomoe.capture.recorder.RoutingRecorder.record`, which accumulates
+on the device. ``module.training`` picks the mode: ``TRAIN`` or ``INFER``.
+``torch.compile`` traces the hooks into the graph (no graph break, also with
+``fullgraph=True``); forwards re-run by activation checkpointing are skipped,
+compiled or not.
+
+What is not seen: an experts-call hook records what the router sent; tokens an
+experts module drops internally (its own capacity limit) still count. A
+kernel that replaces the whole MoE block (transformers ``use_kernels=True``)
+never calls the experts module: its layers stay ``no_data``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from ..monitor import Monitor
+
+logger = logging.getLogger(__name__)
+
+#: Routing argument names of experts modules (second forward parameter) -> what the tensor holds.
+ROUTING_PARAMETERS: dict[str, str] = {
+    "top_k_index": "indices",
+    "router_indices": "indices",
+    "selected_experts": "dispatch_mask",
+}
+#: Attributes read, in order, for a module's number of routed experts.
+EXPERT_COUNT_ATTRIBUTES = (
+    "num_experts", "total_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "n_experts", "n_exp",
+)
+#: Attributes read, in order, for experts per token (on the module, then on its ``config``).
+TOP_K_ATTRIBUTES = ("top_k", "num_experts_per_tok")
+
+#: ``extractor(module, args, kwargs, output)`` returns ``{"indices": tensor}``, ``{"counts": tensor}`` or None.
+Extractor = Callable[[nn.Module, tuple, dict, Any], "Mapping[str, torch.Tensor] | None"]
+
+_LOOKED_FOR = (
+    "experts modules whose forward takes (hidden_states, <one of "
+    + ", ".join(ROUTING_PARAMETERS)
+    + ">, <weights>) and that have an expert count ("
+    + ", ".join(EXPERT_COUNT_ATTRIBUTES)
+    + "), as in transformers 5.x MoE models; nanoMoE-style routers (class name ending in 'Router', "
+    "an integer n_exp attribute, forward returning (used_capacity, ...)). For another model pass "
+    "modules={path: n_experts} and extractor=callable(module, args, kwargs, output) -> {'indices': t} or {'counts': t}"
+)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A module to hook, for ``attach(modules=[...])``.
+
+    Attributes:
+        path: the module's name in ``model.named_modules()``.
+        n_experts: routed experts of the layer (default: the module's expert-count attribute).
+        layer_id: id in events and snapshots (default: the first integer in ``path``).
+        top_k: experts per token, for ``counts`` records (``indices`` records read it from the last dim).
+    """
+
+    path: str
+    n_experts: int | None = None
+    layer_id: int | None = None
+    top_k: int | None = None
+
+
+@dataclass(frozen=True)
+class AttachedLayer:
+    """One hooked MoE layer.
+
+    Attributes:
+        layer_id: id in events and snapshots.
+        path: the module's name in ``model.named_modules()``.
+        n_experts: routed experts.
+        top_k: experts per token as configured (recorded ``indices`` update it from their last dim).
+        convention: what is recorded: ``"experts-call:<parameter>"``, ``"nanomoe-used-capacity"`` or ``"extractor"``.
+    """
+
+    layer_id: int
+    path: str
+    n_experts: int
+    top_k: int
+    convention: str
+
+
+class Attachment:
+    """Hooks installed by :func:`attach`; :meth:`remove` takes them all off.
+
+    Attributes:
+        layers: the hooked layers, in module order.
+        device: where the recorder accumulates (the device of the MoE layers' parameters).
+    """
+
+    def __init__(self, layers: Sequence[AttachedLayer], device: torch.device) -> None:
+        self.layers = tuple(layers)
+        self.device = device
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __repr__(self) -> str:
+        return f"Attachment({len(self.layers)} layers on {self.device}, hooks={'on' if self._handles else 'removed'})"
+
+
+def attach(
+    model: nn.Module,
+    monitor: "Monitor",
+    *,
+    extractor: Extractor | None = None,
+    modules: Sequence[LayerSpec] | Mapping[str, int] | None = None,
+) -> Attachment:
+    """Find the MoE layers of ``model`` and record their dispatch into ``monitor``.
+
+    Args:
+        model: any ``nn.Module`` (compiled models too: hooks are registered on the
+            original modules, which ``torch.compile`` traces).
+        monitor: receives ``monitor.record(layer_id, ...)`` calls; its
+            capture is (re)configured for the layers found.
+        extractor: ``callable(module, args, kwargs, output)`` called after each
+            forward of the ``modules``; returns ``{"indices": tensor}`` (expert
+            ids, top-k last) or ``{"counts": tensor}`` (``[n_experts]`` tokens per
+            expert) — the keywords of ``monitor.record`` — or None to record nothing.
+            It runs in the training step: keep it sync-free (no ``.item()``,
+            ``.cpu()``, ``.tolist()``, ``bincount``, ``nonzero``).
+        modules: the modules to hook instead of searching: ``LayerSpec``s, or
+            ``{path: n_experts}``. Without ``extractor`` each must match a
+            built-in convention. Required with ``extractor``.
+
+    Layer ids come from the first integer in each module path
+    (``model.layers.3.mlp.experts`` -> 3); when some path has none or two
+    layers share one (encoder and decoder stacks), layers are numbered
+    0..L-1 in module order instead.
+
+    Raises:
+        InvalidInputError: no MoE layer found (the message lists what was looked
+            for), an unknown module path, or ``extractor`` without ``modules``.
+    """
+    named = dict(model.named_modules())
+    if modules is None:
+        if extractor is not None:
+            raise InvalidInputError(
+                "modules", None, "extractor= needs modules=: the modules it reads and their n_experts"
+            )
+        found = [match for match in (_detect(path, named) for path in named) if match is not None]
+        if not found:
+            raise InvalidInputError("model", type(model).__name__, f"no MoE layer found; looked for {_LOOKED_FOR}")
+    else:
+        found = [_from_spec(spec, named, extractor) for spec in _specs(modules)]
+    layers = _assign_layer_ids(found)
+    device = _device_of([named[layer.path] for layer in layers], model)
+
+    monitor.configure_capture(
+        n_experts=[layer.n_experts for layer in layers],
+        layer_ids=[layer.layer_id for layer in layers],
+        top_k=[layer.top_k for layer in layers],
+        device=device,
+    )
+    attachment = Attachment(layers, device)
+    for layer in layers:
+        module = named[layer.path]
+        if layer.convention == "extractor":
+            handle = module.register_forward_hook(_extractor_hook(monitor, layer, extractor), with_kwargs=True)
+        elif layer.convention == "nanomoe-used-capacity":
+            handle = module.register_forward_hook(_used_capacity_hook(monitor, layer))
+        else:
+            handle = module.register_forward_pre_hook(_experts_call_hook(monitor, layer, module), with_kwargs=True)
+        attachment._handles.append(handle)
+    logger.info("attached to %d MoE layers: %s", len(layers), [(layer.layer_id, layer.path) for layer in layers])
+    return attachment
+
+
+# -- detection -----------------------------------------------------------------------
+# Detection yields (spec, convention): a LayerSpec with n_experts and top_k filled in.
+def _detect(path: str, named: Mapping[str, nn.Module]) -> tuple[LayerSpec, str] | None:
+    """The built-in convention the module at ``path`` follows, or None."""
+    module = named[path]
+    parameter = _routing_parameter(module)
+    n_experts = _int_attribute(module, EXPERT_COUNT_ATTRIBUTES)
+    if parameter is not None and n_experts is not None:
+        return LayerSpec(path, n_experts, top_k=_top_k(module, _parent(path, named))), f"experts-call:{parameter}"
+    n_exp = _int_attribute(module, ("n_exp",))
+    if n_exp is not None and type(module).__name__.endswith("Router"):
+        return LayerSpec(path, n_exp, top_k=_top_k(module)), "nanomoe-used-capacity"
+    return None
+
+
+def _routing_parameter(module: nn.Module) -> str | None:
+    """Name of ``forward``'s second positional parameter if it is a known routing argument."""
+    try:
+        parameters = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    positional = [
+        p for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(positional) >= 2 and positional[1].name in ROUTING_PARAMETERS:
+        return positional[1].name
+    return None
+
+
+def _int_attribute(owner: Any, names: Sequence[str]) -> int | None:
+    for name in names:
+        value = getattr(owner, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _top_k(*owners: nn.Module | None) -> int:
+    """Experts per token: the first of TOP_K_ATTRIBUTES on each owner or its ``config``, else 1."""
+    for owner in owners:
+        for holder in (owner, getattr(owner, "config", None)):
+            top_k = _int_attribute(holder, TOP_K_ATTRIBUTES)
+            if top_k is not None:
+                return top_k
+    return 1
+
+
+def _parent(path: str, named: Mapping[str, nn.Module]) -> nn.Module | None:
+    return named.get(path.rpartition(".")[0]) if path else None
+
+
+def _specs(modules: Sequence[LayerSpec] | Mapping[str, int]) -> list[LayerSpec]:
+    if isinstance(modules, Mapping):
+        return [LayerSpec(path, n_experts) for path, n_experts in modules.items()]
+    specs = list(modules)
+    if not specs or not all(isinstance(spec, LayerSpec) for spec in specs):
+        raise InvalidInputError(
+            "modules", modules, "must be a non-empty list of LayerSpec or a {path: n_experts} mapping"
+        )
+    return specs
+
+
+def _from_spec(
+    spec: LayerSpec, named: Mapping[str, nn.Module], extractor: Extractor | None
+) -> tuple[LayerSpec, str]:
+    """``spec`` completed from its module (the user's values win), with the convention to record."""
+    module = named.get(spec.path)
+    if module is None:
+        raise InvalidInputError("modules.path", spec.path, "is not a module of the model (see model.named_modules())")
+    if extractor is not None:
+        n_experts = spec.n_experts or _int_attribute(module, EXPERT_COUNT_ATTRIBUTES)
+        if n_experts is None:
+            raise InvalidInputError(
+                f"modules[{spec.path!r}].n_experts", spec.n_experts,
+                "required: the module has no expert-count attribute",
+            )
+        top_k = spec.top_k or _top_k(module, _parent(spec.path, named))
+        return LayerSpec(spec.path, n_experts, spec.layer_id, top_k), "extractor"
+    detected = _detect(spec.path, named)
+    if detected is None:
+        raise InvalidInputError(
+            "modules.path", spec.path, f"matches no built-in convention; pass extractor=. Looked for {_LOOKED_FOR}"
+        )
+    found, convention = detected
+    return LayerSpec(spec.path, spec.n_experts or found.n_experts, spec.layer_id, spec.top_k or found.top_k), convention
+
+
+def _assign_layer_ids(found: Sequence[tuple[LayerSpec, str]]) -> list[AttachedLayer]:
+    """Explicit ids, else the first integer of each path, else 0..L-1 in module order."""
+    ids = [spec.layer_id if spec.layer_id is not None else _first_integer(spec.path) for spec, _ in found]
+    if None in ids or len(set(ids)) != len(ids):
+        if any(spec.layer_id is not None for spec, _ in found):
+            raise InvalidInputError("modules.layer_id", ids, "must be given for every module and distinct")
+        logger.info("MoE module paths do not give distinct layer ids %s; numbering layers 0..%d", ids, len(ids) - 1)
+        ids = list(range(len(found)))
+    return [
+        AttachedLayer(layer_id, spec.path, spec.n_experts, spec.top_k, convention)
+        for layer_id, (spec, convention) in zip(ids, found)
+    ]
+
+
+def _first_integer(path: str) -> int | None:
+    hit = re.search(r"(?:^|\.)(\d+)(?:\.|$)", path)
+    return int(hit.group(1)) if hit else None
+
+
+def _device_of(modules: Sequence[nn.Module], model: nn.Module) -> torch.device:
+    """Device of the first parameter or buffer of the MoE modules, else of the model, else CPU."""
+    tensors = (tensor for owner in (*modules, model) for tensor in (*owner.parameters(), *owner.buffers()))
+    first = next(tensors, None)
+    return torch.device("cpu") if first is None else first.device
+
+
+# -- hooks -------------------------------------------------------------------------------
+# Each hook reads only host metadata and passes tensors on; the recorder itself
+# skips forwards that activation checkpointing re-runs inside backward.
+def _mode(module: nn.Module) -> str:
+    return "TRAIN" if module.training else "INFER"
+
+
+def _experts_call_hook(monitor: "Monitor", layer: AttachedLayer, experts: nn.Module):
+    name = layer.convention.split(":", 1)[1]
+    kind = ROUTING_PARAMETERS[name]
+    position = list(inspect.signature(experts.forward).parameters).index(name)
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        routing = kwargs[name] if name in kwargs else args[position] if len(args) > position else None
+        if not isinstance(routing, torch.Tensor):
+            raise InvalidInputError(
+                f"{layer.path}.forward({name})", type(routing).__name__, "expected the routing tensor"
+            )
+        if kind == "indices":
+            monitor.record(layer.layer_id, indices=routing, mode=_mode(module))
+        else:
+            counts = routing.reshape(-1, layer.n_experts).sum(dim=0)
+            monitor.record(layer.layer_id, counts=counts, mode=_mode(module))
+
+    return hook
+
+
+def _used_capacity_hook(monitor: "Monitor", layer: AttachedLayer):
+    def hook(module: nn.Module, args: tuple, output: Any) -> None:
+        used_capacity = output[0] if isinstance(output, (tuple, list)) and output else None
+        if not isinstance(used_capacity, torch.Tensor) or tuple(used_capacity.shape) != (layer.n_experts,):
+            raise InvalidInputError(
+                f"{layer.path}.forward()[0]", tuple(getattr(used_capacity, "shape", ())),
+                f"nanoMoE convention expects used_capacity of shape ({layer.n_experts},); "
+                "pass extractor= for this router",
+            )
+        monitor.record(layer.layer_id, counts=used_capacity, mode=_mode(module))
+
+    return hook
+
+
+def _extractor_hook(monitor: "Monitor", layer: AttachedLayer, extractor: Extractor):
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        dispatch = extractor(module, args, kwargs, output)
+        if dispatch is None:
+            return
+        if not isinstance(dispatch, Mapping) or len(dispatch) != 1 or not set(dispatch) <= {"indices", "counts"}:
+            raise InvalidInputError(
+                f"extractor({layer.path})", dispatch, "must return {'indices': tensor}, {'counts': tensor} or None"
+            )
+        monitor.record(layer.layer_id, **dispatch, mode=_mode(module))
+
+    return hook
