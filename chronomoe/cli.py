@@ -1,0 +1,325 @@
+"""The ``chronomoe`` command: demo, summary, replay, report, validate, schema.
+
+Exit codes: 0 success; 1 the answer is "no" (``summary``: a layer is
+collapse_confirmed; ``validate``: invalid records); 2 the command could not
+run (missing run folder or file, no events, bad rules file, bad arguments).
+Errors are one line on stderr, never a traceback.
+
+The subcommands' modules (and torch, for ``demo`` only) are imported when a
+subcommand runs, so ``chronomoe --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from .errors import ChronoMoEError, InvalidInputError
+
+EXIT_OK = 0
+EXIT_NO = 1
+EXIT_ERROR = 2
+
+PROGRESS_MIN_BYTES = 16 * 2**20
+"""Logs at least this large get a progress bar (on a terminal)."""
+
+MODES = ("TRAIN", "INFER")
+
+
+# -- subcommands -----------------------------------------------------------------------------
+def run_demo_command(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    options = {"output_dir": args.output_dir, "seed": args.seed, "quiet": args.quiet}
+    if args.steps is not None:
+        options["steps"] = args.steps
+    return run_demo(**options)
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    from .report import format_summary, summarize_run
+
+    summary = summarize_run(args.run_dir, args.mode)
+    print(format_summary(summary))
+    dropped = _dropped_records(summary.run_dir)
+    if dropped:
+        print(f"warning: {dropped} records dropped after I/O errors while recording (the run's log names the files)")
+    return EXIT_NO if summary.collapsed_layers else EXIT_OK
+
+
+def _dropped_records(run_dir: Path) -> int:
+    """Records the run's writers dropped after I/O errors, as the last snapshot counts them (read from the end)."""
+    from .io import SNAPSHOTS_FILE
+    from .io.jsonl import last_line
+    from .snapshots import SystemSnapshot
+
+    line = last_line(run_dir / SNAPSHOTS_FILE)
+    return 0 if line is None else SystemSnapshot.model_validate_json(line).dropped_records
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from .alerts import AlertRules
+    from .io import EVENTS_FILE, MANIFEST_FILE, load_manifest
+    from .replay import changed_layers, format_transitions, recorded_rules, replay_run, require_run_dir
+
+    run_dir = require_run_dir(args.run_dir)
+    if args.rules is not None:
+        rules, rules_origin = AlertRules.from_file(args.rules), str(args.rules)
+    else:
+        rules = recorded_rules(run_dir)
+        rules_origin = "the recording (run_manifest.json)"
+        if rules is None:
+            rules, rules_origin = AlertRules.default(), "the defaults (the run stored none)"
+
+    writer = None
+    if args.out is not None:
+        writer = _replay_writer(args.out.resolve(), run_dir.resolve())
+        manifest = load_manifest(run_dir) if (run_dir / MANIFEST_FILE).is_file() else {}
+        writer.write_manifest(
+            {**manifest, "rules": rules.model_dump(),
+             "replay": {"source": str(run_dir.resolve()), "window": args.window or "recorded"}}
+        )
+    with _progress_bar(run_dir / EVENTS_FILE, count_lines=True, unit="event") as bar:
+        result = replay_run(
+            run_dir, rules, args.window,
+            on_snapshot=None if writer is None else writer.write_snapshot,
+            progress=None if bar is None else bar.update,
+        )
+    if writer is not None:
+        writer.close()
+
+    windows = "the recorded windows" if args.window is None else f"windows of {args.window} steps"
+    print(f"replayed {result.events} events into {result.snapshots} snapshots ({windows}) with rules from {rules_origin}")
+    print("rules: " + ", ".join(f"{name}={value}" for name, value in rules.model_dump().items()))
+    if result.unreplayed_events:
+        print(f"{result.unreplayed_events} events after the last recorded snapshot of their mode were not replayed")
+    if result.mismatched_snapshots:
+        print(
+            f"warning: the metrics of {result.mismatched_snapshots} snapshots differ from the recording: "
+            "the event log does not hold what the recorded snapshots were built from"
+        )
+    if args.window is None:
+        print(f"alert states differ from the recording in {result.changed_snapshots} of {result.snapshots} snapshots")
+    changes = changed_layers(result.recorded_transitions, result.replayed_transitions)
+    if not changes:
+        print(f"transitions: same as recorded ({len(result.replayed_transitions)})")
+    for change in changes:
+        label = f"{change.mode} layer {change.layer_id}: "
+        print(f"{label}recorded {format_transitions(change.recorded)}")
+        print(f"{' ' * len(label)}replayed {format_transitions(change.replayed)}")
+        if change.recorded_final != change.replayed_final:
+            print(f"{' ' * len(label)}ends {change.replayed_final.value} (recorded: {change.recorded_final.value})")
+    if args.out is not None:
+        print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def _replay_writer(out: Path, run_dir: Path):
+    from .io import SNAPSHOTS_FILE, TelemetryWriter
+
+    if out == run_dir:
+        raise InvalidInputError("--out", str(out), "must differ from RUN_DIR (replay never changes the recording)")
+    if (out / SNAPSHOTS_FILE).exists():
+        raise InvalidInputError("--out", str(out), f"already holds {SNAPSHOTS_FILE}; choose a new folder")
+    return TelemetryWriter(out.name, out.parent)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    for path in write_report(args.run_dir, args.output_dir, args.mode, args.steps):
+        print(path)
+    return EXIT_OK
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from .replay import require_run_dir
+    from .schemas import RUN_FILES, validate_run
+
+    run_dir = require_run_dir(args.run_dir)
+    total = sum((run_dir / name).stat().st_size for name in RUN_FILES if (run_dir / name).is_file())
+    with _progress_bar(run_dir, total=total, unit="B") as bar:
+        check = validate_run(run_dir, progress=None if bar is None else bar.update)
+    for file_check in check.files:
+        name = file_check.path.name
+        status = "ok" if not file_check.error_count else f"{file_check.error_count} invalid"
+        print(f"{name}: {file_check.records} record{'' if file_check.records == 1 else 's'}, {status}")
+        for error in file_check.errors:
+            print(f"  {name}:{error.line}: {error.message}")
+        if file_check.error_count > len(file_check.errors):
+            print(f"  ... and {file_check.error_count - len(file_check.errors)} more")
+        if file_check.torn_line is not None:
+            print(f"  {name}:{file_check.torn_line}: torn last line (a crash mid-write; loaders skip it)")
+    print("valid" if check.ok else f"invalid: {check.error_count} records fail their schema or model")
+    return EXIT_OK if check.ok else EXIT_NO
+
+
+def run_schema(args: argparse.Namespace) -> int:
+    from .schemas import RECORD_MODELS, load_schema, schema_text
+
+    if args.name is None:
+        print(schema_text({name: load_schema(name) for name in RECORD_MODELS}), end="")
+    else:
+        print(schema_text(load_schema(args.name)), end="")
+    return EXIT_OK
+
+
+# -- helpers ---------------------------------------------------------------------------------
+@contextmanager
+def _progress_bar(path: Path, *, unit: str, total: int | None = None, count_lines: bool = False) -> Iterator:
+    """A tqdm bar for reading ``path`` (``total`` bytes, default its size) when that is large and
+    stderr is a terminal; ``None`` otherwise. ``count_lines`` counts in lines instead of bytes."""
+    size = total if total is not None else (path.stat().st_size if path.is_file() else 0)
+    if size < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(
+        total=_count_lines(path) if count_lines else size, unit=unit, unit_scale=True, desc=path.name, file=sys.stderr
+    ) as bar:
+        yield bar
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as handle:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated steps such as 100,500,1000, got {text!r}") from None
+
+
+def _schema_name(text: str) -> str:
+    from .schemas import RECORD_MODELS
+
+    if text not in RECORD_MODELS:
+        raise argparse.ArgumentTypeError(f"unknown record type {text!r}; choose from {', '.join(RECORD_MODELS)}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chronomoe",
+        description="Routing-topology telemetry for Mixture-of-Experts training: inspect, replay, "
+                    "report and validate recorded runs.",
+        epilog="RUN_DIR is a run folder written by chronomoe.Monitor or TelemetryWriter "
+               "(routing_events.jsonl, snapshots.jsonl, alerts.jsonl, run_manifest.json). "
+               "Exit codes: 0 success; 1 a collapsed layer (summary) or invalid records (validate); "
+               "2 an error (missing run folder or file, no events, bad rules file, bad arguments).",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"chronomoe {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], summary: str, description: str):
+        sub = commands.add_parser(name, help=summary, description=description)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    demo = command(
+        "demo", run_demo_command, "train a small MoE that collapses, recording it",
+        "Train a small Mixture-of-Experts language model on CPU with ChronoMoE attached and write its "
+        "run folders (needs torch). Prints what the alerts saw.",
+    )
+    demo.add_argument("--output-dir", default="runs", metavar="DIR", help="parent folder of the run folders (default: runs)")
+    demo.add_argument("--steps", type=_positive_int, default=None, metavar="N", help="training steps (default: the demo's own)")
+    demo.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
+    demo.add_argument("--quiet", action="store_true", help="print only the final verdict")
+
+    summary = command(
+        "summary", run_summary, "per-layer table of the run's last metrics, states and transitions",
+        "Print one row per MoE layer: last Neff / n_experts, Top2 share, dead and nearly dead experts, "
+        "alert state, and the step of each alert transition. Exit code 0 when no layer is "
+        "collapse_confirmed, 1 when any is (usable in scripts and CI of training jobs).",
+    )
+    summary.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
+    summary.add_argument("--mode", choices=MODES, default="TRAIN", help="which snapshots (default: TRAIN)")
+
+    replay = command(
+        "replay", run_replay, "re-run the alert logic over the recorded events with other rules or windows",
+        "Rebuild snapshots and alert transitions from routing_events.jsonl, streaming (memory flat in the "
+        "log's length, progress bar on large logs), and print what changed against the recorded alerts. "
+        "By default it uses the recorded rules and the recorded snapshot windows (events with step in "
+        "(previous snapshot step, snapshot step]), which reproduces the recording exactly.",
+    )
+    replay.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
+    replay.add_argument(
+        "--rules", type=Path, metavar="RULES.json",
+        help="alert rules as JSON (keys of chronomoe.AlertRules; missing keys take the defaults; "
+             "see `chronomoe schema AlertRules`). Default: the rules stored in run_manifest.json",
+    )
+    replay.add_argument(
+        "--window", type=_positive_int, metavar="N",
+        help="snapshot every N steps (windows ((k-1)N, kN], the last one partial) instead of at the recorded snapshots",
+    )
+    replay.add_argument(
+        "--out", type=Path, metavar="DIR",
+        help="write the replayed snapshots.jsonl, alerts.jsonl and run_manifest.json to this new folder",
+    )
+
+    report = command(
+        "report", run_report, "PNG figures and a self-contained HTML page of the run",
+        "Draw Neff per layer with the alert states shaded, Top2 per layer, layer x expert share heatmaps "
+        "and the alert-state timeline as PNG files, and report.html embedding them with the summary and "
+        "transitions tables. Needs matplotlib: pip install 'chronomoe[report]'.",
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
+    report.add_argument("-o", "--output-dir", type=Path, metavar="DIR", help="where to write (default: RUN_DIR/report)")
+    report.add_argument("--mode", choices=MODES, default="TRAIN", help="which snapshots (default: TRAIN)")
+    report.add_argument(
+        "--steps", type=_steps, metavar="S1,S2,...",
+        help="steps of the share heatmaps (the snapshot at or after each); default: 4 evenly spaced snapshots",
+    )
+
+    validate = command(
+        "validate", run_validate, "check every record against the JSON Schemas in specs/",
+        "Check each line of routing_events.jsonl, snapshots.jsonl and alerts.jsonl against its record "
+        "type's JSON Schema and model, and the manifest's rules; list invalid lines with their numbers "
+        "(the first 20 per file) and a torn last line. Exit code 0 when valid, 1 on invalid records.",
+    )
+    validate.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
+
+    schema = command(
+        "schema", run_schema, "print the JSON Schemas of the records",
+        "Print the JSON Schema of one record type, or of all as one JSON object keyed by type. Types: "
+        "AlertRules, AlertTransition, ControlDecision, LensState, RoutingEvent, SystemSnapshot.",
+    )
+    schema.add_argument("name", nargs="?", type=_schema_name, metavar="NAME", help="record type (default: all)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    try:
+        return args.handler(args)
+    except (ChronoMoEError, OSError, ValueError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"chronomoe {args.command}: error: {message}", file=sys.stderr)
+    except ImportError as error:
+        print(f"chronomoe {args.command}: error: missing dependency: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"chronomoe {args.command}: interrupted", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

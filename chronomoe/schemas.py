@@ -1,0 +1,298 @@
+"""JSON Schemas of the records ChronoMoE writes, and validation of a run folder against them.
+
+The schemas are generated from the pydantic models (their serialised form,
+i.e. what ``model_dump(mode="json")`` and the JSONL writer produce) and
+committed in ``specs/schemas/<Name>.schema.json`` as package data. They are
+part of the regression contract: ``tests/test_schemas.py`` fails when a model
+changes and the committed schemas were not regenerated with::
+
+    python -m chronomoe.schemas --write
+
+``python -m chronomoe.schemas --check`` exits 1 when a committed schema is
+out of date. :func:`validate_run` checks every record of a run folder
+against the committed schemas and the models' own invariants (what
+``chronomoe validate`` prints).
+
+jsonschema is imported only by the validating functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from .alerts import AlertRules, AlertTransition
+from .controller import ControlDecision
+from .errors import InvalidInputError
+from .events import RoutingEvent
+from .io import ALERTS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE
+from .io.jsonl import _first_line
+from .lens import LensState
+from .snapshots import SystemSnapshot
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+RECORD_MODELS: dict[str, type[BaseModel]] = {
+    "AlertRules": AlertRules,
+    "AlertTransition": AlertTransition,
+    "ControlDecision": ControlDecision,
+    "LensState": LensState,
+    "RoutingEvent": RoutingEvent,
+    "SystemSnapshot": SystemSnapshot,
+}
+"""Every record type with a committed schema (``SystemSnapshot``'s holds ``LayerSnapshot`` and ``AlertTransition``)."""
+
+RUN_FILES: dict[str, str] = {
+    EVENTS_FILE: "RoutingEvent",
+    SNAPSHOTS_FILE: "SystemSnapshot",
+    ALERTS_FILE: "AlertTransition",
+}
+"""JSONL files of a run folder and the record type of their lines."""
+
+MAX_REPORTED_ERRORS = 20
+"""Errors listed per file by :func:`validate_run` (all are counted)."""
+
+
+def schema_file_name(name: str) -> str:
+    return f"{name}.schema.json"
+
+
+def _model(name: str) -> type[BaseModel]:
+    model = RECORD_MODELS.get(name)
+    if model is None:
+        raise InvalidInputError("schema name", name, f"must be one of {', '.join(RECORD_MODELS)}")
+    return model
+
+
+def generate_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of record type ``name``, generated from its model."""
+    schema = _model(name).model_json_schema(mode="serialization")
+    return {"$schema": JSON_SCHEMA_DIALECT, **schema}
+
+
+def schema_text(schema: dict[str, Any]) -> str:
+    """Canonical file text of a schema: 2-space indent, sorted keys, trailing newline."""
+    return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def packaged_schema_dir() -> Path:
+    """``specs/schemas/`` of the installed package (the source tree's in an editable install)."""
+    return Path(str(resources.files("chronomoe.specs"))) / "schemas"
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """The committed schema of record type ``name``."""
+    _model(name)
+    text = resources.files("chronomoe.specs").joinpath("schemas", schema_file_name(name)).read_text()
+    return json.loads(text)
+
+
+def write_schemas(directory: str | os.PathLike | None = None) -> list[Path]:
+    """Generate every schema into ``directory`` (default: the packaged ``specs/schemas/``)."""
+    directory = packaged_schema_dir() if directory is None else Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in RECORD_MODELS:
+        path = directory / schema_file_name(name)
+        path.write_text(schema_text(generate_schema(name)))
+        written.append(path)
+    return written
+
+
+def stale_schemas(directory: str | os.PathLike | None = None) -> list[str]:
+    """Names whose file in ``directory`` is missing or differs from what the model generates now."""
+    directory = packaged_schema_dir() if directory is None else Path(directory)
+    stale = []
+    for name in RECORD_MODELS:
+        path = directory / schema_file_name(name)
+        if not path.is_file() or path.read_text() != schema_text(generate_schema(name)):
+            stale.append(name)
+    return stale
+
+
+def schema_validator(name: str):
+    """A ``jsonschema`` validator for the committed schema of ``name`` (needs the jsonschema package)."""
+    import jsonschema
+
+    schema = load_schema(name)
+    validator_class = jsonschema.validators.validator_for(schema)
+    return validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+
+
+# -- validating a run folder ----------------------------------------------------
+@dataclass
+class LineError:
+    """One invalid line of a JSONL file (``line`` counts from 1)."""
+
+    line: int
+    message: str
+
+
+@dataclass
+class FileCheck:
+    """Validation result of one file of a run folder.
+
+    ``errors`` lists the first :data:`MAX_REPORTED_ERRORS` invalid lines;
+    ``error_count`` counts them all. ``torn_line`` is the line number of a
+    last line without its newline (a crash mid-write): loaders skip it, so it
+    is reported but is not an error.
+    """
+
+    path: Path
+    record_type: str
+    records: int = 0
+    error_count: int = 0
+    errors: list[LineError] = field(default_factory=list)
+    torn_line: int | None = None
+
+    def add_error(self, line: int, message: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append(LineError(line, message))
+
+
+@dataclass
+class RunCheck:
+    """Validation result of a run folder: one :class:`FileCheck` per file present."""
+
+    run_dir: Path
+    files: list[FileCheck]
+
+    @property
+    def error_count(self) -> int:
+        return sum(check.error_count for check in self.files)
+
+    @property
+    def ok(self) -> bool:
+        return self.error_count == 0
+
+
+def validate_run(run_dir: str | os.PathLike, progress: Callable[[int], None] | None = None) -> RunCheck:
+    """Check every record of a run folder against the committed schemas and the models.
+
+    Each line of ``routing_events.jsonl``, ``snapshots.jsonl`` and
+    ``alerts.jsonl`` must be JSON, valid against its record type's schema, and
+    accepted by the model (which also checks invariants a schema cannot
+    state, such as ``len(expert_token_counts) == n_experts``). The manifest
+    must be a JSON object whose ``rules``, when present, are valid
+    :class:`~chronomoe.alerts.AlertRules`. ``progress`` is called with the
+    bytes consumed after each line.
+
+    Raises :class:`~chronomoe.errors.InvalidInputError` when ``run_dir`` is not
+    a folder or holds none of these files.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InvalidInputError("RUN_DIR", str(run_dir), "is not a folder")
+    checks = [
+        _check_jsonl(run_dir / file_name, record_type, progress)
+        for file_name, record_type in RUN_FILES.items()
+        if (run_dir / file_name).is_file()
+    ]
+    if (run_dir / MANIFEST_FILE).is_file():
+        checks.append(_check_manifest(run_dir / MANIFEST_FILE))
+    if not checks:
+        raise InvalidInputError(
+            "RUN_DIR", str(run_dir), f"holds no telemetry ({', '.join([*RUN_FILES, MANIFEST_FILE])})"
+        )
+    return RunCheck(run_dir, checks)
+
+
+def _check_jsonl(path: Path, record_type: str, progress: Callable[[int], None] | None) -> FileCheck:
+    check = FileCheck(path, record_type)
+    validator = schema_validator(record_type)
+    model = RECORD_MODELS[record_type]
+    for line_number, line in _numbered_lines(path):
+        if progress is not None:
+            progress(len(line))
+        if not line.endswith(b"\n"):
+            check.torn_line = line_number
+            break
+        if not line.strip():
+            continue
+        check.records += 1
+        problem = _record_problem(line, validator, model)
+        if problem is not None:
+            check.add_error(line_number, problem)
+    return check
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    with open(path, "rb") as handle:
+        yield from enumerate(handle, start=1)
+
+
+def _record_problem(line: bytes, validator, model: type[BaseModel]) -> str | None:
+    """Why one line is not a valid record (``None`` when it is)."""
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        return f"not JSON: {error}"
+    from jsonschema.exceptions import best_match
+
+    schema_error = best_match(validator.iter_errors(value))
+    if schema_error is not None:
+        return f"schema: {schema_error.json_path}: {_abbreviate(schema_error.message)}"
+    try:
+        model.model_validate(value)
+    except (ValidationError, ValueError) as error:
+        return f"model: {_first_line(error)}"
+    return None
+
+
+def _check_manifest(path: Path) -> FileCheck:
+    check = FileCheck(path, "run manifest")
+    try:
+        manifest = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as error:
+        check.add_error(1, f"not JSON: {error}")
+        return check
+    check.records = 1
+    if not isinstance(manifest, dict):
+        check.add_error(1, f"must be a JSON object, got {type(manifest).__name__}")
+    elif "rules" in manifest:
+        problem = _record_problem(orjson.dumps(manifest["rules"]), schema_validator("AlertRules"), AlertRules)
+        if problem is not None:
+            check.add_error(1, f"rules: {problem}")
+    return check
+
+
+def _abbreviate(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- python -m chronomoe.schemas ---------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m chronomoe.schemas",
+        description="Regenerate or check the committed JSON Schemas of ChronoMoE's records.",
+    )
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--write", action="store_true", help="regenerate every schema file")
+    action.add_argument("--check", action="store_true", help="exit 1 when a committed schema is out of date")
+    parser.add_argument(
+        "--dir", type=Path, default=None,
+        help=f"schema folder (default: the package's specs/schemas/, here {packaged_schema_dir()})",
+    )
+    args = parser.parse_args(argv)
+    if args.write:
+        for path in write_schemas(args.dir):
+            print(path)
+        return 0
+    stale = stale_schemas(args.dir)
+    for name in stale:
+        print(f"{schema_file_name(name)} is out of date: run python -m chronomoe.schemas --write", file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
