@@ -93,7 +93,7 @@ def expected_counts(model: TinyMoE, ids: torch.Tensor) -> list[np.ndarray]:
         for handle in handles:
             handle.remove()
     return [
-        torch.bincount(layer_logits.topk(TOP_K, dim=-1).indices.reshape(-1), minlength=n).numpy()
+        torch.bincount(layer_logits.topk(TOP_K, dim=-1).indices.reshape(-1), minlength=n).cpu().numpy()
         for layer_logits, n in zip(logits, N_EXPERTS)
     ]
 
@@ -223,6 +223,33 @@ def test_recording_a_training_step_reads_no_tensor_value_on_the_host():
     with host_reads_forbidden():
         train_step(model, ids)
         monitor.step(0)
+    assert_counts_equal(snapshot_counts(monitor, 0), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_training_step_with_the_recorder_attached_never_synchronises():
+    """CUDA's own sync detector, not a mock: any host-device sync in the step raises.
+
+    The tiny model itself never synchronises (top-k routing, dense experts),
+    so the whole step, forward, backward and ``monitor.step``, runs under
+    ``set_sync_debug_mode("error")``. The ``.item()`` first proves the
+    detector is live.
+    """
+    model = make_model().cuda()
+    ids = batches(1)[0].cuda()
+    expected = expected_counts(model, ids)
+    monitor = Monitor()
+    monitor.attach(model)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            ids.sum().item()
+        train_step(model, ids)
+        monitor.step(0)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
     assert_counts_equal(snapshot_counts(monitor, 0), expected)
 
 
