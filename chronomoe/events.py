@@ -30,24 +30,47 @@ from pydantic import (
 
 Mode = Literal["TRAIN", "INFER"]
 
+INT64_LIMIT = 2.0**63
+"""Counts (and their sums) must stay below this, so int64 arithmetic never wraps."""
+
 
 def _to_numpy(value: Any) -> np.ndarray:
-    """Array view of a list, tuple, numpy array or torch tensor (torch is not imported)."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
+    """Array view of a list, tuple, numpy array or torch tensor (torch is not imported).
+
+    Raises ``ValueError`` (which pydantic reports with the field's name) for
+    what cannot be read as an array: ragged lists, tensors on the meta device.
+    """
+    try:
+        if hasattr(value, "detach") and hasattr(value, "cpu"):
+            tensor = value.detach()
+            if getattr(tensor, "is_meta", False):
+                raise ValueError("is a tensor on the meta device, which holds no values")
+            if tensor.is_floating_point():
+                tensor = tensor.double()  # bfloat16 and float8 have no numpy dtype
+            return tensor.cpu().numpy()
+        return np.asarray(value)
+    except (TypeError, RuntimeError, NotImplementedError) as error:
+        raise ValueError(f"cannot be read as an array: {error}") from None
 
 
-def _as_counts(value: Any) -> np.ndarray:
-    if isinstance(value, np.ndarray) and value.dtype == np.int64 and not value.flags.writeable:
-        return value  # already validated (a view handed out by another record)
-    array = _to_numpy(value)
-    if array.ndim != 1:
-        raise ValueError(f"must be a 1-D sequence of per-expert counts, got shape {array.shape}")
+def _check_numeric(array: np.ndarray, what: str) -> None:
+    """Refuse arrays of bools, complex numbers, strings or objects."""
     if array.dtype == np.bool_ or not (
         np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
     ):
-        raise ValueError(f"must hold integers, got dtype {array.dtype}")
+        raise ValueError(f"must hold {what}, got dtype {array.dtype}")
+
+
+def _as_counts(value: Any) -> np.ndarray:
+    if (
+        isinstance(value, np.ndarray) and value.dtype == np.int64 and not value.flags.writeable
+        and value.ndim == 1 and (not value.size or value.min() >= 0)
+    ):
+        return value  # already validated (a view handed out by another record): no copy
+    array = _to_numpy(value)
+    if array.ndim != 1:
+        raise ValueError(f"must be a 1-D sequence of per-expert counts, got shape {array.shape}")
+    _check_numeric(array, "integers")
     if np.issubdtype(array.dtype, np.floating):
         bad = ~np.isfinite(array) | (array != np.round(array))
         if bad.any():
@@ -56,15 +79,19 @@ def _as_counts(value: Any) -> np.ndarray:
     if array.size and array.min() < 0:
         index = int(np.argmin(array))
         raise ValueError(f"element [{index}] = {array[index].item()!r} is negative")
+    if array.size and array.sum(dtype=np.float64) >= INT64_LIMIT:
+        raise ValueError(f"sums to {array.sum(dtype=np.float64)!r}, beyond the int64 range of token counts")
     counts = array.astype(np.int64)
     counts.flags.writeable = False
     return counts
 
 
 def _as_floats(value: Any) -> np.ndarray:
-    array = _to_numpy(value).astype(np.float64)
+    array = _to_numpy(value)
     if array.ndim != 1:
         raise ValueError(f"must be a 1-D sequence, got shape {array.shape}")
+    _check_numeric(array, "numbers")
+    array = array.astype(np.float64)
     if not np.isfinite(array).all():
         index = int(np.argmax(~np.isfinite(array)))
         raise ValueError(f"element [{index}] = {array[index].item()!r} is not finite")

@@ -10,9 +10,10 @@ controller, user handlers). Two ways to feed it:
   ``monitor.step(step)`` at the end of each training step and
   ``monitor.snapshot(step, train_loss, val_loss)`` at your evaluation cadence.
 
-Either way, each snapshot publishes its transitions (layer order) on
-``"transition"``, then itself on ``"snapshot"``; the writer is the first
-snapshot subscriber, so a snapshot is on disk before any user handler runs.
+Either way, each snapshot is written (with its transitions) first, then
+publishes its transitions (layer order) on ``"transition"`` and itself on
+``"snapshot"``: it is on disk before any handler runs, and the writer's I/O
+errors follow ``io_errors``, not the bus's handler isolation.
 A handler stops the run with :meth:`Monitor.request_stop`; the training loop
 checks :attr:`Monitor.should_stop`.
 """
@@ -65,6 +66,10 @@ class Monitor:
         strict_handlers: let handler exceptions propagate (for tests).
         write_events: also write ``routing_events.jsonl`` (per step and layer).
         fsync: ``fsync`` the run's files after every snapshot.
+        io_errors: ``"log"`` (default): an I/O error while writing is logged
+            once and the run goes on, failed records retried and, beyond a
+            bound, dropped and counted in :attr:`dropped_records`;
+            ``"raise"``: it propagates (see :class:`~chronomoe.io.TelemetryWriter`).
         capacity: steps the recorder stages on the device between drains.
         config: free-form run configuration stored in the manifest.
         process_group: under torch.distributed (initialised before the
@@ -94,6 +99,7 @@ class Monitor:
         strict_handlers: bool = False,
         write_events: bool = True,
         fsync: bool = False,
+        io_errors: str = "log",
         capacity: int = 128,
         config: dict[str, Any] | None = None,
         process_group: Any = None,
@@ -117,6 +123,8 @@ class Monitor:
             self._recorder_layout = (list(range(len(n_experts))), [int(n) for n in n_experts], top_k)
         self._window: np.ndarray | None = None  # [2, L, width] counts since the last snapshot
         self._window_calls: np.ndarray | None = None  # [2, L] record calls since the last snapshot
+        self._window_out_of_range: np.ndarray | None = None  # [2] out-of-range expert ids since the last snapshot
+        self._earlier_dropped_records = 0  # dropped by the writers of the run before a resume
         self._attachment = None
         self._collective: RankReduction | None = None
         # torch.distributed can only be initialised once torch is imported; importing it otherwise costs seconds.
@@ -132,11 +140,10 @@ class Monitor:
 
         self.writer: TelemetryWriter | None = None
         if output_dir is not None:
-            self.writer = TelemetryWriter(run_id, output_dir, fsync=fsync)
+            self.writer = TelemetryWriter(run_id, output_dir, fsync=fsync, on_error=io_errors)
             self.writer.write_manifest(
                 create_run_manifest(run_id, model_name, config, rules=self.rules.model_dump())
             )
-            self.bus.subscribe("snapshot", self.writer.write_snapshot)
 
         self.controller = NoOpController() if controller == "noop" else controller
         if self.controller is not None:
@@ -172,6 +179,11 @@ class Monitor:
             self.stop_reason = reason
             logger.warning("run %s: stop requested: %s", self.run_id, reason)
 
+    @property
+    def dropped_records(self) -> int:
+        """Records the run's writers dropped after I/O errors (cumulative across resumes from ``state_dict``)."""
+        return self._earlier_dropped_records + (0 if self.writer is None else self.writer.dropped_records)
+
     def state(self, layer_id: int, mode: str = "TRAIN") -> AlertState:
         """Current alert state of ``layer_id`` (``nominal`` for a layer never seen)."""
         bank = self.banks[mode]
@@ -191,9 +203,20 @@ class Monitor:
         """Snapshot a window given as routing events or as summed counts ``[n_layers, n_experts]``."""
         if mode not in MODES:
             raise InvalidInputError("mode", mode, f"must be one of {', '.join(MODES)}")
-        items = list(events_or_counts) if not isinstance(events_or_counts, np.ndarray) else events_or_counts
+        if isinstance(events_or_counts, np.ndarray):
+            items = events_or_counts
+        else:
+            try:
+                items = list(events_or_counts)
+            except TypeError:
+                raise InvalidInputError(
+                    "events_or_counts", events_or_counts, "must be RoutingEvents or a [n_layers, n_experts] counts matrix"
+                ) from None
         # An empty list is a window without events (layers up to n_layers are no_data).
         if isinstance(items, list) and (not items or isinstance(items[0], RoutingEvent)):
+            stray = next((index for index, item in enumerate(items) if not isinstance(item, RoutingEvent)), None)
+            if stray is not None:
+                raise InvalidInputError(f"events_or_counts[{stray}]", items[stray], "is not a RoutingEvent, unlike the first")
             # Under torch.distributed these are one rank's events; the reduced snapshot is what gets written.
             if self.writer is not None and self.write_events and self._collective is None:
                 self.writer.write_events_batch(items)
@@ -209,13 +232,16 @@ class Monitor:
         return self._publish_snapshot(mode, counts, n_experts, layer_ids, step, train_loss, val_loss)
 
     def _publish_snapshot(
-        self, mode, counts, n_experts, layer_ids, step, train_loss, val_loss, timestamp=None
+        self, mode, counts, n_experts, layer_ids, step, train_loss, val_loss, timestamp=None, out_of_range_expert_ids=0
     ) -> SystemSnapshot:
         snapshot = build_snapshot(
             self.banks[mode], counts, n_experts, layer_ids, step=step, run_id=self.run_id,
             model_name=self.model_name, mode=mode, train_loss=train_loss, val_loss=val_loss,
-            timestamp=timestamp,
+            timestamp=timestamp, dropped_records=self.dropped_records,
+            out_of_range_expert_ids=out_of_range_expert_ids,
         )
+        if self.writer is not None:
+            self.writer.write_snapshot(snapshot)
         for transition in snapshot.transitions:
             self.bus.publish("transition", transition)
         self.bus.publish("snapshot", snapshot)
@@ -268,10 +294,23 @@ class Monitor:
         counts: "torch.Tensor | None" = None,
         mode: str = "TRAIN",
     ) -> None:
-        """Add one forward's dispatch of ``layer_id`` (sync-free); see :class:`~chronomoe.capture.RoutingRecorder`."""
+        """Add one forward's dispatch of ``layer_id`` (sync-free); see :class:`~chronomoe.capture.RoutingRecorder`.
+
+        Expert ids outside ``0..n_experts-1`` are not counted in any layer;
+        the next snapshot reports how many in ``out_of_range_expert_ids``.
+        """
+        import torch
+
+        tensor = indices if indices is not None else counts
+        # Metadata checks only (no device sync); the recorder checks the rest.
+        if isinstance(tensor, torch.Tensor):
+            name = "indices" if indices is not None else "counts"
+            if tensor.is_meta:
+                raise InvalidInputError(f"{name}.device", "meta", "a meta tensor holds no values to record")
+            if tensor.dtype == torch.bool or tensor.is_complex():
+                raise InvalidInputError(f"{name}.dtype", str(tensor.dtype), "must be an integer or floating dtype")
         recorder = self.recorder
         if recorder is None:
-            tensor = indices if indices is not None else counts
             recorder = self._make_recorder(getattr(tensor, "device", "cpu"))
         recorder.record(layer_id, indices=indices, counts=counts, mode=mode)
 
@@ -294,17 +333,23 @@ class Monitor:
         if self._collective is not None:
             self._collective.expect(step, "snapshot")
         self._consume(self.recorder.drain())
-        window, calls = self._window, self._window_calls
-        self._window = self._window_calls = None
+        window, calls, out_of_range = self._window, self._window_calls, self._window_out_of_range
+        self._window = self._window_calls = self._window_out_of_range = None
         recorder = self.recorder
         n_experts = np.asarray(recorder.n_experts, dtype=np.int64)
         layer_ids = np.asarray(recorder.layer_ids, dtype=np.int64)
         if window is None:
             window = np.zeros((len(MODES), recorder.n_layers, recorder.width), dtype=np.int64)
             calls = np.zeros((len(MODES), recorder.n_layers), dtype=np.int64)
+        if out_of_range is None:
+            out_of_range = np.zeros(len(MODES), dtype=np.int64)
         if calls[MODES.index("INFER")].any():
-            self._publish_snapshot("INFER", window[1], n_experts, layer_ids, step, None, val_loss)
-        return self._publish_snapshot("TRAIN", window[0], n_experts, layer_ids, step, train_loss, val_loss)
+            self._publish_snapshot(
+                "INFER", window[1], n_experts, layer_ids, step, None, val_loss, out_of_range_expert_ids=int(out_of_range[1])
+            )
+        return self._publish_snapshot(
+            "TRAIN", window[0], n_experts, layer_ids, step, train_loss, val_loss, out_of_range_expert_ids=int(out_of_range[0])
+        )
 
     def _consume(self, chunk: "StagedSteps") -> None:
         """Fold a drained chunk into the window and write its events."""
@@ -315,8 +360,12 @@ class Monitor:
             logger.error("negative counts recorded (counts= input); %d entries clipped to 0", int(negative.sum()))
             np.clip(chunk.counts, 0, None, out=chunk.counts)
         totals, calls = chunk.window_totals(), chunk.calls.sum(axis=0)
+        out_of_range = chunk.out_of_range.sum(axis=(0, 2))
         self._window = totals if self._window is None else self._window + totals
         self._window_calls = calls if self._window_calls is None else self._window_calls + calls
+        self._window_out_of_range = (
+            out_of_range if self._window_out_of_range is None else self._window_out_of_range + out_of_range
+        )
         if self.writer is not None and self.write_events:
             self.writer.write_events_batch(self._events_of(chunk))
 
@@ -363,16 +412,31 @@ class Monitor:
 
     # -- checkpointing -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume mid-window: alert states and streaks, the partial window."""
+        """Everything needed to resume mid-window: alert states and streaks, the partial window.
+
+        Plain Python values, plus torch tensors for the recorder's staged
+        counts, so ``torch.load(..., weights_only=True)`` reads a checkpoint
+        holding it (numpy arrays would need unpickling numpy's globals).
+        """
+        recorder_state = None
+        if self.recorder is not None:
+            import torch
+
+            recorder_state = {
+                key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+                for key, value in self.recorder.state_dict().items()
+            }
         return {
             "version": STATE_DICT_VERSION,
             "run_id": self.run_id,
             "rules": self.rules.model_dump(),
             "banks": {mode: bank.state_dict() for mode, bank in self.banks.items()},
             "stop_reason": self.stop_reason,
-            "window": None if self._window is None else self._window.copy(),
-            "window_calls": None if self._window_calls is None else self._window_calls.copy(),
-            "recorder": None if self.recorder is None else self.recorder.state_dict(),
+            "window": None if self._window is None else self._window.tolist(),
+            "window_calls": None if self._window_calls is None else self._window_calls.tolist(),
+            "window_out_of_range": None if self._window_out_of_range is None else self._window_out_of_range.tolist(),
+            "dropped_records": self.dropped_records,
+            "recorder": recorder_state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -386,6 +450,12 @@ class Monitor:
         self.stop_reason = state["stop_reason"]
         self._window = None if state["window"] is None else np.asarray(state["window"], dtype=np.int64)
         self._window_calls = None if state["window_calls"] is None else np.asarray(state["window_calls"], dtype=np.int64)
+        out_of_range = state.get("window_out_of_range")
+        self._window_out_of_range = None if out_of_range is None else np.asarray(out_of_range, dtype=np.int64)
+        # dropped_records reads the checkpoint's total from here on.
+        self._earlier_dropped_records = int(state.get("dropped_records", 0)) - (
+            0 if self.writer is None else self.writer.dropped_records
+        )
         if state["recorder"] is not None:
             recorder_state = state["recorder"]
             if self.recorder is None:

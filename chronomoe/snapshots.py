@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 
 from .alerts import AlertBank, AlertRules, AlertState, AlertTransition
 from .errors import InvalidInputError
-from .events import CountsArray, FloatArray, Integer, Mode, Record, RoutingEvent, finite_or_none
+from .events import INT64_LIMIT, CountsArray, FloatArray, Integer, Mode, Record, RoutingEvent, finite_or_none
 from .metrics import LayerMetricsBatch, layer_metrics_batch, pad_counts, sum_counts_by_layer
 
 
@@ -86,7 +86,14 @@ class LayerSnapshot(Record):
 
 
 class SystemSnapshot(Record):
-    """All layers at one evaluation step, with alerts and the transitions made."""
+    """All layers at one evaluation step, with alerts and the transitions made.
+
+    ``dropped_records`` counts the records the run's writer has dropped after
+    I/O errors so far (cumulative, carried across resumes by the Monitor's
+    ``state_dict``); ``out_of_range_expert_ids`` counts expert ids outside
+    their layer's ``0..n_experts-1`` recorded in this window, which no layer
+    counts. Both are 0 in a healthy run.
+    """
 
     step: Integer = Field(ge=0)
     timestamp: float = Field(default_factory=time.time)
@@ -98,6 +105,8 @@ class SystemSnapshot(Record):
     layers: list[LayerSnapshot]
     alerts: list[str]
     transitions: list[AlertTransition] = Field(default_factory=list)
+    dropped_records: Integer = Field(0, ge=0)
+    out_of_range_expert_ids: Integer = Field(0, ge=0)
 
     @field_validator("train_loss", "val_loss", "timestamp")
     @classmethod
@@ -205,8 +214,16 @@ def validate_counts_matrix(
     if isinstance(counts, np.ndarray) or (hasattr(counts, "detach") and hasattr(counts, "cpu")):
         matrix = np.asarray(counts.detach().cpu() if hasattr(counts, "detach") else counts)
     else:
-        rows = [np.asarray(row) for row in counts]
+        try:
+            rows = [np.asarray(row) for row in counts]
+        except (TypeError, ValueError):  # not iterable, or a ragged row
+            raise InvalidInputError("counts", counts, "must be a [n_layers, n_experts] matrix or a list of per-layer rows") from None
         ragged = len({row.shape for row in rows}) > 1
+        for index, row in enumerate(rows if ragged else ()):
+            if row.ndim != 1 or row.dtype == np.bool_ or not (
+                np.issubdtype(row.dtype, np.integer) or np.issubdtype(row.dtype, np.floating)
+            ):
+                raise InvalidInputError(f"counts[{index}]", row.tolist(), "must be a 1-D row of integer per-expert counts")
         matrix = pad_counts(rows)[0] if ragged else np.asarray(rows)
         if ragged and n_experts is None:
             n_experts = [len(row) for row in rows]
@@ -222,6 +239,10 @@ def validate_counts_matrix(
     if matrix.size and matrix.min() < 0:
         where = tuple(int(i) for i in np.argwhere(matrix < 0)[0])
         raise InvalidInputError(f"counts[{where[0]}][{where[1]}]", matrix[where].item(), "is negative")
+    row_totals = matrix.sum(axis=1, dtype=np.float64)
+    if matrix.size and row_totals.max() >= INT64_LIMIT:
+        row = int(np.argmax(row_totals))
+        raise InvalidInputError(f"counts[{row}]", matrix[row].tolist(), "sums beyond the int64 range of token counts")
     matrix = matrix.astype(np.int64, copy=False)
     if n_experts is None:
         widths = np.full(len(matrix), matrix.shape[1], dtype=np.int64)
@@ -311,11 +332,14 @@ def build_snapshot(
     train_loss: float | None = None,
     val_loss: float | None = None,
     timestamp: float | None = None,
+    dropped_records: int = 0,
+    out_of_range_expert_ids: int = 0,
 ) -> SystemSnapshot:
     """Metrics for a validated window, one step of the layers' alert machines, the snapshot.
 
     ``counts`` ``[L, E]`` int64 and ``n_experts`` ``[L]`` as returned by
-    :func:`validate_counts_matrix` or :func:`window_counts`.
+    :func:`validate_counts_matrix` or :func:`window_counts`; the last two
+    arguments fill the snapshot fields of those names.
     """
     timestamp = time.time() if timestamp is None else timestamp
     # Validate the snapshot's own fields before any alert machine moves:
@@ -323,6 +347,7 @@ def build_snapshot(
     header = SystemSnapshot(
         step=step, timestamp=timestamp, mode=mode, train_loss=train_loss, val_loss=val_loss,
         run_id=run_id, model_name=model_name, layers=[], alerts=[],
+        dropped_records=dropped_records, out_of_range_expert_ids=out_of_range_expert_ids,
     )
     batch = layer_metrics_batch(counts, n_experts)
     rules = bank.rules

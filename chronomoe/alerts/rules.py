@@ -62,11 +62,11 @@ class AlertRules(Record):
         """
         path = Path(path)
         try:
-            text = path.read_text()
+            data = path.read_bytes()  # bytes: pydantic reports invalid UTF-8 as a ValidationError
         except OSError as error:
             raise InvalidInputError("rules_file", str(path), f"cannot be read: {error.strerror}") from None
         try:
-            return cls.model_validate_json(text)
+            return cls.model_validate_json(data)
         except ValidationError as error:
             first = error.errors()[0]
             field = ".".join(str(part) for part in first["loc"]) or "rules_file"

@@ -7,23 +7,50 @@ A run folder ``output_dir/run_id/`` holds
 * ``alerts.jsonl``: one :class:`~chronomoe.alerts.AlertTransition` a line;
 * ``run_manifest.json``: run metadata, replaced atomically.
 
-Durability: files are opened once, unbuffered, in append mode; each batch is
-serialised in memory and handed to the OS in one ``write()``, so a process
-killed at any moment leaves every earlier batch intact and at most a torn
-last line. With ``fsync=True`` the writer also calls ``fsync`` after every
-snapshot, so a machine crash loses at most the batches since the last
-snapshot. Loaders skip a torn last line with a warning; a new writer moves a
-torn tail aside (to ``<file>.torn``) before appending, so it never glues onto
-the next record.
+Durability (``docs/guarantees.md`` lists the tests that pin each promise):
+
+* Files are opened once, unbuffered, in append mode; each batch is serialised
+  in memory and handed to the OS in one ``write()``, so a process killed at
+  any moment leaves every earlier batch intact and at most the batch in
+  flight torn or missing. Nothing is buffered in the process: a batch is in
+  the OS page cache when its write call returns.
+* With ``fsync=True`` the writer also calls ``fsync`` after every snapshot,
+  so a machine crash (power loss) loses at most the batches since the last
+  snapshot; ``benchmarks/bench_io.py`` measures its cost per snapshot.
+* Loaders skip a torn last line with a warning; a new writer moves a torn
+  tail aside (to ``<file>.torn``) before appending, so it never glues onto
+  the next record.
+
+I/O errors (disk full, permission lost, ...), with ``on_error="log"`` (the
+default): the run goes on. The first failure on a path is logged once, with
+the path; the failed batch is kept in memory and retried, whole, before the
+next batch of the same file and at every snapshot; batches beyond
+``max_pending_bytes`` are dropped, oldest first, and counted in
+:attr:`TelemetryWriter.dropped_records` (which the Monitor reports in every
+snapshot's ``dropped_records``). A write that stored part of a batch before
+failing is cut back to the batch's start, so a retried batch is never written
+twice nor in part. A file or run folder removed while the run writes it is
+recreated (with the manifest) at the next write, with an error logged. With
+``on_error="raise"`` the error propagates instead (after the same cut-back).
+
+Loaders read one line at a time with a bounded ``readline``: a line longer
+than ``max_line_bytes`` (default :data:`MAX_LINE_BYTES`, 64 MiB) is refused
+with :class:`~chronomoe.errors.CorruptRecordError` without being read whole.
+They parse with ``orjson`` and validate with pydantic; nothing is evaluated
+or unpickled.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import math
 import os
+import stat
+from collections import deque
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -42,14 +69,24 @@ EVENTS_FILE = "routing_events.jsonl"
 SNAPSHOTS_FILE = "snapshots.jsonl"
 ALERTS_FILE = "alerts.jsonl"
 MANIFEST_FILE = "run_manifest.json"
+TORN_SUFFIX = ".torn"
+
+MAX_LINE_BYTES = 64 * 2**20
+"""Longest JSONL line (newline included) the loaders read; a longer one is refused unread."""
+
+MAX_PENDING_BYTES = 64 * 2**20
+"""Default bound of the records a writer keeps in memory while writing fails."""
+
+ON_ERROR_CHOICES = ("log", "raise")
 
 _ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_BLOCK = 2**16
 
 Record = TypeVar("Record", bound=BaseModel)
 
 
 def check_run_id(run_id: str) -> str:
-    """Refuse a run_id that is not one safe path component ('', '.', '..', '/abs', 'a/b')."""
+    """Refuse a run_id that is not one safe path component ('', '.', '..', '/abs', 'a/b', NUL)."""
     if (
         not isinstance(run_id, str)
         or run_id in ("", ".", "..")
@@ -89,18 +126,50 @@ def record_line(record: BaseModel) -> bytes:
     return record.model_dump_json().encode() + b"\n"
 
 
+@dataclass
+class _PendingBatch:
+    """A batch whose write failed, kept for a retry; ``sequence`` orders batches across files."""
+
+    sequence: int
+    data: bytes
+    records: int
+
+
 class TelemetryWriter:
     """Appends records to a run folder's JSONL files (see the module docstring).
 
     Args:
         run_id: the run's folder name under ``output_dir``; one path component.
-        output_dir: parent folder of run folders (created when missing).
+        output_dir: parent folder of run folders (created when missing; the
+            constructor raises when the run folder cannot be created).
         fsync: ``fsync`` the files after every snapshot (durable against
             power loss, at the cost measured in ``benchmarks/bench_io.py``).
+        on_error: ``"log"`` (default): an I/O error is logged once per path
+            and the records are kept for a retry (see the module docstring);
+            ``"raise"``: it propagates.
+        max_pending_bytes: bytes of serialised records kept in memory while
+            writing fails; beyond it the oldest batches are dropped and counted
+            in :attr:`dropped_records`.
+
+    Attributes:
+        dropped_records: records dropped after I/O errors since this writer
+            was created (only with ``on_error="log"``).
     """
 
-    def __init__(self, run_id: str, output_dir: str | os.PathLike = "outputs", *, fsync: bool = False) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        output_dir: str | os.PathLike = "outputs",
+        *,
+        fsync: bool = False,
+        on_error: str = "log",
+        max_pending_bytes: int = MAX_PENDING_BYTES,
+    ) -> None:
         self.run_id = check_run_id(run_id)
+        if on_error not in ON_ERROR_CHOICES:
+            raise InvalidInputError("on_error", on_error, f"must be one of {', '.join(ON_ERROR_CHOICES)}")
+        if isinstance(max_pending_bytes, bool) or not isinstance(max_pending_bytes, int) or max_pending_bytes < 0:
+            raise InvalidInputError("max_pending_bytes", max_pending_bytes, "must be an integer >= 0")
         self.run_dir = Path(output_dir) / run_id
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.events_path = self.run_dir / EVENTS_FILE
@@ -108,18 +177,28 @@ class TelemetryWriter:
         self.alerts_path = self.run_dir / ALERTS_FILE
         self.manifest_path = self.run_dir / MANIFEST_FILE
         self.fsync = fsync
+        self.on_error = on_error
+        self.max_pending_bytes = max_pending_bytes
+        self.dropped_records = 0
         self._files: dict[Path, Any] = {}
+        self._pending: dict[Path, deque[_PendingBatch]] = {}
+        self._pending_bytes = 0
+        self._sequence = 0
+        self._failing: set[Path] = set()
+        self._dropping = False
+        self._manifest: bytes | None = None
+        self._manifest_pending = False
 
     # -- seed API -----------------------------------------------------------
     def write_event(self, event: RoutingEvent) -> None:
         """Append one event."""
-        self._append(self.events_path, event_line(event))
+        self._append(self.events_path, event_line(event), 1)
 
     def write_events_batch(self, events: Iterable[RoutingEvent]) -> int:
         """Append events in one ``write()``; return how many."""
         lines = [event_line(event) for event in events]
         if lines:
-            self._append(self.events_path, b"".join(lines))
+            self._append(self.events_path, b"".join(lines), len(lines))
         return len(lines)
 
     def flush_events(self, events: Sequence[RoutingEvent]) -> int:
@@ -127,10 +206,14 @@ class TelemetryWriter:
         return self.write_events_batch(events)
 
     def write_snapshot(self, snapshot: SystemSnapshot) -> None:
-        """Append a snapshot and, in ``alerts.jsonl``, the transitions it carries."""
+        """Append a snapshot and, in ``alerts.jsonl``, the transitions it carries.
+
+        First retries every batch still pending after a failed write.
+        """
+        self.flush()
         if snapshot.transitions:
             self.write_transitions(snapshot.transitions)
-        self._append(self.snapshots_path, record_line(snapshot))
+        self._append(self.snapshots_path, record_line(snapshot), 1)
         if self.fsync:
             self.sync()
 
@@ -138,34 +221,172 @@ class TelemetryWriter:
         """Append alert transitions to ``alerts.jsonl`` in one ``write()``."""
         lines = [record_line(transition) for transition in transitions]
         if lines:
-            self._append(self.alerts_path, b"".join(lines))
+            self._append(self.alerts_path, b"".join(lines), len(lines))
         return len(lines)
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write ``run_manifest.json`` atomically (temporary file, then rename)."""
-        temporary = self.manifest_path.with_suffix(".json.tmp")
-        temporary.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | _ORJSON_OPTIONS))
-        os.replace(temporary, self.manifest_path)
+        self._manifest = orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | _ORJSON_OPTIONS)
+        self._manifest_pending = True
+        self._retry_manifest()
+
+    # -- retrying -----------------------------------------------------------
+    @property
+    def pending_records(self) -> int:
+        """Records kept in memory after a failed write, waiting for a retry."""
+        return sum(batch.records for queue in self._pending.values() for batch in queue)
+
+    def flush(self) -> int:
+        """Retry every pending batch (and the manifest); return the records still pending."""
+        self._retry_manifest()
+        for path in list(self._pending):
+            self._retry(path)
+        return self.pending_records
+
+    def _append(self, path: Path, data: bytes, records: int) -> None:
+        if self.on_error == "raise":
+            self._write(path, data)
+            return
+        queue = self._pending.setdefault(path, deque())
+        queue.append(_PendingBatch(self._sequence, data, records))
+        self._sequence += 1
+        self._pending_bytes += len(data)
+        self._retry(path)
+        self._drop_beyond_bound()
+
+    def _retry(self, path: Path) -> None:
+        """Write ``path``'s pending batches in order, stopping at the first failure."""
+        queue = self._pending[path]
+        wrote = False
+        while queue:
+            batch = queue[0]
+            try:
+                self._write(path, batch.data)
+            except OSError as error:
+                self._note_failure(path, error)
+                return
+            queue.popleft()
+            self._pending_bytes -= len(batch.data)
+            wrote = True
+        if wrote and path in self._failing:
+            self._failing.discard(path)
+            logger.warning("writing %s works again", path)
+            if not self._failing:
+                self._dropping = False
+
+    def _retry_manifest(self) -> None:
+        if not self._manifest_pending:
+            return
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            temporary = self.manifest_path.with_suffix(".json.tmp")
+            temporary.write_bytes(self._manifest)
+            os.replace(temporary, self.manifest_path)
+        except OSError as error:
+            if self.on_error == "raise":
+                raise
+            self._note_failure(self.manifest_path, error)
+            return
+        self._manifest_pending = False
+        self._failing.discard(self.manifest_path)
+
+    def _note_failure(self, path: Path, error: OSError) -> None:
+        if path in self._failing:
+            return
+        self._failing.add(path)
+        logger.error(
+            "cannot write %s: %s. The run goes on: the records are kept in memory (up to %d bytes, the oldest "
+            "dropped beyond that and counted in snapshots' dropped_records) and retried before each later "
+            "write; this is logged once until writing works again",
+            path, error, self.max_pending_bytes,
+        )
+
+    def _drop_beyond_bound(self) -> None:
+        while self._pending_bytes > self.max_pending_bytes:
+            path, queue = min(
+                ((path, queue) for path, queue in self._pending.items() if queue),
+                key=lambda item: item[1][0].sequence,
+            )
+            batch = queue.popleft()
+            self._pending_bytes -= len(batch.data)
+            self.dropped_records += batch.records
+            if not self._dropping:
+                self._dropping = True
+                logger.error(
+                    "records waiting for a retry exceed max_pending_bytes=%d: dropping the oldest "
+                    "(first: %d records of %s); dropped_records counts them",
+                    self.max_pending_bytes, batch.records, path,
+                )
 
     # -- file handling ------------------------------------------------------
-    def _append(self, path: Path, data: bytes) -> None:
-        handle = self._files.get(path)
-        if handle is None:
-            handle = self._files[path] = _open_for_append(path)
+    def _write(self, path: Path, data: bytes) -> None:
+        """Append ``data`` whole, or raise with the file cut back to where it was."""
+        handle = self._handle(path)
+        start = os.lseek(handle.fileno(), 0, os.SEEK_END)
         view = memoryview(data)
-        while view:  # a regular file may accept fewer bytes than asked (disk nearly full)
-            written = handle.write(view)
-            view = view[written:]
+        try:
+            while view:  # a regular file may accept fewer bytes than asked (disk nearly full)
+                written = handle.write(view)
+                if not written:
+                    raise OSError(errno.EIO, "write() accepted no bytes", str(path))
+                view = view[written:]
+        except OSError:
+            if len(view) < len(data):
+                self._cut_back(path, handle, start)
+            raise
+
+    def _cut_back(self, path: Path, handle: Any, size: int) -> None:
+        """Remove the part of a failed batch that reached the file, so it ends on a line boundary."""
+        try:
+            os.ftruncate(handle.fileno(), size)
+        except OSError:
+            # The file keeps a torn tail; reopening moves it aside before the retry appends.
+            self._close_handle(path)
+
+    def _handle(self, path: Path) -> Any:
+        handle = self._files.get(path)
+        if handle is not None and not _names_open_file(path, handle):
+            logger.error(
+                "%s was removed or replaced while the run was writing it; recreating it "
+                "(the records it held are gone with it)", path,
+            )
+            self._close_handle(path)
+            handle = None
+        if handle is None:
+            if not self.run_dir.is_dir():
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self._manifest_pending = self._manifest is not None
+                self._retry_manifest()
+            handle = self._files[path] = _open_for_append(path)
+        return handle
+
+    def _close_handle(self, path: Path) -> None:
+        handle = self._files.pop(path)
+        try:
+            handle.close()
+        except OSError as error:
+            logger.error("closing %s failed: %s", path, error)
 
     def sync(self) -> None:
-        """``fsync`` every open file."""
-        for handle in self._files.values():
-            os.fsync(handle.fileno())
+        """``fsync`` every open file (with ``on_error="log"``, a failure is logged once per path)."""
+        for path, handle in list(self._files.items()):
+            try:
+                os.fsync(handle.fileno())
+            except OSError as error:
+                if self.on_error == "raise":
+                    raise
+                self._note_failure(path, error)
 
     def close(self) -> None:
-        for handle in self._files.values():
-            handle.close()
-        self._files.clear()
+        """Retry pending batches once more, drop (and count) what still fails, close the files."""
+        if self.flush():
+            lost = self.pending_records
+            self.dropped_records += lost
+            logger.error("closing %s with %d records not written after I/O errors: dropped", self.run_dir, lost)
+        self._pending.clear()
+        self._pending_bytes = 0
+        for path in list(self._files):
+            self._close_handle(path)
 
     def __enter__(self) -> "TelemetryWriter":
         return self
@@ -174,24 +395,62 @@ class TelemetryWriter:
         self.close()
 
 
+def _names_open_file(path: Path, handle: Any) -> bool:
+    """Whether ``path`` still names the file ``handle`` has open (not removed, not replaced)."""
+    try:
+        on_disk = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    opened = os.fstat(handle.fileno())
+    return (on_disk.st_dev, on_disk.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def _no_follow_opener(path: str, flags: int) -> int:
+    """Open without following a symlink: a link planted in a run folder must not redirect writes."""
+    return os.open(path, flags | os.O_NOFOLLOW, 0o666)
+
+
 def _open_for_append(path: Path):
-    """Open unbuffered for append, first moving a torn last line (no trailing newline) aside."""
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb+") as existing:
-            existing.seek(-1, os.SEEK_END)
-            if existing.read(1) != b"\n":
-                existing.seek(0)
-                content = existing.read()
-                keep = content.rfind(b"\n") + 1
-                torn_path = path.with_name(path.name + ".torn")
-                with open(torn_path, "ab") as torn:
-                    torn.write(content[keep:] + b"\n")
-                existing.truncate(keep)
-                logger.warning(
-                    "%s ended in a torn line (%d bytes, a crash mid-write); moved it to %s",
-                    path, len(content) - keep, torn_path,
-                )
-    return open(path, "ab", buffering=0)
+    """Open ``path`` unbuffered for append, first moving a torn last line (no trailing newline) aside."""
+    handle = open(path, "a+b", buffering=0, opener=_no_follow_opener)
+    try:
+        _move_torn_tail_aside(path, handle.fileno())
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def _move_torn_tail_aside(path: Path, descriptor: int) -> None:
+    """Append a last line without its newline to ``<file>.torn`` (newline added) and cut it from the file.
+
+    Reads backwards from the end in blocks, so the cost is the torn tail's
+    length, never the file's.
+    """
+    size = os.fstat(descriptor).st_size
+    if not size or os.pread(descriptor, 1, size - 1) == b"\n":
+        return
+    keep = _line_start(descriptor, size)
+    torn_path = path.with_name(path.name + TORN_SUFFIX)
+    with open(torn_path, "ab", opener=_no_follow_opener) as torn:
+        for offset in range(keep, size, _BLOCK):
+            torn.write(os.pread(descriptor, min(_BLOCK, size - offset), offset))
+        torn.write(b"\n")
+    os.ftruncate(descriptor, keep)
+    logger.warning(
+        "%s ended in a torn line (%d bytes, a crash mid-write); moved it to %s", path, size - keep, torn_path,
+    )
+
+
+def _line_start(descriptor: int, end: int) -> int:
+    """Offset just after the last newline before ``end`` (0 when none), reading backwards in blocks."""
+    while end > 0:
+        start = max(0, end - _BLOCK)
+        newline = os.pread(descriptor, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
 
 
 # -- loaders ---------------------------------------------------------------
@@ -200,36 +459,76 @@ def _file_in(path: str | os.PathLike, default_name: str) -> Path:
     return path / default_name if path.is_dir() else path
 
 
-def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """``(line_number, line)`` of each non-blank complete line; a torn last line is skipped with a warning."""
-    with open(path, "rb") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.endswith(b"\n"):
+def _check_max_line_bytes(max_line_bytes: int) -> int:
+    if isinstance(max_line_bytes, bool) or not isinstance(max_line_bytes, int) or max_line_bytes < 1:
+        raise InvalidInputError("max_line_bytes", max_line_bytes, "must be an integer >= 1")
+    return max_line_bytes
+
+
+def _non_blocking_opener(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def _open_regular_file(path: Path):
+    """Open for reading; refuse what is not a regular file (a FIFO would block, a device never end)."""
+    handle = open(path, "rb", opener=_non_blocking_opener)
+    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        handle.close()
+        raise InvalidInputError("path", str(path), "is not a regular file")
+    return handle
+
+
+def iter_lines(path: str | os.PathLike, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes]]:
+    """``(line_number, line)`` of each non-blank complete line of a JSONL file, from 1, newline kept.
+
+    A torn last line (no newline) is skipped with a warning. A line longer
+    than ``max_line_bytes`` (newline included) raises
+    :class:`~chronomoe.errors.CorruptRecordError` after reading at most
+    ``max_line_bytes + 1`` bytes of it. A path that is not a regular file
+    raises :class:`~chronomoe.errors.InvalidInputError`.
+    """
+    path = Path(path)
+    limit = _check_max_line_bytes(max_line_bytes)
+    with _open_regular_file(path) as handle:
+        readline = handle.readline
+        line_number = 0
+        while line := readline(limit + 1):
+            line_number += 1
+            if len(line) > limit:
+                raise CorruptRecordError(
+                    str(path), line_number, f"line longer than max_line_bytes={limit}; refused without reading it"
+                )
+            if line[-1] != 0x0A:  # only the last line can end without a newline
                 logger.warning("%s:%d: skipping torn last line (%d bytes, no newline)", path, line_number, len(line))
                 return
-            if line.strip():
+            if not line.isspace():
                 yield line_number, line
 
 
 _PARSE_ERRORS = (ValidationError, orjson.JSONDecodeError, InvalidInputError, ValueError, TypeError)
 
 
-def iter_records(path: str | os.PathLike, parse: Callable[[bytes], Record]) -> Iterator[Record]:
+def iter_records(
+    path: str | os.PathLike, parse: Callable[[bytes], Record], *, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[Record]:
     """Stream records from a JSONL file, one line at a time (memory flat in file length).
 
     A last line without its newline (torn by a crash) is skipped with a
-    warning; any other line that fails to parse raises
-    :class:`~chronomoe.errors.CorruptRecordError` with the file and line number.
+    warning; any other line that fails to parse, or is longer than
+    ``max_line_bytes``, raises :class:`~chronomoe.errors.CorruptRecordError`
+    with the file and line number.
     """
     path = Path(path)
-    for line_number, line in _iter_lines(path):
+    for line_number, line in iter_lines(path, max_line_bytes):
         try:
             yield parse(line)
         except _PARSE_ERRORS as error:
             raise CorruptRecordError(str(path), line_number, _first_line(error)) from None
 
 
-def iter_events(path: str | os.PathLike, batch_lines: int = 4096) -> Iterator[RoutingEvent]:
+def iter_events(
+    path: str | os.PathLike, batch_lines: int = 4096, *, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[RoutingEvent]:
     """Stream validated events from a JSONL file, ``batch_lines`` lines at a time.
 
     Same contract as :func:`iter_records` with ``RoutingEvent`` validation,
@@ -239,7 +538,7 @@ def iter_events(path: str | os.PathLike, batch_lines: int = 4096) -> Iterator[Ro
     """
     path = Path(path)
     batch: list[tuple[int, bytes]] = []
-    for numbered_line in _iter_lines(path):
+    for numbered_line in iter_lines(path, max_line_bytes):
         batch.append(numbered_line)
         if len(batch) == batch_lines:
             yield from _events_of_batch(path, batch)
@@ -263,7 +562,7 @@ def _is_canonical_event(record: Any) -> bool:
         and type(n_experts) is int and n_experts >= 1
         and type(top_k) is int and 1 <= top_k <= n_experts
         and type(record["run_id"]) is str and record["run_id"] != ""
-        and record["mode"] in ("TRAIN", "INFER")
+        and type(record["mode"]) is str and record["mode"] in ("TRAIN", "INFER")
         and type(record["timestamp"]) is float and math.isfinite(record["timestamp"])
         and type(record["token_count"]) is int
         and type(counts) is list and len(counts) == n_experts
@@ -307,9 +606,12 @@ def _parse_event_batch(path: Path, batch: list[tuple[int, bytes]]) -> list[Routi
             by_width.setdefault(record["n_experts"], []).append(index)
     events: list[RoutingEvent | None] = [None] * len(parsed)
     for indices in by_width.values():
-        counts = np.array([parsed[i]["expert_token_counts"] for i in indices])
-        if counts.dtype != np.int64:
-            continue  # floats, bools or huge integers: full validation decides
+        try:
+            counts = np.array([parsed[i]["expert_token_counts"] for i in indices])
+        except ValueError:
+            continue  # ragged nesting: full validation decides
+        if counts.dtype != np.int64 or counts.ndim != 2:
+            continue  # floats, bools, strings, nested lists or huge integers: full validation decides
         counts.flags.writeable = False
         totals = counts.sum(axis=1).tolist()
         rows, columns = np.nonzero(counts)
@@ -341,21 +643,58 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def load_events(path: str | os.PathLike) -> list[RoutingEvent]:
+def load_events(path: str | os.PathLike, *, max_line_bytes: int = MAX_LINE_BYTES) -> list[RoutingEvent]:
     """Validated events from ``routing_events.jsonl`` (a file path or a run folder)."""
-    return list(iter_events(_file_in(path, EVENTS_FILE)))
+    return list(iter_events(_file_in(path, EVENTS_FILE), max_line_bytes=max_line_bytes))
 
 
-def load_snapshots(path: str | os.PathLike) -> list[SystemSnapshot]:
+def load_snapshots(path: str | os.PathLike, *, max_line_bytes: int = MAX_LINE_BYTES) -> list[SystemSnapshot]:
     """Validated snapshots from ``snapshots.jsonl`` (a file path or a run folder)."""
-    return list(iter_records(_file_in(path, SNAPSHOTS_FILE), SystemSnapshot.model_validate_json))
+    return list(iter_records(_file_in(path, SNAPSHOTS_FILE), SystemSnapshot.model_validate_json, max_line_bytes=max_line_bytes))
 
 
-def load_transitions(path: str | os.PathLike) -> list[AlertTransition]:
+def load_transitions(path: str | os.PathLike, *, max_line_bytes: int = MAX_LINE_BYTES) -> list[AlertTransition]:
     """Validated alert transitions from ``alerts.jsonl`` (a file path or a run folder)."""
-    return list(iter_records(_file_in(path, ALERTS_FILE), AlertTransition.model_validate_json))
+    return list(iter_records(_file_in(path, ALERTS_FILE), AlertTransition.model_validate_json, max_line_bytes=max_line_bytes))
 
 
-def load_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The run manifest (a file path or a run folder)."""
-    return orjson.loads(_file_in(path, MANIFEST_FILE).read_bytes())
+def last_line(path: str | os.PathLike, max_line_bytes: int = MAX_LINE_BYTES) -> bytes | None:
+    """The last complete non-blank line of a JSONL file (a torn tail ignored), read from the end; ``None`` if none.
+
+    Its cost is the length of the lines read, never the file's. A last line
+    longer than ``max_line_bytes`` raises :class:`~chronomoe.errors.InvalidInputError`.
+    """
+    path = Path(path)
+    limit = _check_max_line_bytes(max_line_bytes)
+    with _open_regular_file(path) as handle:
+        descriptor = handle.fileno()
+        end = _line_start(descriptor, os.fstat(descriptor).st_size)  # drops a torn tail
+        while end > 0:
+            start = _line_start(descriptor, end - 1)
+            if end - start > limit:
+                raise InvalidInputError("path", str(path), f"its last line is longer than max_line_bytes={limit}")
+            line = os.pread(descriptor, end - start, start)
+            if not line.isspace():
+                return line
+            end = start
+    return None
+
+
+def load_manifest(path: str | os.PathLike, *, max_bytes: int = MAX_LINE_BYTES) -> dict[str, Any]:
+    """The run manifest (a file path or a run folder).
+
+    Raises :class:`~chronomoe.errors.CorruptRecordError` when it is not a
+    JSON object or is larger than ``max_bytes``.
+    """
+    path = _file_in(path, MANIFEST_FILE)
+    with _open_regular_file(path) as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise CorruptRecordError(str(path), 1, f"larger than max_bytes={max_bytes}; refused without reading it")
+    try:
+        manifest = orjson.loads(data)
+    except orjson.JSONDecodeError as error:
+        raise CorruptRecordError(str(path), 1, _first_line(error)) from None
+    if not isinstance(manifest, dict):
+        raise CorruptRecordError(str(path), 1, f"must be a JSON object, got {type(manifest).__name__}")
+    return manifest

@@ -1,0 +1,120 @@
+"""Resume: a training run killed at any step and resumed from its last checkpoint alerts exactly as one never killed.
+
+The run trains the demo's MoE language model (a smaller configuration) with
+``monitor.attach(model)``, snapshots every ``SNAPSHOT_EVERY`` steps and
+checkpoints every ``CHECKPOINT_EVERY`` steps (not a multiple: checkpoints fall
+inside snapshot windows) with ``torch.save`` of the model, the optimizer and
+``monitor.state_dict()``, read back with ``torch.load(weights_only=True)``.
+The kill is simulated in-process: the loop stops at the kill step, every
+object is dropped, and a new model, optimizer and Monitor are built from the
+checkpoint file.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chronomoe import AlertRules, Monitor
+from chronomoe.demo import DemoConfig, DemoMoEModel, make_corpus
+
+CONFIG = DemoConfig(seq_len=16, batch_size=8, hidden_size=32, n_heads=2, n_layers=2, n_experts=4, expert_hidden_size=32)
+STEPS = 40
+SNAPSHOT_EVERY = 4
+CHECKPOINT_EVERY = 5
+RULES = AlertRules(neff_ratio=0.95, pre_top2=0.55, pre_persistence=2, confirm_top2=0.6, confirm_persistence=2)
+"""Sensitive thresholds, so that this short run moves its layers through every state."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine more threads make this tiny model ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> torch.Tensor:
+    return make_corpus(CONFIG, seed=0, n_sequences=64)
+
+
+WITHOUT_TIMES = {"timestamp": True, "transitions": {"__all__": {"timestamp"}}}
+
+
+def published(snapshot) -> dict:
+    """Everything a snapshot says (counts, metrics, alert states, streaks, transitions) but wall-clock times."""
+    return snapshot.model_dump(mode="json", exclude=WITHOUT_TIMES)
+
+
+def train(output_dir: Path, corpus: torch.Tensor, checkpoint: Path, *, resume: bool, kill_at: int | None = None):
+    """Train to ``STEPS`` (or stop after ``kill_at``), resuming from ``checkpoint`` when asked.
+
+    Returns the snapshots published and the final ``monitor.state_dict()``.
+    """
+    torch.manual_seed(0)
+    model = DemoMoEModel(CONFIG)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-2)
+    monitor = Monitor("run", output_dir, rules=RULES, lens=None)
+    monitor.attach(model)
+    first_step = 1
+    if resume:
+        state = torch.load(checkpoint, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        monitor.load_state_dict(state["monitor"])
+        first_step = state["step"] + 1
+    snapshots = []
+    monitor.bus.subscribe("snapshot", snapshots.append)
+    for step in range(first_step, STEPS + 1):
+        rows = corpus[(step * CONFIG.batch_size) % (len(corpus) - CONFIG.batch_size):][: CONFIG.batch_size]
+        logits, _ = model(rows[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        monitor.step(step)
+        if step % SNAPSHOT_EVERY == 0:
+            monitor.snapshot(step, train_loss=loss.item())
+        if step % CHECKPOINT_EVERY == 0:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "monitor": monitor.state_dict(), "step": step}
+            torch.save(state, checkpoint)
+        if step == kill_at:
+            break
+    final_state = monitor.state_dict()
+    monitor.close()
+    return snapshots, final_state
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, corpus):
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    snapshots, state = train(folder, corpus, folder / "checkpoint.pt", resume=False)
+    assert {t.dest.value for s in snapshots for t in s.transitions} == {"pre_collapse", "collapse_confirmed"}
+    return snapshots, state
+
+
+@settings(max_examples=5, deadline=None)
+@given(kill_at=st.integers(CHECKPOINT_EVERY, STEPS - 1))
+def test_a_run_killed_at_any_step_and_resumed_from_its_checkpoint_alerts_as_if_never_killed(
+    tmp_path_factory, corpus, uninterrupted, kill_at
+):
+    folder = tmp_path_factory.mktemp("killed")
+    checkpoint = folder / "checkpoint.pt"
+    before_kill, _ = train(folder, corpus, checkpoint, resume=False, kill_at=kill_at)
+    gc.collect()  # the killed run's objects are gone
+    checkpoint_step = kill_at - kill_at % CHECKPOINT_EVERY
+    after_resume, final_state = train(folder, corpus, checkpoint, resume=True)
+
+    expected_snapshots, expected_state = uninterrupted
+    resumed = [s for s in before_kill if s.step <= checkpoint_step] + after_resume
+    assert [published(s) for s in resumed] == [published(s) for s in expected_snapshots]
+    assert final_state["banks"] == expected_state["banks"]
