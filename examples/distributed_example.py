@@ -41,7 +41,7 @@ class Experts(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
         # Dense over experts (tiny sizes): every expert runs on every token, the routing weights pick.
-        weights = torch.zeros(hidden_states.shape[0], N_EXPERTS).scatter_add(1, top_k_index, top_k_weights)
+        weights = hidden_states.new_zeros(hidden_states.shape[0], N_EXPERTS).scatter_add(1, top_k_index, top_k_weights)
         outputs = torch.einsum("teh,ehd->ted", F.gelu(torch.einsum("td,edh->teh", hidden_states, self.w_in)), self.w_out)
         return torch.einsum("te,ted->td", weights, outputs)
 

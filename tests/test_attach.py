@@ -66,8 +66,7 @@ def deepseek_top_k(router, output, top_k):
 
 def switch_top_1_with_capacity(router, output, top_k):
     # Top-1 per token; each expert keeps at most expert_capacity tokens of each sequence.
-    # transformers 5.17 returns the logits flat ([tokens, experts]), 5.23 per sequence.
-    logits = output[2].reshape(BATCH, -1, output[2].shape[-1])
+    logits = output[2]
     per_sequence = F.one_hot(logits.argmax(-1), logits.shape[-1]).sum(dim=1)
     return per_sequence.clamp(max=router.expert_capacity).sum(dim=0).numpy()
 

@@ -1,6 +1,6 @@
 """Bad input everywhere: every entry point that takes outside data either works or says which field is wrong.
 
-The contract (``docs/guarantees.md``, "Bad input"): building a record
+The contract (README, "Guarantees", "Bad input"): building a record
 (``RoutingEvent(...)``, ``model_validate``, ``model_validate_json``,
 ``from_router_output``) raises ``pydantic.ValidationError``; everything else
 raises a :class:`~chronomoe.errors.ChronoMoEError` (``InvalidInputError``

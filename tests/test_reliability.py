@@ -1,6 +1,6 @@
 """Reliability: crashes, I/O faults, misbehaving handlers and hostile paths never cost records or the run.
 
-Each test pins one promise of ``docs/guarantees.md``.
+Each test pins one promise of README's "Guarantees".
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ A run folder ``output_dir/run_id/`` holds
 * ``alerts.jsonl``: one :class:`~chronomoe.alerts.AlertTransition` a line;
 * ``run_manifest.json``: run metadata, replaced atomically.
 
-Durability (``docs/guarantees.md`` lists the tests that pin each promise):
+Durability (README's "Guarantees" lists the tests that pin each promise):
 
 * Files are opened once, unbuffered, in append mode; each batch is serialised
   in memory and handed to the OS in one ``write()``, so a process killed at
