@@ -38,7 +38,8 @@ class Family:
     """A tiny config of one transformers MoE family and how to recompute its routing.
 
     ``expected(router, router_output, top_k)`` gives tokens per expert from the
-    router's output (its logits first) without reading the indices it returned.
+    router's output: recomputed from its logits without reading the indices it
+    returned, except for Switch, whose dispatch mask is summed.
     """
 
     name: str
@@ -64,11 +65,16 @@ def deepseek_top_k(router, output, top_k):
     return top_k_counts(output[0].sigmoid() + router.e_score_correction_bias, top_k)
 
 
-def switch_top_1_with_capacity(router, output, top_k):
-    # Top-1 per token; each expert keeps at most expert_capacity tokens of each sequence.
-    logits = output[2]
-    per_sequence = F.one_hot(logits.argmax(-1), logits.shape[-1]).sum(dim=1)
-    return per_sequence.clamp(max=router.expert_capacity).sum(dim=0).numpy()
+def switch_dispatch_mask(router, output, top_k):
+    # Switch's router returns its dispatch as a one-hot mask with the capacity drops applied, found by
+    # role (the integer output over the experts): releases order the outputs differently and compute
+    # the mask differently (5.23 drops tokens beyond expert_capacity per sequence; 5.17 drops none),
+    # so the router's own mask, summed, is the routing the model chose.
+    (mask,) = [
+        tensor for tensor in output
+        if not tensor.is_floating_point() and tensor.shape[-1] == router.num_experts
+    ]
+    return mask.reshape(-1, router.num_experts).sum(dim=0).numpy()
 
 
 FAMILIES = [
@@ -106,7 +112,7 @@ FAMILIES = [
             num_experts=4, expert_capacity=3, num_sparse_encoder_layers=1, num_sparse_decoder_layers=1,
             decoder_start_token_id=0, pad_token_id=0,
         ),
-        switch_top_1_with_capacity,
+        switch_dispatch_mask,
         common=dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=32, num_layers=2, num_decoder_layers=2, num_heads=4),
         encoder_decoder=True,
     ),
