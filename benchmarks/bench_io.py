@@ -9,7 +9,8 @@ In one process, on one temporary folder (``--dir``, default: the system's):
   the end, and its fraction of the raw bandwidth;
 * the cost of ``fsync=True`` (one fsync per snapshot) per snapshot of 58 events;
 * ``load_events``: events/s and MB/s, next to bare ``orjson.loads`` of the
-  same lines (the parsing floor) and their ratio.
+  same lines, each result dropped at once (the parsing floor: no validation,
+  no records kept), and their ratio.
 
 Run: ``.venv/bin/python benchmarks/bench_io.py``; prints JSON.
 """
@@ -55,6 +56,11 @@ def writer_seconds(folder: Path, events: list[RoutingEvent], run: str) -> float:
     return time.perf_counter() - start
 
 
+def parse_and_drop(lines: list[bytes]) -> None:
+    for line in lines:
+        orjson.loads(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default=None, help="folder to write in (default: a temporary one)")
@@ -92,7 +98,7 @@ def main() -> None:
         log = folder / "w0" / "routing_events.jsonl"
         lines = log.read_bytes().splitlines()
         read_s = median_seconds(lambda: load_events(log), repeats=3, warmup=1)
-        parse_floor_s = median_seconds(lambda: [orjson.loads(line) for line in lines], repeats=3, warmup=1)
+        parse_floor_s = median_seconds(lambda: parse_and_drop(lines), repeats=3, warmup=1)
 
     emit({
         "benchmark": "io", "events": len(events), "experts": N_EXPERTS, "log_megabytes": megabytes,
@@ -103,8 +109,8 @@ def main() -> None:
                                "fsync_cost_ms": (synced - plain) * 1e3},
         "reader": {"seconds": read_s, "events_per_s": len(events) / read_s,
                    "megabytes_per_s": megabytes / read_s,
-                   "bare_orjson_loads_events_per_s": len(lines) / parse_floor_s,
-                   "time_ratio_to_bare_orjson": read_s / parse_floor_s},
+                   "orjson_parse_only_events_per_s": len(lines) / parse_floor_s,
+                   "time_ratio_to_orjson_parse_only": read_s / parse_floor_s},
     })
 
 

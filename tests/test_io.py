@@ -8,10 +8,12 @@ import logging
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 import chronomoe.io.jsonl as jsonl
 from chronomoe import (
     CorruptRecordError,
+    RoutingEvent,
     SystemSnapshot,
     TelemetryWriter,
     create_run_manifest,
@@ -188,6 +190,12 @@ def test_each_batch_is_one_write_and_each_file_is_opened_once(tmp_path, events, 
     assert sorted(opened) == ["alerts.jsonl", "routing_events.jsonl", "snapshots.jsonl"]
 
 
+def test_a_batch_of_events_is_written_as_their_event_lines_in_order(tmp_path, events):
+    with TelemetryWriter("run", tmp_path) as writer:
+        assert writer.write_events_batch(iter(events)) == len(events)
+    assert (tmp_path / "run" / "routing_events.jsonl").read_bytes() == b"".join(event_line(e) for e in events)
+
+
 def test_fsync_true_syncs_after_every_snapshot(tmp_path, snapshots, monkeypatch):
     synced = []
     monkeypatch.setattr(jsonl.os, "fsync", synced.append)
@@ -262,6 +270,70 @@ def test_a_line_that_is_json_but_not_a_valid_event_raises_naming_file_and_line(t
     with pytest.raises(CorruptRecordError, match=reason) as raised:
         load_events(path)
     assert raised.value.line_number == 2
+
+
+def event_record(counts: list, **changes) -> dict:
+    """The writer's JSON object for an event of these counts, token_count and active_experts derived from
+    them as Python reads them, with ``changes`` applied."""
+    width = len(counts)
+    event = RoutingEvent(run_id="run", step=0, layer_id=0, n_experts=width, top_k=1, expert_token_counts=[0] * width)
+    derived = {
+        "expert_token_counts": counts,
+        "token_count": sum(counts),
+        "active_experts": [expert for expert, count in enumerate(counts) if count],
+    }
+    return {**json.loads(event_line(event)), **derived, **changes}
+
+
+# Lines of several widths, in the writer's form or not, that the model accepts or rejects; the fast loader
+# copies the counts of canonical lines into one int64 matrix per width, so neighbours must not sway it.
+MIXED_RECORDS = [
+    event_record([3, 0, 5]),
+    event_record([1, 2]),
+    event_record([0, 0, 0]),
+    event_record([True, True]),  # only booleans: a bool array, which the model rejects, beside integer rows
+    event_record([4]),
+    event_record([True, 2]),  # booleans among integers count 0 or 1, as in numpy
+    event_record([2**62, 2**62], token_count=-(2**63)),  # the sum wraps int64
+    event_record([2**62, 2**62 - 1]),  # the sum is 2**63 as float64
+    event_record([2**40, 7]),
+    event_record([1.0, 0, 2], token_count=3),  # integral floats: the model accepts them
+    event_record([1.5, 2]),
+    {**event_record([1, 2]), "expert_token_counts": ["1", 2]},
+    event_record([2**63, 0]),
+    event_record([2**63, -(2**63) + 3]),
+    event_record([-1, 4]),
+    event_record([0, 3], active_experts=[0, 1]),
+    event_record([0, 3], active_experts=["1"]),  # lax integers: the model accepts them
+    event_record([0, 3], token_count=4),
+    event_record([5, 0, 1], timestamp=12),
+    event_record([9, 9]),
+]
+
+
+@pytest.mark.parametrize("rows_bytes", [8, 48, jsonl._ROWS_BYTES], ids=["one-row", "few-rows", "default"])
+def test_the_fast_event_loader_agrees_with_the_model_on_every_line_of_a_mixed_file(tmp_path, monkeypatch, rows_bytes):
+    monkeypatch.setattr(jsonl, "_ROWS_BYTES", rows_bytes)  # count matrices of that many bytes fill up
+    lines = [json.dumps(record).encode() + b"\n" for record in MIXED_RECORDS]
+    expected = []
+    for line in lines:
+        try:
+            expected.append(RoutingEvent.model_validate_json(line))
+        except ValidationError:
+            expected.append(None)
+    valid = [line for line, event in zip(lines, expected) if event is not None]
+    assert 0 < len(valid) < len(lines)
+    path = tmp_path / "routing_events.jsonl"
+    path.write_bytes(b"".join(valid))
+    loaded = load_events(path)
+    assert loaded == [event for event in expected if event is not None]
+    assert all(type(e.active_experts) is tuple and not e.expert_token_counts.flags.writeable for e in loaded)
+    for line, event in zip(lines, expected):
+        if event is None:  # after three valid lines, one of them of width 2 in plain integers
+            path.write_bytes(b"".join(valid[:3]) + line + b"".join(valid[3:]))
+            with pytest.raises(CorruptRecordError) as raised:
+                load_events(path)
+            assert raised.value.line_number == 4, line
 
 
 def test_a_corrupt_snapshot_line_raises_naming_file_and_line(tmp_path, snapshots):
