@@ -373,3 +373,33 @@ def test_layer_snapshot_metrics_are_the_scalar_fields():
     assert metrics["n_experts"] == 4 and metrics["token_count"] == 100 and metrics["dead_expert_count"] == 2
     assert math.isclose(metrics["n_effective"], 2.0, rel_tol=1e-12)  # exp(log 2) rounds
     assert metrics["top2_share"] == 1.0
+
+
+@settings(max_examples=40)
+@given(st.lists(st.tuples(st.integers(0, 2), count_windows.map(lambda windows: windows[0])), min_size=1, max_size=24))
+def test_alert_histories_interleaved_in_one_thread_evolve_as_if_each_were_alone(calls):
+    """Three runs' ``alert_history`` dicts used in turn give each run the snapshots it gets alone."""
+    interleaved: list[dict] = [{}, {}, {}]
+    alone: dict[int, list] = {0: [], 1: [], 2: []}
+    snapshots: dict[int, list] = {0: [], 1: [], 2: []}
+    for step, (run, counts) in enumerate(calls):
+        snapshot = SystemSnapshot.from_counts(counts, step=step, alert_history=interleaved[run], run_id="r")
+        snapshots[run].append(snapshot.model_dump(exclude={"timestamp"}))
+        alone[run].append((step, counts))
+    for run, run_calls in alone.items():
+        history: dict = {}
+        expected = [
+            SystemSnapshot.from_counts(counts, step=step, alert_history=history, run_id="r").model_dump(
+                exclude={"timestamp"}
+            )
+            for step, counts in run_calls
+        ]
+        assert _without_timestamps(snapshots[run]) == _without_timestamps(expected)
+        assert json.loads(json.dumps(interleaved[run])) == json.loads(json.dumps(history))
+
+
+def _without_timestamps(dumps: list[dict]) -> list[dict]:
+    for dump in dumps:
+        for transition in dump["transitions"]:
+            transition.pop("timestamp")
+    return dumps
