@@ -76,7 +76,8 @@ def run_replay(args: argparse.Namespace) -> int:
 
     writer = None
     if args.out is not None:
-        writer = _replay_writer(args.out.resolve(), run_dir.resolve())
+        with _output_option("--out", args.out):
+            writer = _replay_writer(args.out.resolve(), run_dir.resolve())
         manifest = load_manifest(run_dir) if (run_dir / MANIFEST_FILE).is_file() else {}
         writer.write_manifest(
             {**manifest, "rules": rules.model_dump(),
@@ -130,6 +131,9 @@ def _replay_writer(out: Path, run_dir: Path):
 def run_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
+    if args.output_dir is not None:
+        with _output_option("--output-dir", args.output_dir):
+            args.output_dir.mkdir(parents=True, exist_ok=True)
     for path in write_report(args.run_dir, args.output_dir, args.mode, args.steps):
         print(path)
     return EXIT_OK
@@ -190,10 +194,29 @@ def _count_lines(path: Path) -> int:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Bad arguments give one line on stderr (not the usage block) and exit code 2, like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+@contextmanager
+def _output_option(option: str, path: Path) -> Iterator[None]:
+    """Name the command-line option when its output folder cannot be made or written."""
+    try:
+        yield
+    except OSError as error:
+        raise InvalidInputError(option, str(path), error.strerror or str(error)) from None
 
 
 def _steps(text: str) -> list[int]:
@@ -212,7 +235,7 @@ def _schema_name(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         prog="chronomoe",
         description="Routing-topology telemetry for Mixture-of-Experts training: inspect, replay, "
                     "report and validate recorded runs.",

@@ -21,6 +21,8 @@ checks :attr:`Monitor.should_stop`.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -125,6 +127,8 @@ class Monitor:
         self._window_calls: np.ndarray | None = None  # [2, L] record calls since the last snapshot
         self._window_out_of_range: np.ndarray | None = None  # [2] out-of-range expert ids since the last snapshot
         self._earlier_dropped_records = 0  # dropped by the writers of the run before a resume
+        self._last_snapshot_step: dict[str, int | None] = {mode: None for mode in MODES}
+        self._observed_widths: dict[int, int] = {}  # expert count of each layer observe() saw, when none were declared
         self._attachment = None
         self._collective: RankReduction | None = None
         # torch.distributed can only be initialised once torch is imported; importing it otherwise costs seconds.
@@ -201,8 +205,7 @@ class Monitor:
         n_layers: int | None = None,
     ) -> SystemSnapshot:
         """Snapshot a window given as routing events or as summed counts ``[n_layers, n_experts]``."""
-        if mode not in MODES:
-            raise InvalidInputError("mode", mode, f"must be one of {', '.join(MODES)}")
+        self._check_snapshot_call(mode, step, train_loss, val_loss)
         if isinstance(events_or_counts, np.ndarray):
             items = events_or_counts
         else:
@@ -217,19 +220,54 @@ class Monitor:
             stray = next((index for index, item in enumerate(items) if not isinstance(item, RoutingEvent)), None)
             if stray is not None:
                 raise InvalidInputError(f"events_or_counts[{stray}]", items[stray], "is not a RoutingEvent, unlike the first")
-            # Under torch.distributed these are one rank's events; the reduced snapshot is what gets written.
-            if self.writer is not None and self.write_events and self._collective is None:
-                self.writer.write_events_batch(items)
             window = [event for event in items if event.mode == mode]
             counts, n_experts, layer_ids = window_counts(window, n_layers)
             reported = np.isin(layer_ids, [event.layer_id for event in window])
+            self._check_layers(layer_ids[reported], n_experts[reported])
+            # Under torch.distributed these are one rank's events; the reduced snapshot is what gets written.
+            if self.writer is not None and self.write_events and self._collective is None:
+                self.writer.write_events_batch(items)
         else:
             counts, n_experts = validate_counts_matrix(items)
             layer_ids = np.arange(len(counts))
             reported = np.ones(len(counts), dtype=bool)
+            self._check_layers(layer_ids, n_experts)
         if self._collective is not None:
             counts, n_experts, layer_ids = self._collective.reduce_window(counts, n_experts, reported, step=step, mode=mode)
         return self._publish_snapshot(mode, counts, n_experts, layer_ids, step, train_loss, val_loss)
+
+    def _check_snapshot_call(self, mode: str, step: int, train_loss: float | None, val_loss: float | None) -> None:
+        """Refuse a snapshot's arguments before anything is consumed or written, so that a corrected
+        retry still holds the window: a mode other than TRAIN/INFER, a loss that is not a finite number,
+        a step that is not an integer above the previous snapshot's of that mode."""
+        if mode not in MODES:
+            raise InvalidInputError("mode", mode, f"must be one of {', '.join(MODES)}")
+        for field, loss in (("train_loss", train_loss), ("val_loss", val_loss)):
+            if loss is not None and not (isinstance(loss, numbers.Real) and math.isfinite(loss)):
+                raise InvalidInputError(field, loss, "must be a finite number or None")
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise InvalidInputError("step", step, "must be a non-negative integer")
+        previous = self._last_snapshot_step[mode]
+        if previous is not None and step <= previous:
+            raise InvalidInputError("step", step, f"must be above the previous {mode} snapshot's step {previous}")
+
+    def _check_layers(self, layer_ids: np.ndarray, n_experts: np.ndarray) -> None:
+        """Refuse layers that contradict the declared ones (``n_experts=`` or ``attach``) or, when none
+        were declared, the expert counts that earlier ``observe`` calls gave them."""
+        declared = self._recorder_layout
+        known = dict(zip(declared[0], declared[1])) if declared is not None else self._observed_widths
+        new = {}
+        for layer_id, width in zip(layer_ids.tolist(), n_experts.tolist()):
+            expected = known.get(layer_id)
+            if expected is None and declared is not None:
+                raise InvalidInputError("layer_id", layer_id, f"is not a declared MoE layer (declared: {declared[0]})")
+            if expected is not None and width != expected:
+                raise InvalidInputError(
+                    f"n_experts of layer {layer_id}", width, f"differs from the layer's {expected} experts"
+                )
+            new[layer_id] = width
+        if declared is None:
+            self._observed_widths.update(new)
 
     def _publish_snapshot(
         self, mode, counts, n_experts, layer_ids, step, train_loss, val_loss, timestamp=None, out_of_range_expert_ids=0
@@ -245,6 +283,7 @@ class Monitor:
         for transition in snapshot.transitions:
             self.bus.publish("transition", transition)
         self.bus.publish("snapshot", snapshot)
+        self._last_snapshot_step[mode] = step
         if mode == "TRAIN":
             self.last_snapshot = snapshot
         return snapshot
@@ -333,6 +372,11 @@ class Monitor:
         if self._collective is not None:
             self._collective.expect(step, "snapshot")
         self._consume(self.recorder.drain())
+        # After the drain (under torch.distributed it is a collective every rank makes), before the
+        # window is taken: a refused call leaves the window for the corrected retry.
+        self._check_snapshot_call("TRAIN", step, train_loss, val_loss)
+        if self._window_calls is not None and self._window_calls[MODES.index("INFER")].any():
+            self._check_snapshot_call("INFER", step, None, val_loss)
         window, calls, out_of_range = self._window, self._window_calls, self._window_out_of_range
         self._window = self._window_calls = self._window_out_of_range = None
         recorder = self.recorder
@@ -355,9 +399,14 @@ class Monitor:
         """Fold a drained chunk into the window and write its events."""
         if not chunk.steps:
             return
-        negative = chunk.counts < 0
+        negative = chunk.counts < 0  # [steps, modes, layers, experts]; record() cannot check values without a sync
         if negative.any():
-            logger.error("negative counts recorded (counts= input); %d entries clipped to 0", int(negative.sum()))
+            steps = np.asarray(chunk.steps)[negative.any(axis=(1, 2, 3))].tolist()
+            layers = np.asarray(self.recorder.layer_ids)[negative.any(axis=(0, 1, 3))].tolist()
+            logger.error(
+                "record(counts=...) gave negative counts: %d entries in layers %s at steps %s, clipped to 0",
+                int(negative.sum()), layers, steps,
+            )
             np.clip(chunk.counts, 0, None, out=chunk.counts)
         totals, calls = chunk.window_totals(), chunk.calls.sum(axis=0)
         out_of_range = chunk.out_of_range.sum(axis=(0, 2))
@@ -436,6 +485,7 @@ class Monitor:
             "window_calls": None if self._window_calls is None else self._window_calls.tolist(),
             "window_out_of_range": None if self._window_out_of_range is None else self._window_out_of_range.tolist(),
             "dropped_records": self.dropped_records,
+            "last_snapshot_step": dict(self._last_snapshot_step),
             "recorder": recorder_state,
         }
 
@@ -448,6 +498,7 @@ class Monitor:
         for mode, bank_state in state["banks"].items():
             self.banks[mode].load_state_dict(bank_state)
         self.stop_reason = state["stop_reason"]
+        self._last_snapshot_step.update(state.get("last_snapshot_step", {}))
         self._window = None if state["window"] is None else np.asarray(state["window"], dtype=np.int64)
         self._window_calls = None if state["window_calls"] is None else np.asarray(state["window_calls"], dtype=np.int64)
         out_of_range = state.get("window_out_of_range")

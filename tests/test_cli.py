@@ -16,7 +16,10 @@ from chronomoe.schemas import RECORD_MODELS, load_schema
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(arg) for arg in argv])
+    try:
+        code = main([str(arg) for arg in argv])
+    except SystemExit as exit:  # argparse's own exits: --help, bad arguments
+        code = exit.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -172,9 +175,17 @@ def _bad_rules(tmp_path, text: str) -> Path:
         (lambda run, tmp: ["replay", run, "--rules", _bad_rules(tmp, "{not json")], "Invalid JSON"),
         (lambda run, tmp: ["replay", run, "--rules", _bad_rules(tmp, '{"typo": 1}')], "typo=1"),
         (lambda run, tmp: ["replay", run, "--rules", tmp / "absent.json"], "cannot be read"),
+        (lambda run, tmp: ["replay", run, "--window", "0"], "--window: must be a positive integer, got '0'"),
+        (lambda run, tmp: ["replay", run, "--window", "abc"], "--window: must be a positive integer, got 'abc'"),
+        (lambda run, tmp: ["summary"], "required: RUN_DIR"),
+        (lambda run, tmp: ["schema", "Foo"], "unknown record type 'Foo'"),
+        (lambda run, tmp: ["replay", run, "--out", run / "snapshots.jsonl" / "x"], "--out="),
+        (lambda run, tmp: ["report", run, "-o", run / "snapshots.jsonl" / "x"], "--output-dir="),
     ],
     ids=["summary-missing", "replay-missing", "report-missing", "validate-missing", "no-snapshots",
-         "no-events", "rules-out-of-range", "rules-not-json", "rules-unknown-key", "rules-missing"],
+         "no-events", "rules-out-of-range", "rules-not-json", "rules-unknown-key", "rules-missing",
+         "window-zero", "window-not-a-number", "no-run-dir", "unknown-schema", "out-not-a-folder",
+         "report-output-not-a-folder"],
 )
 def test_errors_are_one_line_on_stderr_with_exit_2(capsys, make_run, tmp_path, argv, message):
     run_dir = make_run()

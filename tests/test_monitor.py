@@ -36,9 +36,8 @@ def test_observe_counts_and_observe_events_give_the_same_snapshot(rows, make_eve
 
 
 def test_observe_accepts_a_numpy_matrix_and_ragged_layers():
-    monitor = Monitor("run")
-    assert [layer.n_experts for layer in monitor.observe(np.ones((2, 4), dtype=np.int64), step=0).layers] == [4, 4]
-    assert [layer.n_experts for layer in monitor.observe([[1, 1], [1, 1, 1]], step=1).layers] == [2, 3]
+    assert [layer.n_experts for layer in Monitor("run").observe(np.ones((2, 4), dtype=np.int64), step=0).layers] == [4, 4]
+    assert [layer.n_experts for layer in Monitor("run").observe([[1, 1], [1, 1, 1]], step=0).layers] == [2, 3]
 
 
 def test_observe_of_an_empty_event_window_marks_every_layer_no_data():
@@ -168,3 +167,77 @@ def test_resuming_with_different_rules_logs_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="chronomoe.monitor"):
         Monitor("run", rules=AlertRules(pre_persistence=4)).load_state_dict(state)
     assert "different alert rules" in caplog.text
+
+
+# -- refused snapshot calls lose nothing ----------------------------------------------------
+
+
+@pytest.mark.parametrize("field, value", [("train_loss", float("nan")), ("val_loss", float("inf")), ("train_loss", "1.0")])
+def test_a_loss_that_is_not_a_finite_number_is_refused_naming_the_field(assert_rejected, field, value):
+    error = assert_rejected(lambda: Monitor("run").observe([[1, 1]], step=0, **{field: value}), field, repr(value))
+    assert (error.field, error.value) == (field, value)
+
+
+def test_a_snapshot_refused_for_its_loss_keeps_the_window_for_the_corrected_retry(tmp_path):
+    torch = pytest.importorskip("torch")
+    monitor = Monitor("run", output_dir=tmp_path, n_experts=[4])
+    monitor.record(0, indices=torch.tensor([0, 1, 1, 3]))
+    monitor.step(1)
+    with pytest.raises(ValueError, match="train_loss"):
+        monitor.snapshot(1, train_loss=float("nan"))
+    snapshot = monitor.snapshot(1, train_loss=2.0)
+    monitor.close()
+    assert snapshot.layers[0].expert_token_counts.tolist() == [1, 2, 0, 1]
+    assert len(load_events(tmp_path / "run" / "routing_events.jsonl")) == 1
+    assert [s.step for s in load_snapshots(tmp_path / "run" / "snapshots.jsonl")] == [1]
+
+
+def test_observe_refused_for_its_loss_writes_nothing(tmp_path, rows, make_event):
+    monitor = Monitor("run", output_dir=tmp_path)
+    event = make_event(rows.collapsing, step=1)
+    with pytest.raises(ValueError, match="train_loss"):
+        monitor.observe([event], step=1, train_loss=float("nan"))
+    monitor.observe([event], step=1, train_loss=1.0)
+    monitor.close()
+    assert len(load_events(tmp_path / "run" / "routing_events.jsonl")) == 1
+
+
+@pytest.mark.parametrize("step", [3, 2])
+def test_a_snapshot_step_not_above_the_previous_one_of_its_mode_is_refused(assert_rejected, step):
+    monitor = Monitor("run")
+    monitor.observe([[1, 1]], step=3)
+    monitor.observe([[1, 1]], step=3, mode="INFER")  # the other mode keeps its own steps
+    assert_rejected(lambda: monitor.observe([[1, 1]], step=step), "step", str(step), "previous TRAIN snapshot's step 3")
+
+
+def test_the_last_snapshot_step_is_carried_by_the_state_dict(assert_rejected):
+    monitor = Monitor("run")
+    monitor.observe([[1, 1]], step=5)
+    resumed = Monitor("run")
+    resumed.load_state_dict(monitor.state_dict())
+    assert_rejected(lambda: resumed.observe([[1, 1]], step=5), "step", "previous TRAIN snapshot's step 5")
+    assert resumed.observe([[1, 1]], step=6).step == 6
+
+
+def test_observed_counts_contradicting_the_declared_layers_are_refused(assert_rejected):
+    monitor = Monitor("run", n_experts=[8])
+    assert_rejected(lambda: monitor.observe([[10] * 7], step=0), "n_experts of layer 0", "7", "8 experts")
+    assert_rejected(lambda: monitor.observe([[10] * 8, [1] * 8], step=0), "layer_id", "1", "declared")
+
+
+def test_a_layer_changing_its_expert_count_between_observations_is_refused(assert_rejected):
+    monitor = Monitor("run")
+    monitor.observe([[1, 1, 1, 1]], step=0)
+    assert_rejected(lambda: monitor.observe([[1, 1]], step=1), "n_experts of layer 0", "2", "4 experts")
+    assert monitor.observe([[1, 1, 1, 1], [1, 1]], step=1).layers[1].n_experts == 2  # a new layer may appear
+
+
+def test_negative_recorded_counts_are_clipped_at_the_snapshot_and_logged_with_layer_and_step(caplog):
+    torch = pytest.importorskip("torch")
+    monitor = Monitor("run", n_experts=[4, 4])
+    monitor.record(1, counts=torch.tensor([5, -3, 0, 2]))  # sync-free: checked when the window is copied
+    monitor.step(7)
+    with caplog.at_level(logging.ERROR, logger="chronomoe"):
+        snapshot = monitor.snapshot(7)
+    assert snapshot.layers[1].expert_token_counts.tolist() == [5, 0, 0, 2]
+    assert "1 entries in layers [1] at steps [7], clipped to 0" in caplog.text
