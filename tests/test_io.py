@@ -233,6 +233,16 @@ def test_loaders_skip_a_torn_last_line_with_a_warning_and_keep_every_complete_re
     assert f"routing_events.jsonl:{len(events) + 1}" in torn[0].getMessage()
 
 
+def test_a_torn_last_line_is_warned_about_once_however_often_the_file_is_read(tmp_path, events, caplog):
+    with TelemetryWriter("run", tmp_path) as writer:
+        writer.write_events_batch(events)
+    tear(tmp_path / "run" / "routing_events.jsonl")
+    with caplog.at_level(logging.WARNING, logger="chronomoe.io.jsonl"):
+        for _ in range(3):
+            assert load_events(tmp_path / "run") == events
+    assert sum("torn last line" in record.getMessage() for record in caplog.records) == 1
+
+
 def test_a_corrupt_line_before_the_last_raises_naming_file_and_line(tmp_path, events):
     with TelemetryWriter("run", tmp_path) as writer:
         writer.write_events_batch(events)

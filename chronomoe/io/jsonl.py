@@ -477,6 +477,10 @@ def _non_blocking_opener(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK)
 
 
+_TORN_TAILS_REPORTED: set[tuple[str, int, int]] = set()
+"""Torn last lines already warned about in this process, as (real path, line number, length)."""
+
+
 def _open_regular_file(path: Path):
     """Open for reading; refuse what is not a regular file (a FIFO would block, a device never end)."""
     # Buffered by _BLOCK: with the default 8 KiB, readline makes a read() call every four event lines.
@@ -508,7 +512,10 @@ def iter_lines(path: str | os.PathLike, max_line_bytes: int = MAX_LINE_BYTES) ->
                     str(path), line_number, f"line longer than max_line_bytes={limit}; refused without reading it"
                 )
             if line[-1] != 0x0A:  # only the last line can end without a newline
-                logger.warning("%s:%d: skipping torn last line (%d bytes, no newline)", path, line_number, len(line))
+                torn_tail = (os.path.realpath(path), line_number, len(line))
+                if torn_tail not in _TORN_TAILS_REPORTED:  # a report reads a file several times: warn once
+                    _TORN_TAILS_REPORTED.add(torn_tail)
+                    logger.warning("%s:%d: skipping torn last line (%d bytes, no newline)", path, line_number, len(line))
                 return
             if not line.isspace():
                 yield line_number, line
