@@ -69,10 +69,10 @@ class AlertRules(Record):
             return cls.model_validate_json(data)
         except ValidationError as error:
             first = error.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "rules_file"
-            raise InvalidInputError(
-                f"{path}:{field}", first.get("input"), first["msg"]
-            ) from None
+            if not first["loc"]:  # the document itself (not JSON, not an object): name the file, not its bytes
+                raise InvalidInputError("rules_file", str(path), first["msg"]) from None
+            field = ".".join(str(part) for part in first["loc"])
+            raise InvalidInputError(f"{path}:{field}", first.get("input"), first["msg"]) from None
 
     def pre_condition(self, n_effective: np.ndarray, n_experts: np.ndarray, top2_share: np.ndarray) -> np.ndarray:
         """Element-wise PRE_COLLAPSE condition for one snapshot (arrays over layers).
