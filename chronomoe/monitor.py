@@ -35,7 +35,7 @@ from .controller import Controller, NoOpController, connect
 from .errors import InvalidInputError
 from .events import RoutingEvent
 from .io import TelemetryWriter, create_run_manifest
-from .snapshots import SystemSnapshot, build_snapshot, validate_counts_matrix, window_counts
+from .snapshots import SystemSnapshot, build_snapshot, events_of_mode, validate_counts_matrix, window_counts
 
 if TYPE_CHECKING:
     import torch
@@ -220,7 +220,7 @@ class Monitor:
             stray = next((index for index, item in enumerate(items) if not isinstance(item, RoutingEvent)), None)
             if stray is not None:
                 raise InvalidInputError(f"events_or_counts[{stray}]", items[stray], "is not a RoutingEvent, unlike the first")
-            window = [event for event in items if event.mode == mode]
+            window = events_of_mode(items, mode)
             counts, n_experts, layer_ids = window_counts(window, n_layers)
             reported = np.isin(layer_ids, [event.layer_id for event in window])
             self._check_layers(layer_ids[reported], n_experts[reported])

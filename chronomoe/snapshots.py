@@ -21,7 +21,7 @@ import threading
 import time
 from itertools import compress
 from operator import attrgetter
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -156,13 +156,7 @@ class SystemSnapshot(Record):
             rules: alert rules (default: ``specs/default_rules.json``).
             run_id: defaults to the events' run_id.
         """
-        if not isinstance(events, (list, tuple)):
-            events = list(events)  # read once per field below
-        modes = list(map(attrgetter("mode"), events))
-        if modes.count(mode) == len(modes):
-            window = events
-        else:
-            window = list(compress(events, [event_mode == mode for event_mode in modes]))
+        window = events_of_mode(events, mode)
         if run_id is None:
             if not window:
                 raise InvalidInputError("run_id", None, "is required when the window holds no event")
@@ -272,6 +266,16 @@ def _load_state(machine: AlertMachine, state: dict[str, Any]) -> None:
     """
     if machine.state_dict() != state:
         machine.load_state_dict(state)
+
+
+def events_of_mode(events: Iterable[RoutingEvent], mode: str) -> Sequence[RoutingEvent]:
+    """The events of ``mode``, in order; ``events`` itself (no copy) when all of them are of ``mode``."""
+    if not isinstance(events, (list, tuple)):
+        events = list(events)  # read once per field below
+    modes = list(map(attrgetter("mode"), events))
+    if modes.count(mode) == len(modes):
+        return events
+    return list(compress(events, [event_mode == mode for event_mode in modes]))
 
 
 def validate_counts_matrix(
