@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -35,7 +35,7 @@ from .controller import ControlDecision
 from .errors import InvalidInputError
 from .events import RoutingEvent
 from .io import ALERTS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE
-from .io.jsonl import _first_line
+from .io.jsonl import _first_line, numbered_lines
 from .lens import LensState
 from .snapshots import SystemSnapshot
 
@@ -211,7 +211,7 @@ def _check_jsonl(path: Path, record_type: str, progress: Callable[[int], None] |
     check = FileCheck(path, record_type)
     validator = schema_validator(record_type)
     model = RECORD_MODELS[record_type]
-    for line_number, line in _numbered_lines(path):
+    for line_number, line in numbered_lines(path):
         if progress is not None:
             progress(len(line))
         if not line.endswith(b"\n"):
@@ -224,11 +224,6 @@ def _check_jsonl(path: Path, record_type: str, progress: Callable[[int], None] |
         if problem is not None:
             check.add_error(line_number, problem)
     return check
-
-
-def _numbered_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    with open(path, "rb") as handle:
-        yield from enumerate(handle, start=1)
 
 
 def _record_problem(line: bytes, validator, model: type[BaseModel]) -> str | None:

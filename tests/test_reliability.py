@@ -644,3 +644,9 @@ def test_a_fifo_or_device_given_as_a_log_is_refused_instead_of_read_forever(tmp_
     for path in (fifo, Path("/dev/zero")):
         with pytest.raises(InvalidInputError, match="not a regular file"):
             load_events(path)
+
+
+def test_validate_refuses_a_line_over_the_size_limit_naming_file_and_line(tmp_path, capsys):
+    (tmp_path / jsonl.SNAPSHOTS_FILE).write_bytes(b"{}\n" + b"x" * jsonl.MAX_LINE_BYTES + b"\n")
+    assert main(["validate", str(tmp_path)]) == 2
+    assert f"snapshots.jsonl:2: line longer than max_line_bytes={jsonl.MAX_LINE_BYTES}" in capsys.readouterr().err

@@ -492,11 +492,11 @@ def _open_regular_file(path: Path):
     return handle
 
 
-def iter_lines(path: str | os.PathLike, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes]]:
-    """``(line_number, line)`` of each non-blank complete line of a JSONL file, from 1, newline kept.
+def numbered_lines(path: str | os.PathLike, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes]]:
+    """``(line_number, line)`` of every line of a file, from 1, newline kept; only the last line can lack
+    its newline (a torn tail).
 
-    A torn last line (no newline) is skipped with a warning. A line longer
-    than ``max_line_bytes`` (newline included) raises
+    A line longer than ``max_line_bytes`` (newline included) raises
     :class:`~chronomoe.errors.CorruptRecordError` after reading at most
     ``max_line_bytes + 1`` bytes of it. A path that is not a regular file
     raises :class:`~chronomoe.errors.InvalidInputError`.
@@ -512,14 +512,21 @@ def iter_lines(path: str | os.PathLike, max_line_bytes: int = MAX_LINE_BYTES) ->
                 raise CorruptRecordError(
                     str(path), line_number, f"line longer than max_line_bytes={limit}; refused without reading it"
                 )
-            if line[-1] != 0x0A:  # only the last line can end without a newline
-                torn_tail = (os.path.realpath(path), line_number, len(line))
-                if torn_tail not in _TORN_TAILS_REPORTED:  # a report reads a file several times: warn once
-                    _TORN_TAILS_REPORTED.add(torn_tail)
-                    logger.warning("%s:%d: skipping torn last line (%d bytes, no newline)", path, line_number, len(line))
-                return
-            if not line.isspace():
-                yield line_number, line
+            yield line_number, line
+
+
+def iter_lines(path: str | os.PathLike, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes]]:
+    """:func:`numbered_lines` of a JSONL file without blank lines and without a torn last line, which is
+    skipped with a warning."""
+    for line_number, line in numbered_lines(path, max_line_bytes):
+        if line[-1] != 0x0A:
+            torn_tail = (os.path.realpath(path), line_number, len(line))
+            if torn_tail not in _TORN_TAILS_REPORTED:  # a report reads a file several times: warn once
+                _TORN_TAILS_REPORTED.add(torn_tail)
+                logger.warning("%s:%d: skipping torn last line (%d bytes, no newline)", path, line_number, len(line))
+            return
+        if not line.isspace():
+            yield line_number, line
 
 
 _PARSE_ERRORS = (ValidationError, orjson.JSONDecodeError, InvalidInputError, ValueError, TypeError)
