@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from _common import emit, interleaved_medians, median_seconds
-from chronomoe import AlertBank, Monitor, RoutingEvent, SystemSnapshot
+from chronomoe import Monitor, RoutingEvent, SystemSnapshot
+from chronomoe.alerts import AlertBank
 from chronomoe.metrics import (
     compute_entropy,
     compute_n_effective,

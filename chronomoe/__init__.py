@@ -1,18 +1,28 @@
-"""ChronoMoE: routing-topology telemetry for Mixture-of-Experts training.
+"""ChronoMoE: routing-topology telemetry and governance for Mixture-of-Experts training.
 
-``import chronomoe`` does not import torch; the torch-only parts (capture,
-lens modules, the demo) import it when used.
+The public API is ``__all__`` (pinned by ``specs/public_api.json``). ``import
+chronomoe`` does not import torch; the torch parts (capture, the lens
+modules, the demo) import it when used.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from . import metrics
-from .alerts import AlertBank, AlertMachine, AlertRules, AlertState, AlertTransition
-from .bus import EventBus, Subscription
-from .controller import ControlDecision, Controller, NoOpController
-from .errors import ChronoMoEError, CorruptRecordError, InvalidInputError
-from .events import RoutingEvent
-from .io import (
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._layout import find_sibling_subpackages
+
+find_sibling_subpackages(Path(__file__).parent)
+
+from chronomoe.controller import ControlDecision, Controller, NoOpController  # noqa: E402
+from chronomoe.lens import LensState  # noqa: E402
+
+from .alerts import AlertRules, AlertState, AlertTransition  # noqa: E402
+from .bus import Connection, EventBus, Subscription, Topic  # noqa: E402
+from .config import DistributedConfig, MonitorConfig  # noqa: E402
+from .errors import ChronoMoEError, CorruptRecordError, InvalidInputError  # noqa: E402
+from .events import RoutingEvent  # noqa: E402
+from .io import (  # noqa: E402
     TelemetryWriter,
     create_run_manifest,
     get_git_commit,
@@ -21,22 +31,68 @@ from .io import (
     load_snapshots,
     load_transitions,
 )
-from .lens import LensState
-from .monitor import Monitor
-from .snapshots import LayerSnapshot, SystemSnapshot
+from .metrics import (  # noqa: E402
+    compute_entropy,
+    compute_gini_coefficient,
+    compute_layer_metrics,
+    compute_n_effective,
+    compute_top2_share,
+    compute_utilization_shares,
+    count_dead_experts,
+    count_nearly_dead_experts,
+)
+from .monitor import Monitor  # noqa: E402
+from .snapshots import LayerSnapshot, SystemSnapshot  # noqa: E402
+
+if TYPE_CHECKING:
+    from chronomoe.lens import ChronoLens, IdentityLens
+
+__version__ = "0.1.0"
 
 __all__ = [
-    "AlertBank", "AlertMachine", "AlertRules", "AlertState", "AlertTransition", "ChronoLens",
-    "ChronoMoEError", "ControlDecision", "Controller", "CorruptRecordError", "EventBus",
-    "IdentityLens", "InvalidInputError", "LayerSnapshot", "LensState", "Monitor", "NoOpController",
-    "RoutingEvent", "Subscription", "SystemSnapshot", "TelemetryWriter", "create_run_manifest",
-    "get_git_commit", "load_events", "load_manifest", "load_snapshots", "load_transitions", "metrics",
+    "AlertRules",
+    "AlertState",
+    "AlertTransition",
+    "ChronoLens",
+    "ChronoMoEError",
+    "Connection",
+    "ControlDecision",
+    "Controller",
+    "CorruptRecordError",
+    "DistributedConfig",
+    "EventBus",
+    "IdentityLens",
+    "InvalidInputError",
+    "LayerSnapshot",
+    "LensState",
+    "Monitor",
+    "MonitorConfig",
+    "NoOpController",
+    "RoutingEvent",
+    "Subscription",
+    "SystemSnapshot",
+    "TelemetryWriter",
+    "Topic",
+    "compute_entropy",
+    "compute_gini_coefficient",
+    "compute_layer_metrics",
+    "compute_n_effective",
+    "compute_top2_share",
+    "compute_utilization_shares",
+    "count_dead_experts",
+    "count_nearly_dead_experts",
+    "create_run_manifest",
+    "get_git_commit",
+    "load_events",
+    "load_manifest",
+    "load_snapshots",
+    "load_transitions",
 ]
 
 
-def __getattr__(name: str):
-    if name in ("ChronoLens", "IdentityLens"):
-        from . import lens
+def __getattr__(name: str) -> Any:
+    if name in ("ChronoLens", "IdentityLens"):  # torch modules: imported on first use
+        import chronomoe.lens
 
-        return getattr(lens, name)
+        return getattr(chronomoe.lens, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

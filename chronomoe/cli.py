@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from .errors import ChronoMoEError, InvalidInputError
+from .events import MODES
 
 EXIT_OK = 0
 EXIT_NO = 1
@@ -26,7 +27,6 @@ EXIT_ERROR = 2
 PROGRESS_MIN_BYTES = 16 * 2**20
 """Logs at least this large get a progress bar (on a terminal)."""
 
-MODES = ("TRAIN", "INFER")
 
 
 # -- subcommands -----------------------------------------------------------------------------

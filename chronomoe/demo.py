@@ -401,7 +401,7 @@ def train_arm(
         "snapshot_every": SNAPSHOT_EVERY, **asdict(config),
     }
     outcome = ArmOutcome(arm, run_dir)
-    with Monitor(arm.run_id, output_dir, model_name=MODEL_NAME, config=run_config) as monitor:
+    with Monitor(arm.run_id, output_dir, model_name=MODEL_NAME, training_config=run_config) as monitor:
         monitor.attach(model)
         monitor.bus.subscribe("transition", outcome.transitions.append)
         if on_transition is not None:

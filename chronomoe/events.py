@@ -29,6 +29,9 @@ from pydantic import (
 )
 
 Mode = Literal["TRAIN", "INFER"]
+"""``TRAIN`` for forwards in training mode, ``INFER`` for ``model.eval()`` forwards."""
+MODES: tuple[Mode, ...] = ("TRAIN", "INFER")
+"""Every mode, in the order buffers index them."""
 
 INT64_LIMIT = 2.0**63
 """Counts (and their sums) must stay below this, so int64 arithmetic never wraps."""

@@ -3,7 +3,7 @@
 Topology is *regressible*: the events in ``routing_events.jsonl`` are the
 ground truth, and snapshots and alerts are a function of them, the rules and
 the snapshot windows. :func:`replay_run` recomputes them with the same code
-the :class:`~chronomoe.monitor.Monitor` runs (:func:`~chronomoe.snapshots.window_counts`,
+the :class:`~chronomoe.monitor.Monitor` runs (:func:`~chronomoe.windows.window_counts`,
 :func:`~chronomoe.snapshots.build_snapshot`, :class:`~chronomoe.alerts.AlertBank`).
 
 Windows, per mode (TRAIN and INFER have separate alert machines):
@@ -37,10 +37,10 @@ import orjson
 
 from .alerts import AlertBank, AlertRules, AlertState, AlertTransition
 from .errors import InvalidInputError
-from .events import RoutingEvent
 from .io import ALERTS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, iter_events, iter_records, load_manifest
-from .monitor import MODES
-from .snapshots import SystemSnapshot, build_snapshot, window_counts
+from .events import MODES, RoutingEvent
+from .snapshots import SystemSnapshot, build_snapshot
+from .windows import window_counts
 
 PROGRESS_EVERY = 1024
 """Events between two calls of the ``progress`` callback."""

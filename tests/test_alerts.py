@@ -20,7 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from chronomoe import AlertBank, AlertMachine, AlertRules, AlertState, AlertTransition, Monitor, SystemSnapshot
+from chronomoe import AlertRules, AlertState, AlertTransition, Monitor, SystemSnapshot
+from chronomoe.alerts import AlertBank, AlertMachine
+from chronomoe.alerts.machine import STATE_TABLE
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 
@@ -241,18 +243,39 @@ def test_stepping_down_waits_for_resolve_persistence_healthy_snapshots():
     assert states[2].dest is AlertState.NOMINAL
 
 
-def test_states_and_triggers_are_those_of_a_transitions_machine():
-    machine = AlertMachine()
-    assert isinstance(machine._machine, transitions.Machine)
-    machine.warn()  # the trigger transitions generated from the table
-    assert machine.alert_state is AlertState.PRE_COLLAPSE
+def test_states_and_triggers_are_those_of_the_transitions_machine_built_from_the_table():
+    assert isinstance(STATE_TABLE.machine, transitions.Machine)
+    assert set(STATE_TABLE.machine.states) == {state.value for state in AlertState}
+    assert STATE_TABLE.valid_triggers == {
+        "nominal": {"confirm", "warn"},
+        "pre_collapse": {"confirm", "resolve"},
+        "collapse_confirmed": {"resolve"},
+    }
+
+
+@pytest.mark.parametrize(
+    "state, trigger, pre_persisted, dest",
+    [
+        ("nominal", "warn", False, "pre_collapse"),
+        ("nominal", "confirm", False, "collapse_confirmed"),
+        ("pre_collapse", "confirm", True, "collapse_confirmed"),
+        ("pre_collapse", "resolve", True, "nominal"),
+        ("collapse_confirmed", "resolve", True, "pre_collapse"),
+        ("collapse_confirmed", "resolve", False, "nominal"),
+    ],
+)
+def test_the_state_table_fires_each_transition_of_the_table(state, trigger, pre_persisted, dest):
+    assert STATE_TABLE.fire(state, trigger, pre_persisted) == dest
+
+
+def test_the_state_table_refuses_a_trigger_without_a_transition_out_of_the_state():
     with pytest.raises(transitions.MachineError):
-        machine.warn()  # no "warn" transition out of pre_collapse
+        STATE_TABLE.fire("pre_collapse", "warn", False)
 
 
-def test_bank_layers_share_one_transitions_machine():
+def test_bank_creates_layers_on_first_use():
     bank = AlertBank()
-    assert bank[0]._machine is bank[7]._machine
+    bank[0], bank[7]
     assert len(bank) == 2 and 7 in bank and 3 not in bank
 
 
@@ -389,7 +412,7 @@ def test_monitor_observe_and_from_events_with_alert_history_agree(
         assert [t.model_dump(exclude={"timestamp"}) for t in observed.transitions] == [
             t.model_dump(exclude={"timestamp"}) for t in seed_style.transitions
         ]
-    assert alert_history == monitor.banks["TRAIN"].state_dict()
+    assert alert_history == monitor.snapshotter.banks["TRAIN"].state_dict()
 
 
 # -- AlertTransition ------------------------------------------------------------------------------

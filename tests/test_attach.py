@@ -377,7 +377,7 @@ def test_model_without_moe_layer_raises_listing_what_was_looked_for():
         "top_k_index", "router_indices", "selected_experts", "num_experts", "n_exp", "used_capacity", "extractor",
     ]
     assert [item for item in looked_for if item not in message] == []
-    assert monitor.recorder is None
+    assert monitor.capture is None
 
 
 # -- removal -----------------------------------------------------------------------------------
@@ -395,7 +395,7 @@ def test_remove_takes_every_hook_off_and_reattaching_works():
     monitor.step(1)
     assert [layer.token_count for layer in monitor.snapshot(1).layers] == [0, 0]
 
-    second = attach(model, monitor)
+    second = attach(model, monitor.record)
     model(nano_inputs())
     monitor.step(2)
     assert [layer.token_count for layer in monitor.snapshot(2).layers] == recorded

@@ -98,7 +98,7 @@ def _scenario_three_ranks(rank: int, world_size: int, out: Path) -> dict[str, An
     contiguous = range(EP_EXPERTS_PER_RANK * rank, EP_EXPERTS_PER_RANK * (rank + 1))
     strided = [rank + world_size * j for j in range(EP_EXPERTS_PER_RANK)]
     expert_parallel = Monitor(
-        "ep", n_experts=[EP_EXPERTS_PER_RANK * world_size] * 2, expert_ids={0: contiguous, 1: strided},
+        "ep", n_experts=[EP_EXPERTS_PER_RANK * world_size] * 2, distributed={"expert_ids": {0: contiguous, 1: strided}},
         lens=None, controller=None,
     )
     for step in (1, 2):
@@ -108,7 +108,7 @@ def _scenario_three_ranks(rank: int, world_size: int, out: Path) -> dict[str, An
     ep_snapshot = _plain(expert_parallel.snapshot(2))
 
     # Ranks 1 and 2 are tensor-parallel peers routing the same tokens; rank 2 does not count them.
-    replica = Monitor("replica", n_experts=[N_EXPERTS] * 2, count_tokens=rank != 2, lens=None, controller=None)
+    replica = Monitor("replica", n_experts=[N_EXPERTS] * 2, distributed={"count_tokens": rank != 2}, lens=None, controller=None)
     for layer in (0, 1):
         replica.record(layer, indices=_tokens(min(rank, 1), 1, layer))
     replica.step(1)
@@ -120,7 +120,7 @@ def _scenario_three_ranks(rank: int, world_size: int, out: Path) -> dict[str, An
     pipeline.step(1)
     pipeline_snapshot = _plain(pipeline.snapshot(1))
 
-    observer = Monitor("observe", output_dir=out / "all-ranks", write_on_all_ranks=True, lens=None, controller=None)
+    observer = Monitor("observe", output_dir=out / "all-ranks", distributed={"write_on_all_ranks": True}, lens=None, controller=None)
     # Every rank reports layer 0; only rank 2 reports layer 3 (4 experts): n_layers and widths differ by rank.
     events = [
         RoutingEvent(run_id="observe", step=5, layer_id=0, n_experts=N_EXPERTS, top_k=1,
@@ -139,7 +139,7 @@ def _scenario_mismatch(rank: int, world_size: int, out: Path) -> dict[str, Any]:
     errors: dict[str, str] = {}
 
     def window(extra_step: bool) -> Monitor:
-        monitor = Monitor("mismatch", n_experts=[N_EXPERTS], lens=None, controller=None, collective_timeout=1.0)
+        monitor = Monitor("mismatch", n_experts=[N_EXPERTS], lens=None, controller=None, distributed={"collective_timeout": 1.0})
         for step in (1, 2, 3) if not extra_step else (1, 2, 3, 4):
             monitor.record(0, indices=_tokens(rank, step, 0))
             monitor.step(step)

@@ -55,7 +55,7 @@ def test_tensorboard_sink_writes_layer_scalars_and_transition_text(make_run, tmp
     log_dir = tmp_path / "tb"
     sink = TensorBoardSink(log_dir)
     monitor = Monitor("tb", lens=None)
-    sink.follow(monitor.bus)
+    monitor.bus.connect(sink)
     for snapshot in recorded:
         monitor.observe([layer.expert_token_counts for layer in snapshot.layers], snapshot.step)
     sink.close()

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from chronomoe import AlertRules, ControlDecision, Controller, EventBus, LensState, Monitor, NoOpController
-from chronomoe.controller import connect
+from chronomoe import AlertRules, ControlDecision, Controller, LensState, Monitor, NoOpController
 from chronomoe.lens import ChronoLens, IdentityLens
+from chronomoe.topics import monitor_bus
 
 # -- IdentityLens -----------------------------------------------------------------------------------
 
@@ -91,10 +91,10 @@ def test_the_lens_state_follows_every_snapshot(rows):
         assert state.layer_metrics == {layer.layer_id: layer.metrics() for layer in snapshot.layers}
 
 
-def test_a_lens_follows_any_bus():
-    bus = EventBus()
+def test_a_lens_connected_to_any_bus_follows_its_decisions():
+    bus = monitor_bus()
     lens = IdentityLens()
-    lens.follow(bus)
+    bus.connect(lens)
     bus.publish("decision", ControlDecision(controller="user", trigger="snapshot", step=3, heat=0.5))
     assert (lens.state.heat, lens.state.pressure) == (0.5, 0.0)
 
@@ -192,7 +192,7 @@ def test_a_user_controller_pressure_reaches_the_lens_state_and_identity_outputs_
     monitor = Monitor("run", rules=AlertRules(pre_persistence=2))
     controller = PressureController()
     assert isinstance(controller, Controller)
-    connect(monitor.bus, controller)
+    monitor.set_controller(controller)
     router = TinyRouter(monitor.lens)
     x = torch.randn(4, 16)
     before = router(x).detach().clone()

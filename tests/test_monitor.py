@@ -109,7 +109,7 @@ def test_a_monitor_without_output_dir_writes_nothing(tmp_path, monkeypatch, rows
 
 def test_observe_writes_manifest_events_snapshots_and_transitions(tmp_path, rows, make_event):
     rules = AlertRules(pre_persistence=1)
-    with Monitor("run", output_dir=tmp_path, model_name="MyMoE", rules=rules, config={"lr": 0.001}) as monitor:
+    with Monitor("run", output_dir=tmp_path, model_name="MyMoE", rules=rules, training_config={"lr": 0.001}) as monitor:
         events = [
             make_event(rows.concentrated, run_id="run", step=1),
             make_event(rows.balanced, run_id="run", step=1, layer_id=1),
@@ -119,6 +119,7 @@ def test_observe_writes_manifest_events_snapshots_and_transitions(tmp_path, rows
     manifest = load_manifest(run_dir)
     assert (manifest["run_id"], manifest["model_name"], manifest["config"]) == ("run", "MyMoE", {"lr": 0.001})
     assert manifest["rules"] == rules.model_dump()
+    assert manifest["monitor_config"] == monitor.config.resolved()
     assert load_events(run_dir) == events
     assert load_snapshots(run_dir) == [snapshot]
     assert load_transitions(run_dir) == snapshot.transitions

@@ -442,7 +442,7 @@ def test_lost_permission_is_logged_once_and_the_records_wait_for_the_retry(tmp_p
 
 
 def test_a_removed_run_folder_is_recreated_with_its_manifest_and_the_run_goes_on(tmp_path, caplog):
-    with Monitor("run", tmp_path, rules=RULES, lens=None, config={"lr": 0.1}) as monitor:
+    with Monitor("run", tmp_path, rules=RULES, lens=None, training_config={"lr": 0.1}) as monitor:
         record_windows(monitor, range(2))
         shutil.rmtree(tmp_path / "run")
         later = record_windows(monitor, range(2, 6))
@@ -464,7 +464,7 @@ def test_io_errors_raise_propagates_write_failures_even_from_the_snapshot_write(
 
 def test_an_unknown_on_error_policy_is_refused(tmp_path, assert_rejected):
     assert_rejected(lambda: TelemetryWriter("run", tmp_path, on_error="ignore"), "on_error", "'ignore'")
-    assert_rejected(lambda: Monitor("run", tmp_path, io_errors="ignore"), "on_error", "'ignore'")
+    assert_rejected(lambda: Monitor("run", tmp_path, io_errors="ignore"), "io_errors", "'ignore'")
 
 
 def test_a_run_folder_that_cannot_be_created_fails_before_training_starts(tmp_path):

@@ -14,38 +14,45 @@ are). It keeps three streaks, in consecutive data-holding snapshots:
   (for ``collapse_confirmed`` its collapse condition; otherwise both);
   reset to 0 by every transition.
 
-A streak reaching its persistence fires a trigger of the machine; the
-transition table below decides whether the trigger moves the layer and where:
+A streak reaching its persistence makes its trigger *ready*; the transition
+table (:data:`TRANSITION_TABLE`, the data a ``transitions.Machine`` is built
+from) decides whether the trigger moves the layer and where:
 
-=========  =====================================  ===================  ================================
-trigger    fired when                             from                 to
-=========  =====================================  ===================  ================================
-confirm    ``collapse_streak >= confirm_persistence``  nominal, pre_collapse  collapse_confirmed
-warn       ``pre_streak >= pre_persistence``       nominal              pre_collapse
-resolve    ``healthy_streak >= resolve_persistence``  collapse_confirmed   pre_collapse if pre persisted, else nominal
-resolve                                            pre_collapse         nominal
-=========  =====================================  ===================  ================================
+=========  ==========================================  ==================  ==========================================
+trigger    ready when                                  from                to
+=========  ==========================================  ==================  ==========================================
+confirm    ``collapse_streak >= confirm_persistence``  nominal,            collapse_confirmed
+                                                       pre_collapse
+warn       ``pre_streak >= pre_persistence``           nominal             pre_collapse
+resolve    ``healthy_streak >= resolve_persistence``   collapse_confirmed  pre_collapse if ``pre_streak`` reached its
+                                                                           persistence, else nominal
+resolve                                                pre_collapse        nominal
+=========  ==========================================  ==================  ==========================================
 
 At most one transition happens per snapshot; triggers are tried in the order
 confirm, warn, resolve, so a layer that meets both persistences at once goes
 ``nominal -> collapse_confirmed`` in one transition.
 
-Stepping the machines of 1,000 layers costs a few milliseconds: the streaks
-are plain integers, and ``transitions`` is entered only when a trigger is both
-ready and valid in the current state (its table, read once at import, says
-which triggers are valid where).
+Cost: a layer's machine is a handful of integers, so creating and stepping
+thousands of them is cheap. ``transitions`` is entered only when a trigger is
+ready *and* has a transition out of the current state (read from the table
+once, at import): one ``transitions.Machine`` (:data:`STATE_TABLE`) fires it on
+a cursor model loaded with the layer's state, under a lock, so machines of
+any number of banks and threads share it safely.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterable
 from enum import Enum
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 from pydantic import Field
 from transitions import Machine
 
-from ..events import Integer, Record
+from ..events import Integer, Mode, Record
 from .rules import AlertRules
 
 
@@ -60,14 +67,17 @@ class AlertState(str, Enum):
         return self.value
 
 
-_TRANSITIONS: list[dict[str, Any]] = [
+TRANSITION_TABLE: list[dict[str, Any]] = [
     {"trigger": "confirm", "source": ["nominal", "pre_collapse"], "dest": "collapse_confirmed"},
     {"trigger": "warn", "source": "nominal", "dest": "pre_collapse"},
     {"trigger": "resolve", "source": "collapse_confirmed", "dest": "pre_collapse", "conditions": "pre_persisted"},
     {"trigger": "resolve", "source": "collapse_confirmed", "dest": "nominal"},
     {"trigger": "resolve", "source": "pre_collapse", "dest": "nominal"},
 ]
-_TRIGGER_ORDER = ("confirm", "warn", "resolve")
+"""The alert transitions, in the form ``transitions.Machine(transitions=...)`` takes."""
+
+TRIGGER_ORDER = ("confirm", "warn", "resolve")
+"""Triggers tried each snapshot, in this order; the first ready one with a transition out of the state fires."""
 
 
 class StateChange(NamedTuple):
@@ -78,40 +88,75 @@ class StateChange(NamedTuple):
     dest: AlertState
 
 
-class AlertMachine:
-    """Alert state and streaks of one layer; a model of a shared ``transitions.Machine``.
+class _Cursor:
+    """The model the shared ``transitions.Machine`` moves: one layer's state, loaded for one trigger."""
 
-    Create machines through :class:`AlertBank` (which owns the
-    ``transitions.Machine``), or standalone with ``AlertMachine(rules)``.
+    state: str
+    pre_persisted_now = False
+
+    def pre_persisted(self) -> bool:  # the table's condition
+        return self.pre_persisted_now
+
+
+class StateTable:
+    """A ``transitions.Machine`` built from :data:`TRANSITION_TABLE`, firing triggers for any layer.
+
+    Attributes:
+        machine: the ``transitions.Machine`` (states, triggers and conditions as ``transitions`` reads them).
+        valid_triggers: per state, the triggers that have a transition out of it.
     """
 
-    state: str  # set by transitions
+    def __init__(self) -> None:
+        self._cursor = _Cursor()
+        self.machine = Machine(
+            model=self._cursor,
+            states=[state.value for state in AlertState],
+            transitions=TRANSITION_TABLE,
+            initial=AlertState.NOMINAL.value,
+            auto_transitions=False,
+        )
+        self.valid_triggers: dict[str, frozenset[str]] = {
+            state.value: frozenset(self.machine.get_triggers(state.value)) for state in AlertState
+        }
+        self._lock = threading.Lock()
+
+    def fire(self, state: str, trigger: str, pre_persisted: bool) -> str:
+        """The state ``trigger`` leads to from ``state`` (``trigger`` must be valid there)."""
+        with self._lock:
+            self.machine.set_state(state, model=self._cursor)
+            self._cursor.pre_persisted_now = pre_persisted
+            getattr(self._cursor, trigger)()
+            return self._cursor.state
+
+
+STATE_TABLE = StateTable()
+"""The one state table every alert machine fires its transitions through."""
+
+
+class AlertMachine:
+    """Alert state and streaks of one layer.
+
+    Args:
+        rules: thresholds' persistences (default: ``specs/default_rules.json``).
+        layer_id: the layer it watches (informational).
+        state: the initial state.
+    """
+
+    __slots__ = ("collapse_streak", "healthy_streak", "layer_id", "pre_streak", "rules", "state")
 
     def __init__(
-        self,
-        rules: AlertRules | None = None,
-        layer_id: int = 0,
-        machine: Machine | None = None,
-        state: AlertState | str = AlertState.NOMINAL,
+        self, rules: AlertRules | None = None, layer_id: int = 0, state: AlertState | str = AlertState.NOMINAL
     ) -> None:
         self.rules = rules if rules is not None else AlertRules.default()
         self.layer_id = layer_id
+        self.state: str = AlertState(state).value
         self.pre_streak = 0
         self.collapse_streak = 0
         self.healthy_streak = 0
-        self._machine = machine if machine is not None else new_transitions_machine()
-        self._machine.add_model(self, initial=AlertState(state).value)
 
     @property
     def alert_state(self) -> AlertState:
         return AlertState(self.state)
-
-    # Condition used by the transition table.
-    def pre_persisted(self) -> bool:
-        return self.pre_streak >= self.rules.pre_persistence
-
-    def _reset_healthy_streak(self) -> None:
-        self.healthy_streak = 0
 
     def observe(self, pre: bool, collapse: bool) -> StateChange | None:
         """Feed one data-holding snapshot's conditions; return the transition made, if any."""
@@ -126,11 +171,12 @@ class AlertMachine:
             "warn": self.pre_streak >= rules.pre_persistence,
             "resolve": self.healthy_streak >= rules.resolve_persistence,
         }
-        valid = _VALID_TRIGGERS[self.state]
-        for trigger in _TRIGGER_ORDER:
+        valid = STATE_TABLE.valid_triggers[self.state]
+        for trigger in TRIGGER_ORDER:
             if ready[trigger] and trigger in valid:
                 source = self.state
-                getattr(self, trigger)()
+                self.state = STATE_TABLE.fire(source, trigger, self.pre_streak >= rules.pre_persistence)
+                self.healthy_streak = 0
                 return StateChange(trigger, AlertState(source), AlertState(self.state))
         return None
 
@@ -144,29 +190,11 @@ class AlertMachine:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned, exactly."""
-        self._machine.set_state(AlertState(state["state"]).value, model=self)
+        """Restore what :meth:`state_dict` returned, exactly (an unknown state is a ``ValueError`` naming it)."""
+        self.state = AlertState(state["state"]).value
         self.pre_streak = int(state["pre_streak"])
         self.collapse_streak = int(state["collapse_streak"])
         self.healthy_streak = int(state["healthy_streak"])
-
-
-def new_transitions_machine() -> Machine:
-    """A ``transitions.Machine`` with the alert states and table, serving any number of layers."""
-    return Machine(
-        model=None,
-        states=[state.value for state in AlertState],
-        transitions=_TRANSITIONS,
-        initial=None,
-        auto_transitions=False,
-        after_state_change="_reset_healthy_streak",
-    )
-
-
-_VALID_TRIGGERS: dict[str, frozenset[str]] = {
-    state.value: frozenset(new_transitions_machine().get_triggers(state.value)) for state in AlertState
-}
-"""Triggers that have a transition out of each state, as ``transitions`` reads the table."""
 
 
 class AlertTransition(Record):
@@ -178,7 +206,7 @@ class AlertTransition(Record):
 
     run_id: str
     step: Integer = Field(ge=0)
-    mode: str = "TRAIN"
+    mode: Mode = "TRAIN"
     layer_id: Integer = Field(ge=0)
     source: AlertState
     dest: AlertState
@@ -191,7 +219,7 @@ class AlertTransition(Record):
 
 
 class AlertBank:
-    """The alert machines of many layers, sharing one ``transitions.Machine``.
+    """The alert machines of many layers, one per layer id.
 
     Layers are created on first use, in ``nominal``. ``state_dict()`` is a
     plain ``{layer_id: {...}}`` dict; the seed's ``alert_history`` argument
@@ -200,13 +228,12 @@ class AlertBank:
 
     def __init__(self, rules: AlertRules | None = None) -> None:
         self.rules = rules if rules is not None else AlertRules.default()
-        self._machine = new_transitions_machine()
         self._layers: dict[int, AlertMachine] = {}
 
     def __getitem__(self, layer_id: int) -> AlertMachine:
         machine = self._layers.get(layer_id)
         if machine is None:
-            machine = self._layers[layer_id] = AlertMachine(self.rules, layer_id, self._machine)
+            machine = self._layers[layer_id] = AlertMachine(self.rules, layer_id)
         return machine
 
     def __contains__(self, layer_id: int) -> bool:
@@ -222,9 +249,12 @@ class AlertBank:
         collapse: Iterable[bool],
         no_data: Iterable[bool],
     ) -> list[tuple[int, StateChange]]:
-        """Feed one snapshot to the given layers (in order); return their transitions in layer order."""
+        """Feed one snapshot to the given layers (in order); return their transitions in layer order.
+
+        A ``no_data`` layer is created if new but not stepped.
+        """
         changes = []
-        for layer_id, layer_pre, layer_collapse, empty in zip(layer_ids, pre, collapse, no_data):
+        for layer_id, layer_pre, layer_collapse, empty in zip(layer_ids, pre, collapse, no_data, strict=True):
             machine = self[layer_id]
             if empty:
                 continue

@@ -2,15 +2,15 @@
 
 Defaults are the seed's table (``specs/default_rules.json``):
 
-============================  ==========================================  ============
-alert                         condition on one snapshot                   persistence
-============================  ==========================================  ============
-PRE_COLLAPSE                  ``Neff < neff_ratio * n_experts`` or        ``pre_persistence`` (3)
-                              ``Top2 > pre_top2`` (layers of > 2 experts)
-COLLAPSE_CONFIRMED            ``dead >= confirm_min_dead`` and            ``confirm_persistence`` (5)
-                              ``Top2 > confirm_top2``
-step down                     the current alert's condition fails         ``resolve_persistence`` (1)
-============================  ==========================================  ============
+==================  =============================================  ===============================
+alert               condition on one snapshot                      persistence (default)
+==================  =============================================  ===============================
+PRE_COLLAPSE        ``Neff < neff_ratio * n_experts`` or           ``pre_persistence`` (3)
+                    ``Top2 > pre_top2`` (layers of > 2 experts)
+COLLAPSE_CONFIRMED  ``dead >= confirm_min_dead`` and               ``confirm_persistence`` (5)
+                    ``Top2 > confirm_top2``
+step down           the current alert's condition fails            ``resolve_persistence`` (1)
+==================  =============================================  ===============================
 
 Persistence counts consecutive snapshots that hold data; a snapshot whose
 window dispatched no token for the layer neither advances nor resets them.
@@ -18,15 +18,15 @@ window dispatched no token for the layer neither advances nor resets them.
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from pydantic import ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from ..errors import InvalidInputError
 from ..events import Integer, Record
-from pydantic import Field
 
 
 class AlertRules(Record):
@@ -42,19 +42,18 @@ class AlertRules(Record):
 
     @field_validator("neff_ratio", "pre_top2", "confirm_top2")
     @classmethod
-    def _ratio(cls, value: float, info) -> float:
+    def _ratio(cls, value: float, info: ValidationInfo) -> float:
         if not 0.0 < value <= 1.0:
             raise ValueError(f"{info.field_name}={value!r} must be in (0, 1]")
         return value
 
     @classmethod
-    def default(cls) -> "AlertRules":
-        """The rules shipped in ``specs/default_rules.json`` (the seed's table)."""
-        text = resources.files("chronomoe.specs").joinpath("default_rules.json").read_text()
-        return cls.model_validate_json(text)
+    def default(cls) -> AlertRules:
+        """The rules shipped in ``specs/default_rules.json`` (the seed's table), read once per process."""
+        return _packaged_default_rules()
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "AlertRules":
+    def from_file(cls, path: str | Path) -> AlertRules:
         """Load rules from a JSON file; missing keys take their defaults.
 
         Raises :class:`~chronomoe.errors.InvalidInputError` naming the file
@@ -86,3 +85,11 @@ class AlertRules(Record):
     def collapse_condition(self, dead_count: np.ndarray, top2_share: np.ndarray) -> np.ndarray:
         """Element-wise COLLAPSE_CONFIRMED condition for one snapshot (arrays over layers)."""
         return (dead_count >= self.confirm_min_dead) & (top2_share > self.confirm_top2)
+
+
+@functools.cache
+def _packaged_default_rules() -> AlertRules:
+    """``specs/default_rules.json``; cached because rules are immutable records and a Monitor, a replay or a
+    seed-style ``from_counts`` call each ask for them."""
+    text = resources.files("chronomoe.specs").joinpath("default_rules.json").read_text()
+    return AlertRules.model_validate_json(text)

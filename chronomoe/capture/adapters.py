@@ -1,4 +1,4 @@
-"""Attach a Monitor's recorder to a model: find its MoE layers and hook their dispatch.
+"""Find a model's MoE layers and hook their dispatch into a ``record`` function.
 
 Conventions found automatically (every match is hooked):
 
@@ -18,7 +18,7 @@ Conventions found automatically (every match is hooked):
   with ``used_capacity`` a ``[n_exp]`` tensor of tokens kept per expert after
   capacity drops. A forward hook records those counts.
 
-Any other model: ``attach(model, monitor, modules=..., extractor=...)`` (see
+Any other model: ``attach(model, record, modules=..., extractor=...)`` (see
 :func:`attach`). A model where nothing matches raises
 :class:`~chronomoe.errors.InvalidInputError` saying what was looked for.
 
@@ -43,15 +43,12 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from ..errors import InvalidInputError
-
-if TYPE_CHECKING:
-    from ..monitor import Monitor
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +67,16 @@ TOP_K_ATTRIBUTES = ("top_k", "num_experts_per_tok")
 
 #: ``extractor(module, args, kwargs, output)`` returns ``{"indices": tensor}``, ``{"counts": tensor}`` or None.
 Extractor = Callable[[nn.Module, tuple, dict, Any], "Mapping[str, torch.Tensor] | None"]
+
+
+class RecordFunction(Protocol):
+    """What the hooks call: ``record(layer_id, indices=..., mode=...)`` or ``record(layer_id, counts=..., mode=...)``
+    (:meth:`chronomoe.Monitor.record`). It must be sync-free."""
+
+    def __call__(
+        self, layer_id: int, indices: torch.Tensor | None = None, counts: torch.Tensor | None = None,
+        mode: str = "TRAIN",
+    ) -> None: ...
 
 _LOOKED_FOR = (
     "experts modules whose forward takes (hidden_states, <one of "
@@ -143,22 +150,24 @@ class Attachment:
 
 def attach(
     model: nn.Module,
-    monitor: "Monitor",
+    record: RecordFunction,
     *,
     extractor: Extractor | None = None,
     modules: Sequence[LayerSpec] | Mapping[str, int] | None = None,
 ) -> Attachment:
-    """Find the MoE layers of ``model`` and record their dispatch into ``monitor``.
+    """Find the MoE layers of ``model`` and hook their dispatch into ``record``.
 
     Args:
         model: any ``nn.Module`` (compiled models too: hooks are registered on the
             original modules, which ``torch.compile`` traces).
-        monitor: receives ``monitor.record(layer_id, ...)`` calls; its
-            capture is (re)configured for the layers found.
+        record: called by the hooks, in every forward of a found layer, as
+            ``record(layer_id, indices=...|counts=..., mode=...)``. The caller
+            declares the layers (``attachment.layers``) to whatever ``record``
+            feeds before the first forward (``Monitor.attach`` does).
         extractor: ``callable(module, args, kwargs, output)`` called after each
             forward of the ``modules``; returns ``{"indices": tensor}`` (expert
             ids, top-k last) or ``{"counts": tensor}`` (``[n_experts]`` tokens per
-            expert) — the keywords of ``monitor.record`` — or None to record nothing.
+            expert) — the keywords of ``record`` — or None to record nothing.
             It runs in the training step: keep it sync-free (no ``.item()``,
             ``.cpu()``, ``.tolist()``, ``bincount``, ``nonzero``).
         modules: the modules to hook instead of searching: ``LayerSpec``s, or
@@ -188,21 +197,16 @@ def attach(
     layers = _assign_layer_ids(found)
     device = _device_of([named[layer.path] for layer in layers], model)
 
-    monitor.configure_capture(
-        n_experts=[layer.n_experts for layer in layers],
-        layer_ids=[layer.layer_id for layer in layers],
-        top_k=[layer.top_k for layer in layers],
-        device=device,
-    )
     attachment = Attachment(layers, device)
     for layer in layers:
         module = named[layer.path]
         if layer.convention == "extractor":
-            handle = module.register_forward_hook(_extractor_hook(monitor, layer, extractor), with_kwargs=True)
+            assert extractor is not None  # the extractor convention is only given with one
+            handle = module.register_forward_hook(_extractor_hook(record, layer, extractor), with_kwargs=True)
         elif layer.convention == "nanomoe-used-capacity":
-            handle = module.register_forward_hook(_used_capacity_hook(monitor, layer))
+            handle = module.register_forward_hook(_used_capacity_hook(record, layer))
         else:
-            handle = module.register_forward_pre_hook(_experts_call_hook(monitor, layer, module), with_kwargs=True)
+            handle = module.register_forward_pre_hook(_experts_call_hook(record, layer, module), with_kwargs=True)
         attachment._handles.append(handle)
     logger.info("attached to %d MoE layers: %s", len(layers), [(layer.layer_id, layer.path) for layer in layers])
     return attachment
@@ -328,7 +332,9 @@ def _mode(module: nn.Module) -> str:
     return "TRAIN" if module.training else "INFER"
 
 
-def _experts_call_hook(monitor: "Monitor", layer: AttachedLayer, experts: nn.Module):
+def _experts_call_hook(
+    record: RecordFunction, layer: AttachedLayer, experts: nn.Module
+) -> Callable[[nn.Module, tuple, dict], None]:
     name = layer.convention.split(":", 1)[1]
     kind = ROUTING_PARAMETERS[name]
     position = list(inspect.signature(experts.forward).parameters).index(name)
@@ -340,15 +346,15 @@ def _experts_call_hook(monitor: "Monitor", layer: AttachedLayer, experts: nn.Mod
                 f"{layer.path}.forward({name})", type(routing).__name__, "expected the routing tensor"
             )
         if kind == "indices":
-            monitor.record(layer.layer_id, indices=routing, mode=_mode(module))
+            record(layer.layer_id, indices=routing, mode=_mode(module))
         else:
             counts = routing.reshape(-1, layer.n_experts).sum(dim=0)
-            monitor.record(layer.layer_id, counts=counts, mode=_mode(module))
+            record(layer.layer_id, counts=counts, mode=_mode(module))
 
     return hook
 
 
-def _used_capacity_hook(monitor: "Monitor", layer: AttachedLayer):
+def _used_capacity_hook(record: RecordFunction, layer: AttachedLayer) -> Callable[[nn.Module, tuple, Any], None]:
     def hook(module: nn.Module, args: tuple, output: Any) -> None:
         used_capacity = output[0] if isinstance(output, (tuple, list)) and output else None
         if not isinstance(used_capacity, torch.Tensor) or tuple(used_capacity.shape) != (layer.n_experts,):
@@ -357,12 +363,14 @@ def _used_capacity_hook(monitor: "Monitor", layer: AttachedLayer):
                 f"nanoMoE convention expects used_capacity of shape ({layer.n_experts},); "
                 "pass extractor= for this router",
             )
-        monitor.record(layer.layer_id, counts=used_capacity, mode=_mode(module))
+        record(layer.layer_id, counts=used_capacity, mode=_mode(module))
 
     return hook
 
 
-def _extractor_hook(monitor: "Monitor", layer: AttachedLayer, extractor: Extractor):
+def _extractor_hook(
+    record: RecordFunction, layer: AttachedLayer, extractor: Extractor
+) -> Callable[[nn.Module, tuple, dict, Any], None]:
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         dispatch = extractor(module, args, kwargs, output)
         if dispatch is None:
@@ -371,6 +379,6 @@ def _extractor_hook(monitor: "Monitor", layer: AttachedLayer, extractor: Extract
             raise InvalidInputError(
                 f"extractor({layer.path})", dispatch, "must return {'indices': tensor}, {'counts': tensor} or None"
             )
-        monitor.record(layer.layer_id, **dispatch, mode=_mode(module))
+        record(layer.layer_id, **dispatch, mode=_mode(module))
 
     return hook

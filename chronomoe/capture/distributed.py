@@ -52,7 +52,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ChronoMoEError, InvalidInputError
-from .recorder import MODES
+from ..events import MODES
 
 logger = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
+from ..events import MODES
 
 logger = logging.getLogger(__name__)
 
-MODES = ("TRAIN", "INFER")
 _MODE_INDEX = {mode: index for index, mode in enumerate(MODES)}
 
 

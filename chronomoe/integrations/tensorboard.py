@@ -3,7 +3,7 @@
 Usage::
 
     sink = TensorBoardSink("tb_logs/run1")
-    sink.follow(monitor.bus)
+    monitor.bus.connect(sink)
 
 Tags (``prefix`` defaults to ``chronomoe/``; INFER snapshots add ``infer/``
 after it), all at the snapshot's step:
@@ -26,7 +26,6 @@ import os
 from typing import Any
 
 from ..alerts import AlertState, AlertTransition
-from ..bus import EventBus, Subscription
 from ..snapshots import SystemSnapshot
 
 STATE_LEVELS = {AlertState.NOMINAL: 0, AlertState.PRE_COLLAPSE: 1, AlertState.COLLAPSE_CONFIRMED: 2}
@@ -54,10 +53,6 @@ class TensorBoardSink:
             writer = SummaryWriter(None if log_dir is None else str(log_dir))
         self.writer = writer
         self.prefix = prefix
-
-    def follow(self, bus: EventBus) -> list[Subscription]:
-        """Subscribe to ``"snapshot"`` and ``"transition"`` events of ``bus`` (e.g. ``monitor.bus``)."""
-        return [bus.subscribe("snapshot", self.on_snapshot), bus.subscribe("transition", self.on_transition)]
 
     def _tag(self, mode: str, name: str, layer_id: int) -> str:
         return f"{self.prefix}{'' if mode == 'TRAIN' else mode.lower() + '/'}{name}/layer_{layer_id}"

@@ -7,15 +7,15 @@ from abc import ABCMeta, abstractmethod
 import torch
 from torch import nn
 
-from .state import FollowsBus, LensState
+from .state import LensState, LensStateKeeper
 
 
-class ChronoLens(FollowsBus, nn.Module, metaclass=ABCMeta):
+class ChronoLens(LensStateKeeper, nn.Module, metaclass=ABCMeta):
     """Base of lenses: ``forward(x, state=None, layer_id=0)`` returns router inputs of ``x``'s shape.
 
     ``state`` defaults to the lens's own :attr:`state`, which it keeps current
-    from the bus once :meth:`follow` was called. Phase 2 lenses override
-    :meth:`forward`.
+    once connected to a bus (``bus.connect(lens)``; a Monitor connects its
+    lens). Phase 2 lenses override :meth:`forward`.
     """
 
     def __init__(self) -> None:

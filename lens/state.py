@@ -1,4 +1,4 @@
-"""LensState and the torch-free part of every lens: following the bus."""
+"""LensState, and keeping it current from the bus (the torch-free part of every lens)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from typing import Any
 
 from pydantic import Field
 
-from ..bus import EventBus, Subscription
-from ..events import Integer, Record
+from chronomoe.controller import ControlDecision
+from chronomoe.events import Integer, Mode, Record
+from chronomoe.snapshots import SystemSnapshot
 
 
 class LensState(Record):
@@ -19,7 +20,7 @@ class LensState(Record):
     """
 
     step: Integer = Field(0, ge=0)
-    mode: str = "TRAIN"
+    mode: Mode = "TRAIN"
     pressure: float = 0.0
     heat: float = 0.0
     forgetting: float = 0.0
@@ -27,16 +28,15 @@ class LensState(Record):
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
-class FollowsBus:
-    """Keeps ``self.state`` (a :class:`LensState`) current from ``"snapshot"`` and ``"decision"`` events."""
+class LensStateKeeper:
+    """Keeps ``self.state`` (a :class:`LensState`) current from ``"snapshot"`` and ``"decision"`` payloads.
+
+    ``bus.connect(lens)`` subscribes :meth:`on_snapshot` and :meth:`on_decision`.
+    """
 
     state: LensState
 
-    def follow(self, bus: EventBus) -> list[Subscription]:
-        """Subscribe to the bus; the latest snapshot and decision signals land in :attr:`state`."""
-        return [bus.subscribe("snapshot", self.on_snapshot), bus.subscribe("decision", self.on_decision)]
-
-    def on_snapshot(self, snapshot: Any) -> None:
+    def on_snapshot(self, snapshot: SystemSnapshot) -> None:
         self.state = self.state.model_copy(
             update={
                 "step": snapshot.step,
@@ -45,11 +45,11 @@ class FollowsBus:
             }
         )
 
-    def on_decision(self, decision: Any) -> None:
+    def on_decision(self, decision: ControlDecision) -> None:
         signals = {
-            name: getattr(decision, name)
-            for name in ("pressure", "heat", "forgetting")
-            if getattr(decision, name) is not None
+            name: value
+            for name, value in (("pressure", decision.pressure), ("heat", decision.heat), ("forgetting", decision.forgetting))
+            if value is not None
         }
         if signals:
             self.state = self.state.model_copy(update=signals)
