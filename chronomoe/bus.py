@@ -279,7 +279,8 @@ class EventBus:
                 if existing.filters == accepted and existing.relay == relay:
                     return existing
                 raise InvalidInputError(
-                    "handler", existing.name,
+                    "handler",
+                    existing.name,
                     f"is already subscribed to {topic!r} with filters {existing.filters}: unsubscribe it first",
                 )
         subscription = Subscription(self, topic, handler, accepted, relay)
@@ -291,9 +292,13 @@ class EventBus:
         check = topic.filters.get(key)
         if check is None:
             raise InvalidInputError(
-                f"filters.{key}", value,
-                _choices(f"is not a field of {topic.payload_type.__name__} that {topic.name!r} filters on; use",
-                         key, topic.filters),
+                f"filters.{key}",
+                value,
+                _choices(
+                    f"is not a field of {topic.payload_type.__name__} that {topic.name!r} filters on; use",
+                    key,
+                    topic.filters,
+                ),
             )
         values = value if isinstance(value, Collection) and not isinstance(value, (str, bytes)) else (value,)
         accepted = []
@@ -320,8 +325,9 @@ class EventBus:
             )
         if self._depth >= self.max_depth:
             raise InvalidInputError(
-                "publish", topic, f"nested {self._depth} deep inside handlers (max_depth={self.max_depth}): "
-                "handlers publish in a cycle",
+                "publish",
+                topic,
+                f"nested {self._depth} deep inside handlers (max_depth={self.max_depth}): handlers publish in a cycle",
             )
         self._depth += 1
         try:
@@ -353,7 +359,8 @@ class EventBus:
             topic = next((t.name for t in self._topics.values() if isinstance(item, t.payload_type)), None)
             if topic is None:
                 raise InvalidInputError(
-                    f"{subscription.name} return value", type(item).__name__,
+                    f"{subscription.name} return value",
+                    type(item).__name__,
                     "is not the payload of any topic of this bus (return None to publish nothing)",
                 )
             self.publish(topic, item)
@@ -365,7 +372,9 @@ class EventBus:
         if self.disable_after is not None and subscription.consecutive_failures >= self.disable_after:
             logger.error(
                 "handler %s raised %d times in a row on topic %r; unsubscribed",
-                subscription.name, subscription.consecutive_failures, subscription.topic,
+                subscription.name,
+                subscription.consecutive_failures,
+                subscription.topic,
             )
             self._remove(subscription)
 

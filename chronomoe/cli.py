@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import ChronoMoEError, InvalidInputError
 from .events import MODES
+
+if TYPE_CHECKING:
+    from .io import TelemetryWriter
 
 EXIT_OK = 0
 EXIT_NO = 1
@@ -26,7 +30,6 @@ EXIT_ERROR = 2
 
 PROGRESS_MIN_BYTES = 16 * 2**20
 """Logs at least this large get a progress bar (on a terminal)."""
-
 
 
 # -- subcommands -----------------------------------------------------------------------------
@@ -66,13 +69,13 @@ def run_replay(args: argparse.Namespace) -> int:
     from .replay import changed_layers, format_transitions, recorded_rules, replay_run, require_run_dir
 
     run_dir = require_run_dir(args.run_dir)
+    recorded = recorded_rules(run_dir)
     if args.rules is not None:
         rules, rules_origin = AlertRules.from_file(args.rules), str(args.rules)
+    elif recorded is not None:
+        rules, rules_origin = recorded, "the recording (run_manifest.json)"
     else:
-        rules = recorded_rules(run_dir)
-        rules_origin = "the recording (run_manifest.json)"
-        if rules is None:
-            rules, rules_origin = AlertRules.default(), "the defaults (the run stored none)"
+        rules, rules_origin = AlertRules.default(), "the defaults (the run stored none)"
 
     writer = None
     if args.out is not None:
@@ -80,12 +83,17 @@ def run_replay(args: argparse.Namespace) -> int:
             writer = _replay_writer(args.out.resolve(), run_dir.resolve())
         manifest = load_manifest(run_dir) if (run_dir / MANIFEST_FILE).is_file() else {}
         writer.write_manifest(
-            {**manifest, "rules": rules.model_dump(),
-             "replay": {"source": str(run_dir.resolve()), "window": args.window or "recorded"}}
+            {
+                **manifest,
+                "rules": rules.model_dump(),
+                "replay": {"source": str(run_dir.resolve()), "window": args.window or "recorded"},
+            }
         )
     with _progress_bar(run_dir / EVENTS_FILE, count_lines=True, unit="event") as bar:
         result = replay_run(
-            run_dir, rules, args.window,
+            run_dir,
+            rules,
+            args.window,
             on_snapshot=None if writer is None else writer.write_snapshot,
             progress=None if bar is None else bar.update,
         )
@@ -93,7 +101,9 @@ def run_replay(args: argparse.Namespace) -> int:
         writer.close()
 
     windows = "the recorded windows" if args.window is None else f"windows of {args.window} steps"
-    print(f"replayed {result.events} events into {result.snapshots} snapshots ({windows}) with rules from {rules_origin}")
+    print(
+        f"replayed {result.events} events into {result.snapshots} snapshots ({windows}) with rules from {rules_origin}"
+    )
     print("rules: " + ", ".join(f"{name}={value}" for name, value in rules.model_dump().items()))
     if result.unreplayed_events:
         print(f"{result.unreplayed_events} events after the last recorded snapshot of their mode were not replayed")
@@ -118,7 +128,7 @@ def run_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _replay_writer(out: Path, run_dir: Path):
+def _replay_writer(out: Path, run_dir: Path) -> TelemetryWriter:
     from .io import SNAPSHOTS_FILE, TelemetryWriter
 
     if out == run_dir:
@@ -173,7 +183,7 @@ def run_schema(args: argparse.Namespace) -> int:
 
 # -- helpers ---------------------------------------------------------------------------------
 @contextmanager
-def _progress_bar(path: Path, *, unit: str, total: int | None = None, count_lines: bool = False) -> Iterator:
+def _progress_bar(path: Path, *, unit: str, total: int | None = None, count_lines: bool = False) -> Iterator[Any]:
     """A tqdm bar for reading ``path`` (``total`` bytes, default its size) when that is large and
     stderr is a terminal; ``None`` otherwise. ``count_lines`` counts in lines instead of bytes."""
     size = total if total is not None else (path.stat().st_size if path.is_file() else 0)
@@ -238,34 +248,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrorParser(
         prog="chronomoe",
         description="Routing-topology telemetry for Mixture-of-Experts training: inspect, replay, "
-                    "report and validate recorded runs.",
+        "report and validate recorded runs.",
         epilog="RUN_DIR is a run folder written by chronomoe.Monitor or TelemetryWriter "
-               "(routing_events.jsonl, snapshots.jsonl, alerts.jsonl, run_manifest.json). "
-               "Exit codes: 0 success; 1 a collapsed layer (summary) or invalid records (validate); "
-               "2 an error (missing run folder or file, no events, bad rules file, bad arguments).",
+        "(routing_events.jsonl, snapshots.jsonl, alerts.jsonl, run_manifest.json). "
+        "Exit codes: 0 success; 1 a collapsed layer (summary) or invalid records (validate); "
+        "2 an error (missing run folder or file, no events, bad rules file, bad arguments).",
     )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"chronomoe {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(name: str, handler: Callable[[argparse.Namespace], int], summary: str, description: str):
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], summary: str, description: str
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=summary, description=description)
         sub.set_defaults(handler=handler)
         return sub
 
     demo = command(
-        "demo", run_demo_command, "train a small MoE that collapses, recording it",
+        "demo",
+        run_demo_command,
+        "train a small MoE that collapses, recording it",
         "Train a small Mixture-of-Experts language model on CPU with ChronoMoE attached and write its "
         "run folders (needs torch). Prints what the alerts saw.",
     )
-    demo.add_argument("--output-dir", default="runs", metavar="DIR", help="parent folder of the run folders (default: runs)")
-    demo.add_argument("--steps", type=_positive_int, default=None, metavar="N", help="training steps (default: the demo's own)")
+    demo.add_argument(
+        "--output-dir", default="runs", metavar="DIR", help="parent folder of the run folders (default: runs)"
+    )
+    demo.add_argument(
+        "--steps", type=_positive_int, default=None, metavar="N", help="training steps (default: the demo's own)"
+    )
     demo.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
     demo.add_argument("--quiet", action="store_true", help="print only the final verdict")
 
     summary = command(
-        "summary", run_summary, "per-layer table of the run's last metrics, states and transitions",
+        "summary",
+        run_summary,
+        "per-layer table of the run's last metrics, states and transitions",
         "Print one row per MoE layer: last Neff / n_experts, Top2 share, dead and nearly dead experts, "
         "alert state, and the step of each alert transition. Exit code 0 when no layer is "
         "collapse_confirmed, 1 when any is (usable in scripts and CI of training jobs).",
@@ -274,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--mode", choices=MODES, default="TRAIN", help="which snapshots (default: TRAIN)")
 
     replay = command(
-        "replay", run_replay, "re-run the alert logic over the recorded events with other rules or windows",
+        "replay",
+        run_replay,
+        "re-run the alert logic over the recorded events with other rules or windows",
         "Rebuild snapshots and alert transitions from routing_events.jsonl, streaming (memory flat in the "
         "log's length, progress bar on large logs), and print what changed against the recorded alerts. "
         "By default it uses the recorded rules and the recorded snapshot windows (events with step in "
@@ -282,21 +304,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
     replay.add_argument(
-        "--rules", type=Path, metavar="RULES.json",
+        "--rules",
+        type=Path,
+        metavar="RULES.json",
         help="alert rules as JSON (keys of chronomoe.AlertRules; missing keys take the defaults; "
-             "see `chronomoe schema AlertRules`). Default: the rules stored in run_manifest.json",
+        "see `chronomoe schema AlertRules`). Default: the rules stored in run_manifest.json",
     )
     replay.add_argument(
-        "--window", type=_positive_int, metavar="N",
+        "--window",
+        type=_positive_int,
+        metavar="N",
         help="snapshot every N steps (windows ((k-1)N, kN], the last one partial) instead of at the recorded snapshots",
     )
     replay.add_argument(
-        "--out", type=Path, metavar="DIR",
+        "--out",
+        type=Path,
+        metavar="DIR",
         help="write the replayed snapshots.jsonl, alerts.jsonl and run_manifest.json to this new folder",
     )
 
     report = command(
-        "report", run_report, "PNG figures and a self-contained HTML page of the run",
+        "report",
+        run_report,
+        "PNG figures and a self-contained HTML page of the run",
         "Draw Neff per layer with the alert states shaded, Top2 per layer, layer x expert share heatmaps "
         "and the alert-state timeline as PNG files, and report.html embedding them with the summary and "
         "transitions tables. Needs matplotlib: pip install 'chronomoe[report]'.",
@@ -305,12 +335,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output-dir", type=Path, metavar="DIR", help="where to write (default: RUN_DIR/report)")
     report.add_argument("--mode", choices=MODES, default="TRAIN", help="which snapshots (default: TRAIN)")
     report.add_argument(
-        "--steps", type=_steps, metavar="S1,S2,...",
+        "--steps",
+        type=_steps,
+        metavar="S1,S2,...",
         help="steps of the share heatmaps (the snapshot at or after each); default: 4 evenly spaced snapshots",
     )
 
     validate = command(
-        "validate", run_validate, "check every record against the JSON Schemas in specs/",
+        "validate",
+        run_validate,
+        "check every record against the JSON Schemas in specs/",
         "Check each line of routing_events.jsonl, snapshots.jsonl and alerts.jsonl against its record "
         "type's JSON Schema and model, and the manifest's rules; list invalid lines with their numbers "
         "(the first 20 per file) and a torn last line. Exit code 0 when valid, 1 on invalid records.",
@@ -318,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
 
     schema = command(
-        "schema", run_schema, "print the JSON Schemas of the records",
+        "schema",
+        run_schema,
+        "print the JSON Schemas of the records",
         "Print the JSON Schema of one record type, or of all as one JSON object keyed by type. Types: "
         "AlertRules, AlertTransition, ControlDecision, LensState, RoutingEvent, SystemSnapshot.",
     )
@@ -333,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     try:
-        return args.handler(args)
+        status: int = args.handler(args)
+        return status
     except (ChronoMoEError, OSError, ValueError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"chronomoe {args.command}: error: {message}", file=sys.stderr)

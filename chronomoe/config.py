@@ -101,7 +101,8 @@ class MonitorConfig(BaseModel):
         """
         if config is not None and not isinstance(config, MonitorConfig):
             raise InvalidInputError(
-                "config", type(config).__name__,
+                "config",
+                type(config).__name__,
                 "must be a chronomoe.MonitorConfig (your own training configuration goes in training_config=)",
             )
         unknown = sorted(set(overrides) - set(cls.model_fields))

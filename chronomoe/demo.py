@@ -118,7 +118,8 @@ class Arm:
 
 BALANCED = Arm("demo-balanced", 0.01, "with the Switch load-balancing loss (alpha 0.01 per MoE layer)")
 COLLAPSE = Arm(
-    "demo-collapse", 0.0,
+    "demo-collapse",
+    0.0,
     "without it; nothing else differs (no nudge: no expert switched off, no logit or learning rate changed)",
 )
 ARMS = (BALANCED, COLLAPSE)
@@ -159,7 +160,9 @@ class DemoExperts(nn.Module):
             return tokens
         return min(tokens, max(1, math.ceil(self.capacity_factor * tokens * top_k / self.num_experts)))
 
-    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
         if self.capacity_factor is None:
             return self._dropless(hidden_states, top_k_index, top_k_weights)
         return self._fixed_capacity(hidden_states, top_k_index, top_k_weights)
@@ -396,9 +399,14 @@ def train_arm(
     model = DemoMoEModel(config)
     optimizer = make_optimizer(model)
     run_config = {
-        "demo_arm": arm.run_id, "description": arm.description, "seed": seed, "steps": steps,
-        "learning_rate": LEARNING_RATE, "balance_coefficient": arm.balance_coefficient,
-        "snapshot_every": SNAPSHOT_EVERY, **asdict(config),
+        "demo_arm": arm.run_id,
+        "description": arm.description,
+        "seed": seed,
+        "steps": steps,
+        "learning_rate": LEARNING_RATE,
+        "balance_coefficient": arm.balance_coefficient,
+        "snapshot_every": SNAPSHOT_EVERY,
+        **asdict(config),
     }
     outcome = ArmOutcome(arm, run_dir)
     with Monitor(arm.run_id, output_dir, model_name=MODEL_NAME, training_config=run_config) as monitor:
@@ -469,11 +477,14 @@ def run_demo(output_dir: str = "runs", steps: int = DEFAULT_STEPS, seed: int = 0
         raise InvalidInputError("seed", seed, "must be a non-negative integer")
     config = DemoConfig()
     say = (lambda text: None) if quiet else print
-    say(textwrap.fill(
-        f"ChronoMoE demo: one small MoE language model ({config.n_layers} layers x {config.n_experts} experts, "
-        f"top-{config.top_k} routing), trained twice on CPU from the same weights and data (seed {seed}): "
-        f"{steps} steps each, a snapshot every {SNAPSHOT_EVERY} steps.", width=100,
-    ))
+    say(
+        textwrap.fill(
+            f"ChronoMoE demo: one small MoE language model ({config.n_layers} layers x {config.n_experts} experts, "
+            f"top-{config.top_k} routing), trained twice on CPU from the same weights and data (seed {seed}): "
+            f"{steps} steps each, a snapshot every {SNAPSHOT_EVERY} steps.",
+            width=100,
+        )
+    )
     for arm in ARMS:
         say(textwrap.fill(arm.description, width=100, initial_indent=f"  {arm.run_id}: ", subsequent_indent=" " * 17))
     say("Progress bars end with each layer's alert state: N nominal, P pre_collapse, C collapse_confirmed.\n")
@@ -481,8 +492,10 @@ def run_demo(output_dir: str = "runs", steps: int = DEFAULT_STEPS, seed: int = 0
     outcomes = []
     for arm in ARMS:
         started = time.perf_counter()
-        announce = None if quiet else (
-            lambda transition, run_id=arm.run_id: tqdm.write(describe_transition(run_id, transition))
+        announce = (
+            None
+            if quiet
+            else (lambda transition, run_id=arm.run_id: tqdm.write(describe_transition(run_id, transition)))
         )
         outcomes.append(
             train_arm(arm, config, corpus, steps, seed, output_dir, show_progress=not quiet, on_transition=announce)
@@ -501,7 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m chronomoe.demo [--output-dir DIR] [--steps N] [--seed S] [--quiet]``."""
     parser = argparse.ArgumentParser(prog="python -m chronomoe.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="runs", help="parent folder of the run folders (default: runs)")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps per run (default: {DEFAULT_STEPS})")
+    parser.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS, help=f"training steps per run (default: {DEFAULT_STEPS})"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="print only the verdict and the run folders")
     args = parser.parse_args(argv)

@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from typing_extensions import Self
 
 Mode = Literal["TRAIN", "INFER"]
 """``TRAIN`` for forwards in training mode, ``INFER`` for ``model.eval()`` forwards."""
@@ -50,7 +51,8 @@ def _to_numpy(value: Any) -> np.ndarray:
                 raise ValueError("is a tensor on the meta device, which holds no values")
             if tensor.is_floating_point():
                 tensor = tensor.double()  # bfloat16 and float8 have no numpy dtype
-            return tensor.cpu().numpy()
+            array: np.ndarray = tensor.cpu().numpy()
+            return array
         return np.asarray(value)
     except (TypeError, RuntimeError, NotImplementedError) as error:
         raise ValueError(f"cannot be read as an array: {error}") from None
@@ -66,8 +68,11 @@ def _check_numeric(array: np.ndarray, what: str) -> None:
 
 def _as_counts(value: Any) -> np.ndarray:
     if (
-        isinstance(value, np.ndarray) and value.dtype == np.int64 and not value.flags.writeable
-        and value.ndim == 1 and (not value.size or value.min() >= 0)
+        isinstance(value, np.ndarray)
+        and value.dtype == np.int64
+        and not value.flags.writeable
+        and value.ndim == 1
+        and (not value.size or value.min() >= 0)
     ):
         return value  # already validated (a view handed out by another record): no copy
     array = _to_numpy(value)
@@ -110,7 +115,8 @@ def _integer(value: Any) -> int:
 
 
 def _integer_list(array: np.ndarray) -> list[int]:
-    return array.tolist()
+    values: list[int] = array.tolist()
+    return values
 
 
 Integer = Annotated[int, BeforeValidator(_integer)]
@@ -165,7 +171,7 @@ class Record(BaseModel):
     __hash__ = None  # type: ignore[assignment]
 
     @classmethod
-    def trusted(cls, **values: Any):
+    def trusted(cls, **values: Any) -> Self:
         """Build from values the library computed and checked itself, skipping validation.
 
         Every field must be given. About ten times cheaper than
@@ -220,18 +226,15 @@ class RoutingEvent(Record):
         return finite_or_none(info.field_name, value)
 
     @model_validator(mode="after")
-    def _derive_and_check(self) -> "RoutingEvent":
+    def _derive_and_check(self) -> RoutingEvent:
         counts = self.expert_token_counts
         if self.top_k > self.n_experts:
             raise ValueError(f"top_k={self.top_k} must be in 1..n_experts={self.n_experts}")
         if counts.shape[0] != self.n_experts:
-            raise ValueError(
-                f"expert_token_counts has {counts.shape[0]} entries, n_experts={self.n_experts}"
-            )
+            raise ValueError(f"expert_token_counts has {counts.shape[0]} entries, n_experts={self.n_experts}")
         if self.router_prob_sums is not None and self.router_prob_sums.shape[0] != self.n_experts:
             raise ValueError(
-                f"router_prob_sums has {self.router_prob_sums.shape[0]} entries, "
-                f"n_experts={self.n_experts}"
+                f"router_prob_sums has {self.router_prob_sums.shape[0]} entries, n_experts={self.n_experts}"
             )
         active = tuple(np.flatnonzero(counts).tolist())
         if self.active_experts is not None and tuple(self.active_experts) != active:
@@ -241,9 +244,7 @@ class RoutingEvent(Record):
             )
         total = int(counts.sum())
         if self.token_count is not None and self.token_count != total:
-            raise ValueError(
-                f"token_count={self.token_count} disagrees with sum(expert_token_counts)={total}"
-            )
+            raise ValueError(f"token_count={self.token_count} disagrees with sum(expert_token_counts)={total}")
         # Frozen model: derived fields are filled in once, here.
         self.__dict__["active_experts"] = active
         self.__dict__["token_count"] = total
@@ -260,7 +261,7 @@ class RoutingEvent(Record):
         n_experts: int,
         top_k: int,
         **fields: Any,
-    ) -> "RoutingEvent":
+    ) -> RoutingEvent:
         """Build an event from a router's per-expert dispatch counts.
 
         ``used_capacity`` is ``[n_experts]`` tokens each expert processed

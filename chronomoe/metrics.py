@@ -27,7 +27,8 @@ Units and conventions (both forms agree; a hypothesis test pins it):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -38,15 +39,16 @@ NEARLY_DEAD_THRESHOLD = 0.01
 """Default share below which a non-dead expert counts as nearly dead."""
 
 
-def _counts_from_events(events: Iterable["RoutingEvent"], layer_id: int) -> np.ndarray:
+def _counts_from_events(events: Iterable[RoutingEvent], layer_id: int) -> np.ndarray:
     layer_counts = [e.expert_token_counts for e in events if e.layer_id == layer_id]
     if not layer_counts:
         return np.zeros(0, dtype=np.int64)
-    return np.sum(layer_counts, axis=0, dtype=np.int64)
+    totals: np.ndarray = np.stack(layer_counts).sum(axis=0, dtype=np.int64)
+    return totals
 
 
 def compute_utilization_shares(
-    counts_or_events: "np.ndarray | Sequence[int] | Sequence[RoutingEvent]",
+    counts_or_events: np.ndarray | Sequence[int] | Sequence[RoutingEvent],
     layer_id: int | None = None,
 ) -> np.ndarray:
     """Fraction of the window's dispatched tokens each expert received.
@@ -64,7 +66,8 @@ def compute_utilization_shares(
     total = counts.sum()
     if total == 0:
         return np.zeros_like(counts)
-    return counts / total
+    shares: np.ndarray = counts / total
+    return shares
 
 
 def compute_entropy(shares: np.ndarray) -> float:
@@ -111,7 +114,7 @@ def compute_gini_coefficient(shares: np.ndarray) -> float:
 
 
 def compute_layer_metrics(
-    counts_or_events: "np.ndarray | Sequence[int] | Sequence[RoutingEvent]",
+    counts_or_events: np.ndarray | Sequence[int] | Sequence[RoutingEvent],
     layer_id: int | None = None,
 ) -> tuple[np.ndarray, float, float, float, int, int]:
     """The seed's bundle: ``(shares, entropy, n_effective, top2_share, dead, nearly_dead)``.
@@ -236,9 +239,7 @@ def layer_metrics_batch(
     )
 
 
-def sum_counts_by_layer(
-    layer_positions: np.ndarray, rows: np.ndarray, n_layers: int
-) -> np.ndarray:
+def sum_counts_by_layer(layer_positions: np.ndarray, rows: np.ndarray, n_layers: int) -> np.ndarray:
     """Sum count rows into per-layer totals: ``out[l] = rows[layer_positions == l].sum(0)``.
 
     ``rows`` is ``[N, E]``; returns ``[n_layers, E]`` int64. Order of the rows
@@ -251,7 +252,8 @@ def sum_counts_by_layer(
         steps = n_rows // n_layers
         regular = np.array_equal(layer_positions, np.tile(np.arange(n_layers), steps))
         if regular:
-            return rows.reshape(steps, n_layers, width).sum(axis=0, dtype=np.int64)
+            summed: np.ndarray = rows.reshape(steps, n_layers, width).sum(axis=0, dtype=np.int64)
+            return summed
     totals = np.zeros((n_layers, width), dtype=np.int64)
     np.add.at(totals, layer_positions, rows)
     return totals

@@ -94,8 +94,8 @@ class Monitor:
         rules: AlertRules | None = None,
         *,
         config: MonitorConfig | None = None,
-        controller: Controller | None | _Default = DEFAULT,
-        lens: LensStateKeeper | None | _Default = DEFAULT,
+        controller: Controller | _Default | None = DEFAULT,
+        lens: LensStateKeeper | _Default | None = DEFAULT,
         **overrides: Any,
     ) -> None:
         shortcuts = {"output_dir": output_dir, "model_name": model_name, "rules": rules}
@@ -129,8 +129,11 @@ class Monitor:
             self.writer = TelemetryWriter(run_id, output, fsync=self.config.fsync, on_error=self.config.io_errors)
             self.writer.write_manifest(
                 create_run_manifest(
-                    run_id, self.config.model_name, self.config.training_config,
-                    rules=self.rules.model_dump(), monitor_config=self.config.resolved(),
+                    run_id,
+                    self.config.model_name,
+                    self.config.training_config,
+                    rules=self.rules.model_dump(),
+                    monitor_config=self.config.resolved(),
                 )
             )
 
@@ -155,8 +158,11 @@ class Monitor:
         from .capture.distributed import rank_reduction
 
         return rank_reduction(
-            distributed.process_group, timeout_s=distributed.collective_timeout, expert_ids=distributed.expert_ids,
-            count_tokens=distributed.count_tokens, on_stop=self._stop,
+            distributed.process_group,
+            timeout_s=distributed.collective_timeout,
+            expert_ids=distributed.expert_ids,
+            count_tokens=distributed.count_tokens,
+            on_stop=self._stop,
         )
 
     # -- participants ----------------------------------------------------------------
@@ -239,13 +245,17 @@ class Monitor:
                 items = list(events_or_counts)
             except TypeError:
                 raise InvalidInputError(
-                    "events_or_counts", events_or_counts, "must be RoutingEvents or a [n_layers, n_experts] counts matrix"
+                    "events_or_counts",
+                    events_or_counts,
+                    "must be RoutingEvents or a [n_layers, n_experts] counts matrix",
                 ) from None
         # An empty list is a window without events (layers up to n_layers are no_data).
         if isinstance(items, list) and (not items or isinstance(items[0], RoutingEvent)):
             stray = next((index for index, item in enumerate(items) if not isinstance(item, RoutingEvent)), None)
             if stray is not None:
-                raise InvalidInputError(f"events_or_counts[{stray}]", items[stray], "is not a RoutingEvent, unlike the first")
+                raise InvalidInputError(
+                    f"events_or_counts[{stray}]", items[stray], "is not a RoutingEvent, unlike the first"
+                )
             window = events_of_mode(items, mode)
             counts, n_experts, layer_ids = window_counts(window, n_layers)
             reported = np.isin(layer_ids, [event.layer_id for event in window])
@@ -259,7 +269,9 @@ class Monitor:
             reported = np.ones(len(counts), dtype=bool)
             self.snapshotter.check_layers(layer_ids, n_experts)
         if self._collective is not None:
-            counts, n_experts, layer_ids = self._collective.reduce_window(counts, n_experts, reported, step=step, mode=mode)
+            counts, n_experts, layer_ids = self._collective.reduce_window(
+                counts, n_experts, reported, step=step, mode=mode
+            )
         return self._publish(mode, counts, n_experts, layer_ids, step, train_loss, val_loss)
 
     def _publish(
@@ -275,8 +287,15 @@ class Monitor:
     ) -> SystemSnapshot:
         """Snapshot, write, then publish: transitions in layer order, then the snapshot."""
         snapshot = self.snapshotter.take(
-            mode, counts, n_experts, layer_ids, step=step, train_loss=train_loss, val_loss=val_loss,
-            dropped_records=self.dropped_records, out_of_range_expert_ids=out_of_range_expert_ids,
+            mode,
+            counts,
+            n_experts,
+            layer_ids,
+            step=step,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            dropped_records=self.dropped_records,
+            out_of_range_expert_ids=out_of_range_expert_ids,
         )
         if self.writer is not None:
             self.writer.write_snapshot(snapshot)
@@ -310,7 +329,8 @@ class Monitor:
         if self.capture is None:
             if self.config.n_experts is None:
                 raise InvalidInputError(
-                    "n_experts", None,
+                    "n_experts",
+                    None,
                     "unknown: pass Monitor(n_experts=[...]) or call monitor.attach(model) before record()",
                 )
             self.configure_capture(self.config.n_experts, top_k=self.config.top_k)
@@ -383,8 +403,10 @@ class Monitor:
         layers = attachment.layers
         try:
             self.configure_capture(
-                [layer.n_experts for layer in layers], [layer.layer_id for layer in layers],
-                [layer.top_k for layer in layers], device=attachment.device,
+                [layer.n_experts for layer in layers],
+                [layer.layer_id for layer in layers],
+                [layer.top_k for layer in layers],
+                device=attachment.device,
             )
         except BaseException:
             attachment.remove()
@@ -408,7 +430,8 @@ class Monitor:
         """
         capture_state = (
             {"window": None, "window_calls": None, "window_out_of_range": None, "recorder": None}
-            if self.capture is None else self.capture.state_dict()
+            if self.capture is None
+            else self.capture.state_dict()
         )
         return {
             "version": STATE_DICT_VERSION,
@@ -457,7 +480,9 @@ def _check_controller(controller: object) -> None:
         return
     if not isinstance(controller, Controller):
         raise InvalidInputError(
-            "controller", controller, "must have on_snapshot and on_transition methods (chronomoe.controller.Controller) or be None"
+            "controller",
+            controller,
+            "must have on_snapshot and on_transition methods (chronomoe.controller.Controller) or be None",
         )
 
 

@@ -28,17 +28,18 @@ from __future__ import annotations
 import itertools
 import math
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import orjson
 
 from .alerts import AlertBank, AlertRules, AlertState, AlertTransition
 from .errors import InvalidInputError
-from .io import ALERTS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, iter_events, iter_records, load_manifest
 from .events import MODES, RoutingEvent
+from .io import ALERTS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, iter_events, iter_records, load_manifest
 from .snapshots import SystemSnapshot, build_snapshot
 from .windows import window_counts
 
@@ -46,7 +47,7 @@ PROGRESS_EVERY = 1024
 """Events between two calls of the ``progress`` callback."""
 
 
-def require_run_dir(run_dir: str | os.PathLike) -> Path:
+def require_run_dir(run_dir: str | os.PathLike[str]) -> Path:
     """``run_dir`` as a Path; :class:`~chronomoe.errors.InvalidInputError` when it is not a folder."""
     path = Path(run_dir)
     if not path.is_dir():
@@ -62,7 +63,7 @@ def require_file(run_dir: Path, name: str, why: str = "") -> Path:
     return path
 
 
-def recorded_rules(run_dir: str | os.PathLike) -> AlertRules | None:
+def recorded_rules(run_dir: str | os.PathLike[str]) -> AlertRules | None:
     """The alert rules the run was recorded with (``run_manifest.json``'s ``rules``), if stored."""
     path = Path(run_dir) / MANIFEST_FILE
     if not path.is_file():
@@ -76,7 +77,7 @@ def recorded_rules(run_dir: str | os.PathLike) -> AlertRules | None:
         raise InvalidInputError(f"{path}:rules", rules, str(error).splitlines()[0]) from None
 
 
-def iter_snapshots(run_dir: str | os.PathLike, mode: str | None = None) -> Iterator[SystemSnapshot]:
+def iter_snapshots(run_dir: str | os.PathLike[str], mode: str | None = None) -> Iterator[SystemSnapshot]:
     """Stream the recorded snapshots (of ``mode`` only, when given) from ``snapshots.jsonl``.
 
     Lines of another mode are parsed as JSON but not validated.
@@ -85,13 +86,33 @@ def iter_snapshots(run_dir: str | os.PathLike, mode: str | None = None) -> Itera
     if mode is None:
         return iter_records(path, SystemSnapshot.model_validate_json)
 
-    def parse_if_mode(line: bytes) -> SystemSnapshot | None:
+    def parse_if_mode(line: bytes) -> SystemSnapshot:
         record = orjson.loads(line)
         if isinstance(record, dict) and record.get("mode", "TRAIN") != mode:
-            return None
+            return _OTHER_MODE
         return SystemSnapshot.model_validate(record)
 
-    return (snapshot for snapshot in iter_records(path, parse_if_mode) if snapshot is not None)
+    return (snapshot for snapshot in iter_records(path, parse_if_mode) if snapshot is not _OTHER_MODE)
+
+
+_OTHER_MODE = SystemSnapshot.trusted(
+    step=0,
+    timestamp=0.0,
+    mode="TRAIN",
+    train_loss=None,
+    val_loss=None,
+    run_id="-",
+    model_name="",
+    layers=[],
+    alerts=[],
+    transitions=[],
+    dropped_records=0,
+    out_of_range_expert_ids=0,
+)
+"""Stands for a snapshot line of another mode, skipped unvalidated by :func:`iter_snapshots`."""
+
+Emit = Callable[[SystemSnapshot], None]
+"""Receives each replayed snapshot, in the order built."""
 
 
 @dataclass
@@ -116,7 +137,7 @@ class ReplayResult:
 
 
 def replay_run(
-    run_dir: str | os.PathLike,
+    run_dir: str | os.PathLike[str],
     rules: AlertRules | None = None,
     window: int | None = None,
     on_snapshot: Callable[[SystemSnapshot], None] | None = None,
@@ -172,7 +193,7 @@ def replay_run(
     return result
 
 
-def _collector(result: ReplayResult, on_snapshot: Callable[[SystemSnapshot], None] | None):
+def _collector(result: ReplayResult, on_snapshot: Emit | None) -> Emit:
     def emit(snapshot: SystemSnapshot) -> None:
         result.snapshots += 1
         result.replayed_transitions.extend(snapshot.transitions)
@@ -188,7 +209,7 @@ def _model_name(run_dir: Path) -> str:
 
 
 def window_snapshot(
-    bank: AlertBank, events: list[RoutingEvent], layers: dict[int, int], **fields
+    bank: AlertBank, events: list[RoutingEvent], layers: dict[int, int], **fields: Any
 ) -> SystemSnapshot:
     """Snapshot one window of one mode with the layers ``{layer_id: n_experts}``.
 
@@ -200,7 +221,8 @@ def window_snapshot(
     unlisted = {event.layer_id for event in events} - set(layers)
     if unlisted:
         raise InvalidInputError(
-            "routing_events.layer_id", min(unlisted),
+            "routing_events.layer_id",
+            min(unlisted),
             f"has events in the window ending at step {fields['step']} but is not a layer of that snapshot",
         )
     counts, event_widths, _ = window_counts(events, int(layer_ids.max()) + 1)
@@ -217,7 +239,8 @@ def window_snapshot(
 
 def _out_of_order(event: RoutingEvent, closed_step: int) -> InvalidInputError:
     return InvalidInputError(
-        "routing_events.step", event.step,
+        "routing_events.step",
+        event.step,
         f"({event.mode}, layer {event.layer_id}) comes after the window ending at step {closed_step} was closed; "
         "replay needs each mode's events in step order",
     )
@@ -226,22 +249,22 @@ def _out_of_order(event: RoutingEvent, closed_step: int) -> InvalidInputError:
 class _RecordedWindows:
     """Windows ending at the recorded snapshots' steps; each replayed snapshot is compared with its recording."""
 
-    def __init__(self, run_dir: Path, rules: AlertRules, emit, result: ReplayResult) -> None:
+    def __init__(self, run_dir: Path, rules: AlertRules, emit: Emit, result: ReplayResult) -> None:
         self.emit = emit
         self.result = result
-        self.banks = {mode: AlertBank(rules) for mode in MODES}
-        self.pending = {mode: iter_snapshots(run_dir, mode) for mode in MODES}
-        self.next_snapshot = {mode: next(self.pending[mode], None) for mode in MODES}
+        self.banks: dict[str, AlertBank] = {mode: AlertBank(rules) for mode in MODES}
+        self.pending: dict[str, Iterator[SystemSnapshot]] = {mode: iter_snapshots(run_dir, mode) for mode in MODES}
+        self.next_snapshot: dict[str, SystemSnapshot | None] = {mode: next(self.pending[mode], None) for mode in MODES}
         self.windows: dict[str, list[RoutingEvent]] = {mode: [] for mode in MODES}
-        self.closed_step: dict[str, int | None] = {mode: None for mode in MODES}
+        self.closed_step: dict[str, int | None] = dict.fromkeys(MODES)
 
     def add(self, event: RoutingEvent) -> None:
         mode = event.mode
         closed = self.closed_step[mode]
         if closed is not None and event.step <= closed:
             raise _out_of_order(event, closed)
-        while self.next_snapshot[mode] is not None and event.step > self.next_snapshot[mode].step:
-            self._close(mode)
+        while (upcoming := self.next_snapshot[mode]) is not None and event.step > upcoming.step:
+            self._close(mode, upcoming)
         if self.next_snapshot[mode] is None:
             self.result.unreplayed_events += 1
         else:
@@ -249,16 +272,21 @@ class _RecordedWindows:
 
     def finish(self) -> None:
         for mode in MODES:
-            while self.next_snapshot[mode] is not None:
-                self._close(mode)
+            while (upcoming := self.next_snapshot[mode]) is not None:
+                self._close(mode, upcoming)
 
-    def _close(self, mode: str) -> None:
-        recorded = self.next_snapshot[mode]
+    def _close(self, mode: str, recorded: SystemSnapshot) -> None:
         replayed = window_snapshot(
-            self.banks[mode], self.windows[mode],
+            self.banks[mode],
+            self.windows[mode],
             {layer.layer_id: layer.n_experts for layer in recorded.layers},
-            step=recorded.step, run_id=recorded.run_id, model_name=recorded.model_name, mode=mode,
-            train_loss=recorded.train_loss, val_loss=recorded.val_loss, timestamp=recorded.timestamp,
+            step=recorded.step,
+            run_id=recorded.run_id,
+            model_name=recorded.model_name,
+            mode=mode,
+            train_loss=recorded.train_loss,
+            val_loss=recorded.val_loss,
+            timestamp=recorded.timestamp,
         )
         if [layer.metrics() for layer in replayed.layers] != [layer.metrics() for layer in recorded.layers]:
             self.result.mismatched_snapshots += 1
@@ -273,13 +301,13 @@ class _RecordedWindows:
 class _FixedWindows:
     """Windows ``((k-1)N, kN]``; the last partial window ends at the last event's step."""
 
-    def __init__(self, window: int, rules: AlertRules, emit, model_name: str) -> None:
+    def __init__(self, window: int, rules: AlertRules, emit: Emit, model_name: str) -> None:
         self.window = window
         self.emit = emit
         self.model_name = model_name
-        self.banks = {mode: AlertBank(rules) for mode in MODES}
+        self.banks: dict[str, AlertBank] = {mode: AlertBank(rules) for mode in MODES}
         self.windows: dict[str, list[RoutingEvent]] = {mode: [] for mode in MODES}
-        self.boundary: dict[str, int | None] = {mode: None for mode in MODES}
+        self.boundary: dict[str, int | None] = dict.fromkeys(MODES)
         self.layers: dict[str, dict[int, int]] = {mode: {} for mode in MODES}
 
     def add(self, event: RoutingEvent) -> None:
@@ -304,8 +332,13 @@ class _FixedWindows:
         layers.update({event.layer_id: event.n_experts for event in events})
         self.emit(
             window_snapshot(
-                self.banks[mode], events, {layer_id: layers.get(layer_id, 1) for layer_id in range(max(layers) + 1)},
-                step=step, run_id=events[0].run_id, model_name=self.model_name, mode=mode,
+                self.banks[mode],
+                events,
+                {layer_id: layers.get(layer_id, 1) for layer_id in range(max(layers) + 1)},
+                step=step,
+                run_id=events[0].run_id,
+                model_name=self.model_name,
+                mode=mode,
                 timestamp=max(event.timestamp for event in events),
             )
         )

@@ -91,7 +91,9 @@ def summarize_run(run_dir: str | os.PathLike, mode: str = "TRAIN") -> RunSummary
         first = snapshot.step if first is None else first
         last_snapshot = snapshot
         for layer in snapshot.layers:
-            summary = layers.setdefault(layer.layer_id, LayerSummary(layer.layer_id, layer.n_experts, layer.alert_state))
+            summary = layers.setdefault(
+                layer.layer_id, LayerSummary(layer.layer_id, layer.n_experts, layer.alert_state)
+            )
             summary.state = layer.alert_state
             if not layer.no_data:
                 summary.last, summary.last_step, summary.n_experts = layer, snapshot.step, layer.n_experts
@@ -100,8 +102,13 @@ def summarize_run(run_dir: str | os.PathLike, mode: str = "TRAIN") -> RunSummary
     if last_snapshot is None:
         raise InvalidInputError("RUN_DIR", str(run_dir), f"holds no {mode} snapshots in {SNAPSHOTS_FILE}")
     return RunSummary(
-        run_dir=run_dir, run_id=last_snapshot.run_id, model_name=last_snapshot.model_name, mode=mode,
-        snapshots=count, first_step=first, last_step=last_snapshot.step,
+        run_dir=run_dir,
+        run_id=last_snapshot.run_id,
+        model_name=last_snapshot.model_name,
+        mode=mode,
+        snapshots=count,
+        first_step=first,
+        last_step=last_snapshot.step,
         layers=[layers[layer_id] for layer_id in sorted(layers)],
     )
 
@@ -112,9 +119,13 @@ def summary_rows(summary: RunSummary) -> list[list[str]]:
     for layer in summary.layers:
         last = layer.last
         metrics = (
-            ["no data", "-", "-", "-"] if last is None else [
-                f"{last.n_effective:.2f}/{layer.n_experts}", f"{last.top2_share:.3f}",
-                str(last.dead_expert_count), str(last.nearly_dead_count),
+            ["no data", "-", "-", "-"]
+            if last is None
+            else [
+                f"{last.n_effective:.2f}/{layer.n_experts}",
+                f"{last.top2_share:.3f}",
+                str(last.dead_expert_count),
+                str(last.nearly_dead_count),
             ]
         )
         changes = ", ".join(f"{t.step} {t.source.value}->{t.dest.value}" for t in layer.transitions) or "-"
@@ -127,18 +138,23 @@ def format_summary(summary: RunSummary) -> str:
     rows = summary_rows(summary)
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     lines = [
-        f"run {summary.run_id}" + (f" ({summary.model_name})" if summary.model_name else "")
+        f"run {summary.run_id}"
+        + (f" ({summary.model_name})" if summary.model_name else "")
         + f": {summary.snapshots} {summary.mode} snapshots, steps {summary.first_step}..{summary.last_step}",
         "",
     ]
     for row in rows:
-        cells = [cell.rjust(width) if column < 5 else cell.ljust(width) for column, (cell, width) in enumerate(zip(row, widths))]
+        cells = [
+            cell.rjust(width) if column < 5 else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths))
+        ]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
     collapsed = summary.collapsed_layers
     lines.append("")
     lines.append(
         f"collapse_confirmed: layer{'s' if len(collapsed) > 1 else ''} {', '.join(map(str, collapsed))}"
-        if collapsed else "no layer is collapse_confirmed"
+        if collapsed
+        else "no layer is collapse_confirmed"
     )
     return "\n".join(lines)
 
@@ -259,13 +275,15 @@ def plot_neff(series: RunSeries, rules: AlertRules, path: Path) -> Path:
     edges = _window_edges(series.steps)
     for axes, layer in zip(panels.flat, series.layers):
         _shade_states(axes, edges, layer.states)
-        axes.plot(series.steps, layer.n_effective, color="#1f4e79", lw=1.6, marker="." if len(series.steps) < 60 else None)
+        axes.plot(
+            series.steps, layer.n_effective, color="#1f4e79", lw=1.6, marker="." if len(series.steps) < 60 else None
+        )
         axes.axhline(rules.neff_ratio * layer.n_experts, color="#7f7f7f", ls="--", lw=1)
         axes.set_ylim(0, layer.n_experts * 1.05)
         axes.set_xlim(edges[0], edges[-1])
         axes.set_title(f"layer {layer.layer_id} ({layer.n_experts} experts)", fontsize=10)
         axes.grid(alpha=0.3)
-    for axes in panels.flat[len(series.layers):]:
+    for axes in panels.flat[len(series.layers) :]:
         axes.set_visible(False)
     for axes in panels[:, 0]:
         axes.set_ylabel("Neff")
@@ -274,9 +292,13 @@ def plot_neff(series: RunSeries, rules: AlertRules, path: Path) -> Path:
     from matplotlib.lines import Line2D
 
     figure.legend(
-        handles=[*_state_legend_handles(),
-                 Line2D([], [], color="#7f7f7f", ls="--", label=f"PRE_COLLAPSE: Neff < {rules.neff_ratio:g} x n")],
-        loc="outside upper center", ncols=3, frameon=False,
+        handles=[
+            *_state_legend_handles(),
+            Line2D([], [], color="#7f7f7f", ls="--", label=f"PRE_COLLAPSE: Neff < {rules.neff_ratio:g} x n"),
+        ],
+        loc="outside upper center",
+        ncols=3,
+        frameon=False,
     )
     figure.savefig(path, dpi=110)
     return path
@@ -299,7 +321,9 @@ def plot_top2(series: RunSeries, rules: AlertRules, path: Path) -> Path:
         color = colormap(norm(layer.layer_id)) if many else colormap(index % 10)
         axes.plot(series.steps, layer.top2_share, color=color, lw=1.5, label=f"layer {layer.layer_id}")
     axes.axhline(rules.pre_top2, color="#e69138", ls="--", lw=1, label=f"PRE_COLLAPSE Top2 > {rules.pre_top2:g}")
-    axes.axhline(rules.confirm_top2, color="#cc4125", ls="--", lw=1, label=f"COLLAPSE_CONFIRMED Top2 > {rules.confirm_top2:g}")
+    axes.axhline(
+        rules.confirm_top2, color="#cc4125", ls="--", lw=1, label=f"COLLAPSE_CONFIRMED Top2 > {rules.confirm_top2:g}"
+    )
     axes.set_ylim(0, 1.02)
     axes.set_xlabel("step")
     axes.set_ylabel("Top2 share")
@@ -332,7 +356,9 @@ def plot_shares(matrices: dict[int, np.ndarray], path: Path) -> Path:
         matrix = np.full((n_layers, width), np.nan)
         source = matrices[step]
         matrix[: source.shape[0], : source.shape[1]] = source
-        image = axes.imshow(np.ma.masked_invalid(matrix), cmap=colormap, norm=norm, aspect="auto", interpolation="nearest")
+        image = axes.imshow(
+            np.ma.masked_invalid(matrix), cmap=colormap, norm=norm, aspect="auto", interpolation="nearest"
+        )
         axes.set_title(f"step {step}", fontsize=10)
         axes.set_xlabel("expert")
         axes.set_yticks(range(n_layers) if n_layers <= 24 else range(0, n_layers, max(1, n_layers // 12)))
@@ -360,8 +386,11 @@ def plot_states(series: RunSeries, path: Path) -> Path:
     axes = figure.subplots()
     ids = [layer.layer_id for layer in series.layers]
     axes.pcolormesh(
-        _window_edges(series.steps), np.arange(n_layers + 1) - 0.5, codes,
-        cmap=ListedColormap(colors), norm=BoundaryNorm(np.arange(len(order) + 1) - 0.5, len(order)),
+        _window_edges(series.steps),
+        np.arange(n_layers + 1) - 0.5,
+        codes,
+        cmap=ListedColormap(colors),
+        norm=BoundaryNorm(np.arange(len(order) + 1) - 0.5, len(order)),
     )
     ticks = range(n_layers) if n_layers <= 24 else range(0, n_layers, max(1, n_layers // 12))
     axes.set_yticks(list(ticks), [str(ids[i]) for i in ticks])
@@ -372,7 +401,11 @@ def plot_states(series: RunSeries, path: Path) -> Path:
     labels = ["no data", "nominal", "pre_collapse", "collapse_confirmed"]
     axes.legend(
         handles=[Patch(color=color, label=label) for color, label in zip(colors, labels)],
-        loc="upper center", bbox_to_anchor=(0.5, -0.25 if n_layers < 6 else -0.12), ncols=4, frameon=False, fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.25 if n_layers < 6 else -0.12),
+        ncols=4,
+        frameon=False,
+        fontsize=8,
     )
     figure.savefig(path, dpi=110)
     return path
@@ -414,7 +447,7 @@ def write_report(
 FIGURE_CAPTIONS = {
     "states.png": "Alert state of each layer per snapshot window.",
     "neff.png": "Effective number of experts per layer; shaded windows are in an alert state, "
-                "the dashed line is the PRE_COLLAPSE threshold.",
+    "the dashed line is the PRE_COLLAPSE threshold.",
     "top2.png": "Share of the two busiest experts per layer, with the alert thresholds.",
     "shares.png": "Share of each expert's tokens per layer at chosen snapshots (grey: no data or no such expert).",
 }
@@ -425,7 +458,9 @@ def report_html(summary: RunSummary, rules: AlertRules, figures: Sequence[Path],
     escape = html.escape
     manifest = load_manifest(run_dir) if (run_dir / MANIFEST_FILE).is_file() else {}
     facts = [
-        ("run", summary.run_id), ("model", summary.model_name or "-"), ("mode", summary.mode),
+        ("run", summary.run_id),
+        ("model", summary.model_name or "-"),
+        ("mode", summary.mode),
         ("snapshots", f"{summary.snapshots} (steps {summary.first_step}..{summary.last_step})"),
         ("git commit", manifest.get("git_commit", "-")),
         ("chronomoe", manifest.get("chronomoe_version", "-")),
@@ -434,14 +469,22 @@ def report_html(summary: RunSummary, rules: AlertRules, figures: Sequence[Path],
     rows = summary_rows(summary)
     summary_table = _table(rows[0], rows[1:], state_column=5)
     transition_rows = [
-        [str(t.step), str(t.layer_id), t.source.value, t.dest.value, t.trigger,
-         _number(t.metrics.get("n_effective"), 2), _number(t.metrics.get("top2_share"), 3),
-         str(t.metrics.get("dead_expert_count", "-"))]
+        [
+            str(t.step),
+            str(t.layer_id),
+            t.source.value,
+            t.dest.value,
+            t.trigger,
+            _number(t.metrics.get("n_effective"), 2),
+            _number(t.metrics.get("top2_share"), 3),
+            str(t.metrics.get("dead_expert_count", "-")),
+        ]
         for t in summary.transitions
     ]
     transitions_table = (
         _table(["step", "layer", "from", "to", "trigger", "Neff", "Top2", "dead"], transition_rows, state_column=3)
-        if transition_rows else "<p>No transitions: every layer stayed nominal.</p>"
+        if transition_rows
+        else "<p>No transitions: every layer stayed nominal.</p>"
     )
     images = "\n".join(
         f'<figure><img alt="{escape(path.stem)}" src="data:image/png;base64,'
@@ -452,7 +495,8 @@ def report_html(summary: RunSummary, rules: AlertRules, figures: Sequence[Path],
     collapsed = summary.collapsed_layers
     verdict = (
         f'<p class="verdict bad">collapse_confirmed: layer{"s" if len(collapsed) > 1 else ""} '
-        f'{escape(", ".join(map(str, collapsed)))}</p>' if collapsed
+        f"{escape(', '.join(map(str, collapsed)))}</p>"
+        if collapsed
         else '<p class="verdict ok">No layer is collapse_confirmed.</p>'
     )
     state_styles = "\n".join(
@@ -504,10 +548,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], state_column: i
     escape = html.escape
     head = "".join(f"<th>{escape(cell)}</th>" for cell in header)
     body = "\n".join(
-        "<tr>" + "".join(
-            f'<td class="state-{escape(cell)}">{escape(cell)}</td>' if column == state_column else f"<td>{escape(cell)}</td>"
+        "<tr>"
+        + "".join(
+            f'<td class="state-{escape(cell)}">{escape(cell)}</td>'
+            if column == state_column
+            else f"<td>{escape(cell)}</td>"
             for column, cell in enumerate(row)
-        ) + "</tr>"
+        )
+        + "</tr>"
         for row in rows
     )
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"

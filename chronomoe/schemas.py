@@ -22,10 +22,11 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
@@ -92,11 +93,12 @@ def packaged_schema_dir() -> Path:
 def load_schema(name: str) -> dict[str, Any]:
     """The committed schema of record type ``name``."""
     _model(name)
-    text = resources.files("chronomoe.specs").joinpath("schemas", schema_file_name(name)).read_text()
-    return json.loads(text)
+    text = resources.files("chronomoe.specs").joinpath("schemas").joinpath(schema_file_name(name)).read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
 
 
-def write_schemas(directory: str | os.PathLike | None = None) -> list[Path]:
+def write_schemas(directory: str | os.PathLike[str] | None = None) -> list[Path]:
     """Generate every schema into ``directory`` (default: the packaged ``specs/schemas/``)."""
     directory = packaged_schema_dir() if directory is None else Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -108,7 +110,7 @@ def write_schemas(directory: str | os.PathLike | None = None) -> list[Path]:
     return written
 
 
-def stale_schemas(directory: str | os.PathLike | None = None) -> list[str]:
+def stale_schemas(directory: str | os.PathLike[str] | None = None) -> list[str]:
     """Names whose file in ``directory`` is missing or differs from what the model generates now."""
     directory = packaged_schema_dir() if directory is None else Path(directory)
     stale = []
@@ -119,7 +121,7 @@ def stale_schemas(directory: str | os.PathLike | None = None) -> list[str]:
     return stale
 
 
-def schema_validator(name: str):
+def schema_validator(name: str) -> Any:
     """A ``jsonschema`` validator for the committed schema of ``name`` (needs the jsonschema package)."""
     import jsonschema
 
@@ -176,7 +178,7 @@ class RunCheck:
         return self.error_count == 0
 
 
-def validate_run(run_dir: str | os.PathLike, progress: Callable[[int], None] | None = None) -> RunCheck:
+def validate_run(run_dir: str | os.PathLike[str], progress: Callable[[int], None] | None = None) -> RunCheck:
     """Check every record of a run folder against the committed schemas and the models.
 
     Each line of ``routing_events.jsonl``, ``snapshots.jsonl`` and
@@ -226,7 +228,7 @@ def _check_jsonl(path: Path, record_type: str, progress: Callable[[int], None] |
     return check
 
 
-def _record_problem(line: bytes, validator, model: type[BaseModel]) -> str | None:
+def _record_problem(line: bytes, validator: Any, model: type[BaseModel]) -> str | None:
     """Why one line is not a valid record (``None`` when it is)."""
     try:
         value = orjson.loads(line)
@@ -275,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--write", action="store_true", help="regenerate every schema file")
     action.add_argument("--check", action="store_true", help="exit 1 when a committed schema is out of date")
     parser.add_argument(
-        "--dir", type=Path, default=None,
+        "--dir",
+        type=Path,
+        default=None,
         help=f"schema folder (default: the package's specs/schemas/, here {packaged_schema_dir()})",
     )
     args = parser.parse_args(argv)

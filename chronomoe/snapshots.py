@@ -55,8 +55,8 @@ class LayerSnapshot(Record):
     collapse_streak: Integer = Field(ge=0)
     healthy_streak: Integer = Field(ge=0)
 
-    def metrics(self) -> dict[str, float | int]:
-        """The scalar metrics, as carried by an :class:`~chronomoe.alerts.AlertTransition`."""
+    def metrics(self) -> dict[str, float | int | None]:
+        """The scalar metrics, as carried by an :class:`~chronomoe.alerts.AlertTransition` (``None`` when ``no_data``)."""
         return {
             "n_experts": self.n_experts,
             "token_count": self.token_count,
@@ -136,11 +136,11 @@ class SystemSnapshot(Record):
         run_id: str | None = None,
         model_name: str = "",
         n_layers: int | None = None,
-        alert_history: dict | None = None,
+        alert_history: dict[Any, Any] | None = None,
         *,
         rules: AlertRules | None = None,
         mode: str = "TRAIN",
-    ) -> "SystemSnapshot":
+    ) -> SystemSnapshot:
         """Summarise a window of routing events (the seed's factory).
 
         Args:
@@ -161,9 +161,17 @@ class SystemSnapshot(Record):
             run_id = window[0].run_id
         counts, n_experts, layer_ids = window_counts(window, n_layers)
         return cls._from_window(
-            counts, n_experts, layer_ids, alert_history, rules,
-            step=step, train_loss=train_loss, val_loss=val_loss,
-            run_id=run_id, model_name=model_name, mode=mode,
+            counts,
+            n_experts,
+            layer_ids,
+            alert_history,
+            rules,
+            step=step,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            run_id=run_id,
+            model_name=model_name,
+            mode=mode,
         )
 
     @classmethod
@@ -175,13 +183,13 @@ class SystemSnapshot(Record):
         val_loss: float | None = None,
         run_id: str = "run",
         model_name: str = "",
-        alert_history: dict | None = None,
+        alert_history: dict[Any, Any] | None = None,
         *,
         n_experts: Sequence[int] | None = None,
         layer_ids: Sequence[int] | None = None,
         rules: AlertRules | None = None,
         mode: str = "TRAIN",
-    ) -> "SystemSnapshot":
+    ) -> SystemSnapshot:
         """Summarise a window given as summed counts ``[n_layers, n_experts]``.
 
         ``counts`` may be a matrix or a list of per-layer vectors of different
@@ -191,9 +199,17 @@ class SystemSnapshot(Record):
         matrix, widths = validate_counts_matrix(counts, n_experts)
         ids = np.arange(len(matrix)) if layer_ids is None else np.asarray(layer_ids, dtype=np.int64)
         return cls._from_window(
-            matrix, widths, ids, alert_history, rules,
-            step=step, train_loss=train_loss, val_loss=val_loss,
-            run_id=run_id, model_name=model_name, mode=mode,
+            matrix,
+            widths,
+            ids,
+            alert_history,
+            rules,
+            step=step,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            run_id=run_id,
+            model_name=model_name,
+            mode=mode,
         )
 
     @classmethod
@@ -214,7 +230,6 @@ class SystemSnapshot(Record):
         if alert_history is not None:
             alert_history.update(bank.state_dict())
         return snapshot
-
 
 
 def build_snapshot(
@@ -243,9 +258,17 @@ def build_snapshot(
     # Validate the snapshot's own fields before any alert machine moves:
     # a rejected snapshot must not advance persistence.
     header = SystemSnapshot(
-        step=step, timestamp=timestamp, mode=mode, train_loss=train_loss, val_loss=val_loss,
-        run_id=run_id, model_name=model_name, layers=[], alerts=[],
-        dropped_records=dropped_records, out_of_range_expert_ids=out_of_range_expert_ids,
+        step=step,
+        timestamp=timestamp,
+        mode=mode,
+        train_loss=train_loss,
+        val_loss=val_loss,
+        run_id=run_id,
+        model_name=model_name,
+        layers=[],
+        alerts=[],
+        dropped_records=dropped_records,
+        out_of_range_expert_ids=out_of_range_expert_ids,
     )
     batch = layer_metrics_batch(counts, n_experts)
     rules = bank.rules
@@ -257,11 +280,18 @@ def build_snapshot(
     layers = _layer_snapshots(bank, batch, counts, ids)
     transitions = [
         AlertTransition.trusted(
-            run_id=run_id, step=step, mode=mode, layer_id=layer.layer_id,
-            source=changes[layer.layer_id].source, dest=changes[layer.layer_id].dest,
+            run_id=run_id,
+            step=step,
+            mode=mode,
+            layer_id=layer.layer_id,
+            source=changes[layer.layer_id].source,
+            dest=changes[layer.layer_id].dest,
             trigger=changes[layer.layer_id].trigger,
-            pre_streak=layer.pre_streak, collapse_streak=layer.collapse_streak,
-            healthy_streak=layer.healthy_streak, metrics=layer.metrics(), timestamp=timestamp,
+            pre_streak=layer.pre_streak,
+            collapse_streak=layer.collapse_streak,
+            healthy_streak=layer.healthy_streak,
+            metrics=layer.metrics(),
+            timestamp=timestamp,
         )
         for layer in layers
         if layer.layer_id in changes
@@ -285,8 +315,17 @@ def _layer_snapshots(
     shares.flags.writeable = False
     columns = {
         name: getattr(batch, name).tolist()
-        for name in ("n_experts", "token_count", "entropy", "n_effective", "top2_share", "gini",
-                     "dead_count", "nearly_dead_count", "no_data")
+        for name in (
+            "n_experts",
+            "token_count",
+            "entropy",
+            "n_effective",
+            "top2_share",
+            "gini",
+            "dead_count",
+            "nearly_dead_count",
+            "no_data",
+        )
     }
     # Layers whose every expert got tokens (healthy ones: most of them) share
     # one active_experts tuple per width; only the others need their rows'

@@ -45,7 +45,7 @@ class Snapshotter:
         self.run_id = run_id
         self.model_name = model_name
         self.rules = rules
-        self.banks = {mode: AlertBank(rules) for mode in MODES}
+        self.banks: dict[str, AlertBank] = {mode: AlertBank(rules) for mode in MODES}
         self.last_step: dict[str, int | None] = dict.fromkeys(MODES)
         self.declared_layers = None if declared_layers is None else dict(declared_layers)
         self._seen_widths: dict[int, int] = {}
@@ -60,7 +60,7 @@ class Snapshotter:
         return bank[layer_id].alert_state if layer_id in bank else AlertState.NOMINAL
 
     # -- checks made before anything moves ------------------------------------------------
-    def check_call(self, mode: str, step: int, train_loss: float | None, val_loss: float | None) -> None:
+    def check_call(self, mode: str, step: object, train_loss: object, val_loss: object) -> None:
         """Refuse a snapshot's arguments: a mode other than TRAIN/INFER, a loss that is not a finite
         number, a step that is not an integer above the previous snapshot's of that mode."""
         check_mode(mode)
@@ -85,7 +85,9 @@ class Snapshotter:
                     "layer_id", layer_id, f"is not a declared MoE layer (declared: {sorted(self.declared_layers)})"
                 )
             if expected is not None and width != expected:
-                raise InvalidInputError(f"n_experts of layer {layer_id}", width, f"differs from the layer's {expected} experts")
+                raise InvalidInputError(
+                    f"n_experts of layer {layer_id}", width, f"differs from the layer's {expected} experts"
+                )
             new[layer_id] = width
         if self.declared_layers is None:
             self._seen_widths.update(new)
@@ -111,9 +113,19 @@ class Snapshotter:
         ``mode``'s alert machines and records ``step`` as its last.
         """
         snapshot = build_snapshot(
-            self.banks[mode], counts, n_experts, layer_ids, step=step, run_id=self.run_id,
-            model_name=self.model_name, mode=mode, train_loss=train_loss, val_loss=val_loss,
-            timestamp=timestamp, dropped_records=dropped_records, out_of_range_expert_ids=out_of_range_expert_ids,
+            self.banks[mode],
+            counts,
+            n_experts,
+            layer_ids,
+            step=step,
+            run_id=self.run_id,
+            model_name=self.model_name,
+            mode=mode,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            timestamp=timestamp,
+            dropped_records=dropped_records,
+            out_of_range_expert_ids=out_of_range_expert_ids,
         )
         self.last_step[mode] = step
         return snapshot

@@ -17,6 +17,7 @@ from .errors import InvalidInputError
 from .events import INT64_LIMIT, RoutingEvent
 from .metrics import pad_counts, sum_counts_by_layer
 
+
 def events_of_mode(events: Iterable[RoutingEvent], mode: str) -> Sequence[RoutingEvent]:
     """The events of ``mode``, in order; ``events`` itself (no copy) when all of them are of ``mode``."""
     if not isinstance(events, (list, tuple)):
@@ -37,13 +38,19 @@ def validate_counts_matrix(
         try:
             rows = [np.asarray(row) for row in counts]
         except (TypeError, ValueError):  # not iterable, or a ragged row
-            raise InvalidInputError("counts", counts, "must be a [n_layers, n_experts] matrix or a list of per-layer rows") from None
+            raise InvalidInputError(
+                "counts", counts, "must be a [n_layers, n_experts] matrix or a list of per-layer rows"
+            ) from None
         ragged = len({row.shape for row in rows}) > 1
         for index, row in enumerate(rows if ragged else ()):
-            if row.ndim != 1 or row.dtype == np.bool_ or not (
-                np.issubdtype(row.dtype, np.integer) or np.issubdtype(row.dtype, np.floating)
+            if (
+                row.ndim != 1
+                or row.dtype == np.bool_
+                or not (np.issubdtype(row.dtype, np.integer) or np.issubdtype(row.dtype, np.floating))
             ):
-                raise InvalidInputError(f"counts[{index}]", row.tolist(), "must be a 1-D row of integer per-expert counts")
+                raise InvalidInputError(
+                    f"counts[{index}]", row.tolist(), "must be a 1-D row of integer per-expert counts"
+                )
         matrix = pad_counts(rows)[0] if ragged else np.asarray(rows)
         if ragged and n_experts is None:
             n_experts = [len(row) for row in rows]
@@ -61,22 +68,27 @@ def validate_counts_matrix(
         raise InvalidInputError(f"counts[{where[0]}][{where[1]}]", matrix[where].item(), "is negative")
     row_totals = matrix.sum(axis=1, dtype=np.float64)
     if matrix.size and row_totals.max() >= INT64_LIMIT:
-        row = int(np.argmax(row_totals))
-        raise InvalidInputError(f"counts[{row}]", matrix[row].tolist(), "sums beyond the int64 range of token counts")
+        largest = int(np.argmax(row_totals))
+        raise InvalidInputError(
+            f"counts[{largest}]", matrix[largest].tolist(), "sums beyond the int64 range of token counts"
+        )
     matrix = matrix.astype(np.int64, copy=False)
     if n_experts is None:
         widths = np.full(len(matrix), matrix.shape[1], dtype=np.int64)
     else:
         widths = np.asarray(n_experts, dtype=np.int64)
         if widths.shape != (len(matrix),) or widths.min(initial=1) < 1 or widths.max(initial=1) > matrix.shape[1]:
-            raise InvalidInputError("n_experts", widths.tolist(), f"must give 1..{matrix.shape[1]} for each of {len(matrix)} layers")
+            raise InvalidInputError(
+                "n_experts", widths.tolist(), f"must give 1..{matrix.shape[1]} for each of {len(matrix)} layers"
+            )
         padding = np.arange(matrix.shape[1])[None, :] >= widths[:, None]
         stray = padding & (matrix != 0)
         if stray.any():
-            row, column = (int(i) for i in np.argwhere(stray)[0])
+            layer, column = (int(i) for i in np.argwhere(stray)[0])
             raise InvalidInputError(
-                f"counts[{row}][{column}]", matrix[row, column].item(),
-                f"is padding (n_experts[{row}]={int(widths[row])}) and must be 0",
+                f"counts[{layer}][{column}]",
+                matrix[layer, column].item(),
+                f"is padding (n_experts[{layer}]={int(widths[layer])}) and must be 0",
             )
     return matrix, widths
 
@@ -144,6 +156,7 @@ def _sum_rows_by_layer(
         part = rows[start : start + chunk_rows]
         block = buffer[: len(part) * width]
         np.concatenate(part, out=block)
-        totals += sum_counts_by_layer(layer_of_row[start : start + len(part)], block.reshape(len(part), width), n_layers)
+        totals += sum_counts_by_layer(
+            layer_of_row[start : start + len(part)], block.reshape(len(part), width), n_layers
+        )
     return totals
-

@@ -31,6 +31,15 @@ class NoOpController:
     def _decide(self, trigger: str, step: int, mode: str, layer_id: int | None) -> ControlDecision:
         self.decisions += 1
         return ControlDecision.trusted(
-            controller=self.name, trigger=trigger, step=step, mode=mode, layer_id=layer_id, action="none",
-            pressure=None, heat=None, forgetting=None, reason="", timestamp=time.time(),
+            controller=self.name,
+            trigger=trigger,
+            step=step,
+            mode=mode,
+            layer_id=layer_id,
+            action="none",
+            pressure=None,
+            heat=None,
+            forgetting=None,
+            reason="",
+            timestamp=time.time(),
         )

@@ -39,10 +39,14 @@ class Experts(nn.Module):
         self.w_in = nn.Parameter(torch.randn(N_EXPERTS, DIM, HIDDEN) / DIM**0.5)
         self.w_out = nn.Parameter(torch.randn(N_EXPERTS, HIDDEN, DIM) / HIDDEN**0.5)
 
-    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
         # Dense over experts (tiny sizes): every expert runs on every token, the routing weights pick.
         weights = hidden_states.new_zeros(hidden_states.shape[0], N_EXPERTS).scatter_add(1, top_k_index, top_k_weights)
-        outputs = torch.einsum("teh,ehd->ted", F.gelu(torch.einsum("td,edh->teh", hidden_states, self.w_in)), self.w_out)
+        outputs = torch.einsum(
+            "teh,ehd->ted", F.gelu(torch.einsum("td,edh->teh", hidden_states, self.w_in)), self.w_out
+        )
         return torch.einsum("te,ted->td", weights, outputs)
 
 
@@ -102,12 +106,16 @@ def main() -> None:
     if rank == 0:  # a rank-specific handler: the stop still reaches every rank at the same step
         monitor.bus.subscribe(
             "transition",
-            lambda transition: monitor.request_stop(f"layer {transition.layer_id} collapse confirmed at step {transition.step}"),
+            lambda transition: monitor.request_stop(
+                f"layer {transition.layer_id} collapse confirmed at step {transition.step}"
+            ),
             dest=AlertState.COLLAPSE_CONFIRMED,
         )
         monitor.bus.subscribe(
             "transition",
-            lambda transition: print(f"step {transition.step}: layer {transition.layer_id} {transition.source} -> {transition.dest}"),
+            lambda transition: print(
+                f"step {transition.step}: layer {transition.layer_id} {transition.source} -> {transition.dest}"
+            ),
         )
 
     data = torch.Generator().manual_seed(1 + rank)  # each rank its own batches
@@ -125,9 +133,13 @@ def main() -> None:
         if step % args.snapshot_every == 0:
             snapshot = monitor.snapshot(step, train_loss=loss.item())
             if rank == 0:
-                print(f"step {step}: loss {loss.item():.3f}, " + ", ".join(
-                    f"layer {layer.layer_id} Neff {layer.n_effective:.2f} {layer.alert_state}" for layer in snapshot.layers
-                ))
+                print(
+                    f"step {step}: loss {loss.item():.3f}, "
+                    + ", ".join(
+                        f"layer {layer.layer_id} Neff {layer.n_effective:.2f} {layer.alert_state}"
+                        for layer in snapshot.layers
+                    )
+                )
         if monitor.should_stop:
             break
 

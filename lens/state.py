@@ -48,7 +48,11 @@ class LensStateKeeper:
     def on_decision(self, decision: ControlDecision) -> None:
         signals = {
             name: value
-            for name, value in (("pressure", decision.pressure), ("heat", decision.heat), ("forgetting", decision.forgetting))
+            for name, value in (
+                ("pressure", decision.pressure),
+                ("heat", decision.heat),
+                ("forgetting", decision.forgetting),
+            )
             if value is not None
         }
         if signals:

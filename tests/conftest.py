@@ -8,8 +8,9 @@ the library, so tests can compare the library against them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from types import SimpleNamespace
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -78,8 +79,7 @@ def counts_for() -> Callable[[Iterable[tuple[bool, bool, bool]]], list[list[int]
 
     def make(conditions: Iterable[tuple[bool, bool, bool]]) -> list[list[int]]:
         return [
-            NO_DATA_COUNTS if no_data else CONDITION_COUNTS[(pre, collapse)]
-            for pre, collapse, no_data in conditions
+            NO_DATA_COUNTS if no_data else CONDITION_COUNTS[(pre, collapse)] for pre, collapse, no_data in conditions
         ]
 
     return make
@@ -133,8 +133,14 @@ def _reference_metrics(counts: list[int]) -> dict[str, float | int | None]:
     n = len(counts)
     if total == 0:
         return {
-            "token_count": 0, "entropy": None, "n_effective": None, "top2_share": None,
-            "gini": None, "dead_expert_count": 0, "nearly_dead_count": 0, "no_data": True,
+            "token_count": 0,
+            "entropy": None,
+            "n_effective": None,
+            "top2_share": None,
+            "gini": None,
+            "dead_expert_count": 0,
+            "nearly_dead_count": 0,
+            "no_data": True,
         }
     shares = [count / total for count in counts]
     entropy = -sum(share * math.log(share) for share in shares if share > 0)
@@ -158,9 +164,7 @@ def reference_metrics() -> Callable[[list[int]], dict[str, float | int | None]]:
     return _reference_metrics
 
 
-def _reference_alert_run(
-    conditions: Iterable[tuple[bool, bool, bool]], rules: AlertRules
-) -> list[dict[str, Any]]:
+def _reference_alert_run(conditions: Iterable[tuple[bool, bool, bool]], rules: AlertRules) -> list[dict[str, Any]]:
     """One layer's alert state and streaks after each snapshot, from the issue's prose.
 
     ``conditions`` are (pre, collapse, no_data) per snapshot. Rules, written
@@ -192,10 +196,7 @@ def _reference_alert_run(
             elif pre_persisted and state == "nominal":
                 state = "pre_collapse"
             elif healthy_streak >= rules.resolve_persistence and state != "nominal":
-                if state == "collapse_confirmed" and pre_persisted:
-                    state = "pre_collapse"
-                else:
-                    state = "nominal"
+                state = "pre_collapse" if state == "collapse_confirmed" and pre_persisted else "nominal"
             if state != before:
                 healthy_streak = 0
         history.append(
@@ -261,8 +262,13 @@ def _write_collapsing_run(
                         shares = (1 - progress) * uniform + progress * collapsed if layer_id in collapsing else uniform
                         windows[mode].append(
                             RoutingEvent(
-                                run_id=run_id, step=step, mode=mode, layer_id=layer_id, n_experts=n_experts,
-                                top_k=1, expert_token_counts=rng.multinomial(tokens_per_step, shares),
+                                run_id=run_id,
+                                step=step,
+                                mode=mode,
+                                layer_id=layer_id,
+                                n_experts=n_experts,
+                                top_k=1,
+                                expert_token_counts=rng.multinomial(tokens_per_step, shares),
                                 timestamp=1_700_000_000.0 + step,
                             )
                         )
@@ -274,7 +280,10 @@ def _write_collapsing_run(
 
 @pytest.fixture
 def make_run(tmp_path) -> Callable[..., Any]:
-    """``make_run(run_id="collapse", **options)``: a recorded run folder under tmp_path (see ``_write_collapsing_run``)."""
+    """``make_run(run_id="collapse", **options)``: a recorded run folder under tmp_path.
+
+    See ``_write_collapsing_run`` for the options.
+    """
 
     def make(run_id: str = "collapse", **options: Any) -> Any:
         return _write_collapsing_run(tmp_path / "runs", run_id, **options)

@@ -58,7 +58,7 @@ def layered_runs(draw, max_layers: int = 3, max_length: int = 30) -> list[list[t
     n_layers = draw(st.integers(1, max_layers))
     length = draw(st.integers(1, max_length))
     per_layer = [draw(condition_sequences(length)) for _ in range(n_layers)]
-    return [list(snapshot) for snapshot in zip(*per_layer)]
+    return [list(snapshot) for snapshot in zip(*per_layer, strict=True)]
 
 
 persistences = st.fixed_dictionaries(
@@ -166,13 +166,23 @@ def test_ratios_of_exactly_one_are_accepted():
 
 
 @given(
-    st.floats(0.01, 1.0), st.floats(0.01, 1.0), st.floats(0.01, 1.0),
-    st.integers(1, 100), st.integers(1, 100), st.integers(1, 100), st.integers(1, 100),
+    st.floats(0.01, 1.0),
+    st.floats(0.01, 1.0),
+    st.floats(0.01, 1.0),
+    st.integers(1, 100),
+    st.integers(1, 100),
+    st.integers(1, 100),
+    st.integers(1, 100),
 )
 def test_rules_json_round_trip_is_lossless(neff_ratio, pre_top2, confirm_top2, pre, confirm, dead, resolve):
     rules = AlertRules(
-        neff_ratio=neff_ratio, pre_top2=pre_top2, confirm_top2=confirm_top2, pre_persistence=pre,
-        confirm_persistence=confirm, confirm_min_dead=dead, resolve_persistence=resolve,
+        neff_ratio=neff_ratio,
+        pre_top2=pre_top2,
+        confirm_top2=confirm_top2,
+        pre_persistence=pre,
+        confirm_persistence=confirm,
+        confirm_min_dead=dead,
+        resolve_persistence=resolve,
     )
     assert AlertRules.model_validate_json(rules.model_dump_json()) == rules
 
@@ -193,7 +203,9 @@ def test_condition_counts_meet_the_conditions_they_are_named_for(
     rules = condition_rules() if thresholds == "condition" else AlertRules()
     for name, counts in condition_counts.items():
         metrics = reference_metrics(counts)
-        pre = metrics["n_effective"] < rules.neff_ratio * len(counts) or (metrics["top2_share"] > rules.pre_top2 and len(counts) > 2)
+        pre = metrics["n_effective"] < rules.neff_ratio * len(counts) or (
+            metrics["top2_share"] > rules.pre_top2 and len(counts) > 2
+        )
         collapse = metrics["dead_expert_count"] >= rules.confirm_min_dead and metrics["top2_share"] > rules.confirm_top2
         assert (pre, collapse) == (name if thresholds == "condition" else UNDER_DEFAULT_RULES[name])
 
@@ -203,7 +215,10 @@ def test_condition_counts_meet_the_conditions_they_are_named_for(
 
 def test_a_new_machine_is_nominal_with_zero_streaks():
     assert AlertMachine().state_dict() == {
-        "state": "nominal", "pre_streak": 0, "collapse_streak": 0, "healthy_streak": 0,
+        "state": "nominal",
+        "pre_streak": 0,
+        "collapse_streak": 0,
+        "healthy_streak": 0,
     }
 
 
@@ -388,7 +403,7 @@ def events_for(make_event, counts_for, conditions, step: int, empty_layer_has_ev
             continue
         first = [count // 2 for count in counts]
         events.append(make_event(first, step=step, layer_id=layer))
-        events.append(make_event([a - b for a, b in zip(counts, first)], step=step, layer_id=layer))
+        events.append(make_event([a - b for a, b in zip(counts, first, strict=True)], step=step, layer_id=layer))
     return events
 
 
@@ -423,18 +438,32 @@ metric_values = st.one_of(st.integers(0, 2**62), st.floats(allow_nan=False, allo
 
 @settings(max_examples=100)
 @given(
-    st.text(min_size=1, max_size=12), st.integers(0, 2**62), st.sampled_from(["TRAIN", "INFER"]), st.integers(0, 10**4),
-    st.sampled_from(list(AlertState)), st.sampled_from(list(AlertState)),
+    st.text(min_size=1, max_size=12),
+    st.integers(0, 2**62),
+    st.sampled_from(["TRAIN", "INFER"]),
+    st.integers(0, 10**4),
+    st.sampled_from(list(AlertState)),
+    st.sampled_from(list(AlertState)),
     st.sampled_from(["warn", "confirm", "resolve"]),
     st.lists(st.integers(0, 10**6), min_size=3, max_size=3),
-    st.dictionaries(st.text(max_size=20), metric_values, max_size=8), st.floats(0, 4e9),
+    st.dictionaries(st.text(max_size=20), metric_values, max_size=8),
+    st.floats(0, 4e9),
 )
 def test_transition_json_round_trip_is_lossless(
     run_id, step, mode, layer_id, source, dest, trigger, streaks, metrics, timestamp
 ):
     transition = AlertTransition(
-        run_id=run_id, step=step, mode=mode, layer_id=layer_id, source=source, dest=dest, trigger=trigger,
-        pre_streak=streaks[0], collapse_streak=streaks[1], healthy_streak=streaks[2], metrics=metrics,
+        run_id=run_id,
+        step=step,
+        mode=mode,
+        layer_id=layer_id,
+        source=source,
+        dest=dest,
+        trigger=trigger,
+        pre_streak=streaks[0],
+        collapse_streak=streaks[1],
+        healthy_streak=streaks[2],
+        metrics=metrics,
         timestamp=timestamp,
     )
     restored = AlertTransition.model_validate_json(transition.model_dump_json())

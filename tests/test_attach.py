@@ -8,8 +8,9 @@ test hook on the router module.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,10 +49,15 @@ class Family:
     options: dict[str, Any]
     expected: Callable[[nn.Module, Any, int], np.ndarray]
     common: dict[str, Any] = field(
-        default_factory=lambda: dict(
-            vocab_size=VOCAB, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        )
+        default_factory=lambda: {
+            "vocab_size": VOCAB,
+            "hidden_size": 32,
+            "intermediate_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 64,
+        }
     )
     encoder_decoder: bool = False
 
@@ -70,50 +76,89 @@ def switch_dispatch_mask(router, output, top_k):
     # role (the integer output over the experts): releases order the outputs differently and compute
     # the mask differently (5.23 drops tokens beyond expert_capacity per sequence; 5.17 drops none),
     # so the router's own mask, summed, is the routing the model chose.
-    (mask,) = [
-        tensor for tensor in output
-        if not tensor.is_floating_point() and tensor.shape[-1] == router.num_experts
-    ]
+    (mask,) = [tensor for tensor in output if not tensor.is_floating_point() and tensor.shape[-1] == router.num_experts]
     return mask.reshape(-1, router.num_experts).sum(dim=0).numpy()
 
 
 FAMILIES = [
     Family(
-        "mixtral", "MixtralConfig", "MixtralForCausalLM", dict(num_local_experts=8, num_experts_per_tok=2),
+        "mixtral",
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        {"num_local_experts": 8, "num_experts_per_tok": 2},
         softmax_top_k,
     ),
-    Family("olmoe", "OlmoeConfig", "OlmoeForCausalLM", dict(num_experts=8, num_experts_per_tok=2), softmax_top_k),
+    Family("olmoe", "OlmoeConfig", "OlmoeForCausalLM", {"num_experts": 8, "num_experts_per_tok": 2}, softmax_top_k),
     Family(
-        "qwen2_moe", "Qwen2MoeConfig", "Qwen2MoeForCausalLM",
-        dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16),
+        "qwen2_moe",
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
+        {
+            "num_experts": 8,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 16,
+            "shared_expert_intermediate_size": 16,
+        },
         softmax_top_k,
     ),
     Family(
-        "qwen3_moe", "Qwen3MoeConfig", "Qwen3MoeForCausalLM",
-        dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16, head_dim=8), softmax_top_k,
+        "qwen3_moe",
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 16, "head_dim": 8},
+        softmax_top_k,
     ),
     Family(
-        "deepseek_v3", "DeepseekV3Config", "DeepseekV3ForCausalLM",
-        dict(
-            n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=16, n_shared_experts=1, n_group=1,
-            topk_group=1, first_k_dense_replace=1, num_hidden_layers=3, num_key_value_heads=4, kv_lora_rank=16,
-            q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8,
-        ),
+        "deepseek_v3",
+        "DeepseekV3Config",
+        "DeepseekV3ForCausalLM",
+        {
+            "n_routed_experts": 8,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 16,
+            "n_shared_experts": 1,
+            "n_group": 1,
+            "topk_group": 1,
+            "first_k_dense_replace": 1,
+            "num_hidden_layers": 3,
+            "num_key_value_heads": 4,
+            "kv_lora_rank": 16,
+            "q_lora_rank": 16,
+            "qk_rope_head_dim": 8,
+            "qk_nope_head_dim": 8,
+            "v_head_dim": 8,
+        },
         deepseek_top_k,
     ),
     Family(
-        "gpt_oss", "GptOssConfig", "GptOssForCausalLM",
-        dict(num_local_experts=8, num_experts_per_tok=2, head_dim=8, layer_types=["full_attention"] * 2),
+        "gpt_oss",
+        "GptOssConfig",
+        "GptOssForCausalLM",
+        {"num_local_experts": 8, "num_experts_per_tok": 2, "head_dim": 8, "layer_types": ["full_attention"] * 2},
         softmax_top_k,
     ),
     Family(
-        "switch_transformers", "SwitchTransformersConfig", "SwitchTransformersForConditionalGeneration",
-        dict(
-            num_experts=4, expert_capacity=3, num_sparse_encoder_layers=1, num_sparse_decoder_layers=1,
-            decoder_start_token_id=0, pad_token_id=0,
-        ),
+        "switch_transformers",
+        "SwitchTransformersConfig",
+        "SwitchTransformersForConditionalGeneration",
+        {
+            "num_experts": 4,
+            "expert_capacity": 3,
+            "num_sparse_encoder_layers": 1,
+            "num_sparse_decoder_layers": 1,
+            "decoder_start_token_id": 0,
+            "pad_token_id": 0,
+        },
         switch_dispatch_mask,
-        common=dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=32, num_layers=2, num_decoder_layers=2, num_heads=4),
+        common={
+            "vocab_size": VOCAB,
+            "d_model": 32,
+            "d_kv": 8,
+            "d_ff": 32,
+            "num_layers": 2,
+            "num_decoder_layers": 2,
+            "num_heads": 4,
+        },
         encoder_decoder=True,
     ),
 ]
@@ -133,7 +178,7 @@ def build(transformers, family: Family) -> nn.Module:
 def run_forward(model: nn.Module, family: Family) -> int:
     """One forward (no grad) on random ids; returns the tokens each MoE layer saw."""
     ids = torch.randint(1, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
-    inputs = dict(input_ids=ids, decoder_input_ids=ids) if family.encoder_decoder else dict(input_ids=ids)
+    inputs = {"input_ids": ids, "decoder_input_ids": ids} if family.encoder_decoder else {"input_ids": ids}
     with torch.no_grad():
         model(**inputs)
     return BATCH * SEQ
@@ -173,7 +218,8 @@ def test_layer_ids_are_the_decoder_layer_indices(transformers):
     deepseek = next(family for family in FAMILIES if family.name == "deepseek_v3")
     attachment = Monitor().attach(build(transformers, deepseek))
     assert [(layer.layer_id, layer.path) for layer in attachment.layers] == [
-        (1, "model.layers.1.mlp.experts"), (2, "model.layers.2.mlp.experts"),
+        (1, "model.layers.1.mlp.experts"),
+        (2, "model.layers.2.mlp.experts"),
     ]
 
 
@@ -265,7 +311,8 @@ def test_nanomoe_router_records_used_capacity_after_drops():
     snapshot = monitor.snapshot(0)
 
     assert [(layer.layer_id, layer.path, layer.convention) for layer in attachment.layers] == [
-        (0, "h.0.router", "nanomoe-used-capacity"), (1, "h.1.router", "nanomoe-used-capacity"),
+        (0, "h.0.router", "nanomoe-used-capacity"),
+        (1, "h.1.router", "nanomoe-used-capacity"),
     ]
     capacity = model.h[0].router.capacity(BATCH * SEQ)
     for index in (0, 1):
@@ -362,7 +409,7 @@ def test_module_without_a_convention_needs_an_extractor():
 
 
 def test_unknown_module_path_is_rejected():
-    with pytest.raises(InvalidInputError, match="blocks.7"):
+    with pytest.raises(InvalidInputError, match=r"blocks\.7"):
         Monitor().attach(CustomMoE(), modules={"blocks.7": 6}, extractor=lambda *_: None)
 
 
@@ -374,7 +421,13 @@ def test_model_without_moe_layer_raises_listing_what_was_looked_for():
     message = str(raised.value)
     assert "no MoE layer found" in message and "Sequential" in message
     looked_for = [
-        "top_k_index", "router_indices", "selected_experts", "num_experts", "n_exp", "used_capacity", "extractor",
+        "top_k_index",
+        "router_indices",
+        "selected_experts",
+        "num_experts",
+        "n_exp",
+        "used_capacity",
+        "extractor",
     ]
     assert [item for item in looked_for if item not in message] == []
     assert monitor.capture is None

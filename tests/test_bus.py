@@ -31,8 +31,17 @@ def failing(payload):
 
 def transition(layer_id: int = 0, source: str = "nominal", dest: str = "pre_collapse", mode: str = "TRAIN"):
     return AlertTransition(
-        run_id="run", step=1, mode=mode, layer_id=layer_id, source=source, dest=dest, trigger="warn",
-        pre_streak=1, collapse_streak=0, healthy_streak=0, metrics={},
+        run_id="run",
+        step=1,
+        mode=mode,
+        layer_id=layer_id,
+        source=source,
+        dest=dest,
+        trigger="warn",
+        pre_streak=1,
+        collapse_streak=0,
+        healthy_streak=0,
+        metrics={},
     )
 
 
@@ -474,7 +483,9 @@ def test_an_unknown_topic_is_refused_everywhere_listing_the_known_ones(assert_re
 
 def test_a_filter_that_is_not_a_field_of_the_topics_payload_is_refused(assert_rejected):
     error = assert_rejected(
-        lambda: monitor_bus().subscribe("snapshot", print, dest="collapse_confirmed"), "filters.dest", "collapse_confirmed"
+        lambda: monitor_bus().subscribe("snapshot", print, dest="collapse_confirmed"),
+        "filters.dest",
+        "collapse_confirmed",
     )
     assert "SystemSnapshot" in str(error) and "mode" in str(error)
 

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
-from torch import nn
 import torch._dynamo.testing
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from chronomoe import Monitor, load_events, load_snapshots
@@ -94,7 +94,7 @@ def expected_counts(model: TinyMoE, ids: torch.Tensor) -> list[np.ndarray]:
             handle.remove()
     return [
         torch.bincount(layer_logits.topk(TOP_K, dim=-1).indices.reshape(-1), minlength=n).cpu().numpy()
-        for layer_logits, n in zip(logits, N_EXPERTS)
+        for layer_logits, n in zip(logits, N_EXPERTS, strict=True)
     ]
 
 
@@ -114,7 +114,8 @@ def test_attach_finds_the_tiny_model_layers():
     monitor = Monitor()
     attachment = monitor.attach(make_model())
     assert [(layer.layer_id, layer.path, layer.n_experts, layer.top_k) for layer in attachment.layers] == [
-        (0, "layers.0.experts", 8, TOP_K), (1, "layers.1.experts", 4, TOP_K),
+        (0, "layers.0.experts", 8, TOP_K),
+        (1, "layers.1.experts", 4, TOP_K),
     ]
 
 
@@ -266,7 +267,7 @@ def test_compiled_model_records_the_same_counts_as_eager(compiled):
     torch._dynamo.reset()
     micro_batches = batches(2)
     eager = make_model(checkpointing=None if compiled == "whole model" else "non_reentrant")
-    expected = [sum(counts) for counts in zip(*(expected_counts(eager, ids) for ids in micro_batches))]
+    expected = [sum(counts) for counts in zip(*(expected_counts(eager, ids) for ids in micro_batches), strict=True)]
     backend = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     if compiled == "checkpoint around compiled blocks":
         for layer in eager.layers:

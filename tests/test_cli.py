@@ -56,7 +56,11 @@ def test_each_subcommand_help_describes_its_arguments(capsys, name):
 
 
 def test_help_does_not_import_torch():
-    code = "import sys\nfrom chronomoe.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    code = (
+        "import sys\nfrom chronomoe.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().endswith("False")
 
@@ -93,7 +97,10 @@ def test_summary_of_a_collapsed_run_lists_each_layer_and_exits_1(capsys, make_ru
     assert code == EXIT_NO
     rows = {line.split()[0]: line for line in out.splitlines() if line.strip()[:1].isdigit()}
     assert sorted(rows) == ["0", "1", "2"]
-    assert "collapse_confirmed" in rows["2"] and "28 nominal->pre_collapse, 44 pre_collapse->collapse_confirmed" in rows["2"]
+    assert (
+        "collapse_confirmed" in rows["2"]
+        and "28 nominal->pre_collapse, 44 pre_collapse->collapse_confirmed" in rows["2"]
+    )
     healthy = rows["0"].split()  # layer, Neff/n, Top2, dead, nearly dead, state, transitions
     assert healthy[1].endswith("/8") and healthy[3:] == ["0", "0", "nominal", "-"]
     assert out.rstrip().endswith("collapse_confirmed: layer 2")
@@ -182,16 +189,30 @@ def _bad_rules(tmp_path, text: str) -> Path:
         (lambda run, tmp: ["replay", run, "--out", run / "snapshots.jsonl" / "x"], "--out="),
         (lambda run, tmp: ["report", run, "-o", run / "snapshots.jsonl" / "x"], "--output-dir="),
     ],
-    ids=["summary-missing", "replay-missing", "report-missing", "validate-missing", "no-snapshots",
-         "no-events", "rules-out-of-range", "rules-not-json", "rules-unknown-key", "rules-missing",
-         "window-zero", "window-not-a-number", "no-run-dir", "unknown-schema", "out-not-a-folder",
-         "report-output-not-a-folder"],
+    ids=[
+        "summary-missing",
+        "replay-missing",
+        "report-missing",
+        "validate-missing",
+        "no-snapshots",
+        "no-events",
+        "rules-out-of-range",
+        "rules-not-json",
+        "rules-unknown-key",
+        "rules-missing",
+        "window-zero",
+        "window-not-a-number",
+        "no-run-dir",
+        "unknown-schema",
+        "out-not-a-folder",
+        "report-output-not-a-folder",
+    ],
 )
 def test_errors_are_one_line_on_stderr_with_exit_2(capsys, make_run, tmp_path, argv, message):
     run_dir = make_run()
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, out, err = run_cli(capsys, *argv(run_dir, empty))
+    code, _out, err = run_cli(capsys, *argv(run_dir, empty))
     assert code == EXIT_ERROR
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert message in err and err.startswith("chronomoe ")

@@ -125,7 +125,10 @@ def test_governance_and_contract_packages_import_from_a_checkout_without_an_inst
     )
     result = subprocess.run(
         [sys.executable, "-S", "-c", program, str(CHECKOUT), *site_packages],
-        capture_output=True, text=True, cwd=tmp_path, check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
     )
     specs, controller, lens = result.stdout.split()
     assert Path(specs) == CHECKOUT / "specs" / "__init__.py"

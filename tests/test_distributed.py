@@ -14,8 +14,9 @@ import multiprocessing
 import pickle
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -64,8 +65,14 @@ def _plain(snapshot: Any) -> dict[str, Any]:
 def _scenario_union(rank: int, world_size: int, out: Path) -> dict[str, Any]:
     """Train-loop pattern over STEPS; rank 1's handler requests a stop at STOP_REQUEST_STEP."""
     monitor = Monitor(
-        "union", output_dir=out / "runs", rules=RULES, n_experts=[N_EXPERTS] * N_LAYERS, capacity=CAPACITY,
-        lens=None, controller=None, strict_handlers=True,
+        "union",
+        output_dir=out / "runs",
+        rules=RULES,
+        n_experts=[N_EXPERTS] * N_LAYERS,
+        capacity=CAPACITY,
+        lens=None,
+        controller=None,
+        strict_handlers=True,
     )
     transitions = []
     monitor.bus.subscribe("transition", lambda transition: transitions.append(transition))
@@ -98,8 +105,11 @@ def _scenario_three_ranks(rank: int, world_size: int, out: Path) -> dict[str, An
     contiguous = range(EP_EXPERTS_PER_RANK * rank, EP_EXPERTS_PER_RANK * (rank + 1))
     strided = [rank + world_size * j for j in range(EP_EXPERTS_PER_RANK)]
     expert_parallel = Monitor(
-        "ep", n_experts=[EP_EXPERTS_PER_RANK * world_size] * 2, distributed={"expert_ids": {0: contiguous, 1: strided}},
-        lens=None, controller=None,
+        "ep",
+        n_experts=[EP_EXPERTS_PER_RANK * world_size] * 2,
+        distributed={"expert_ids": {0: contiguous, 1: strided}},
+        lens=None,
+        controller=None,
     )
     for step in (1, 2):
         for layer in (0, 1):
@@ -108,7 +118,9 @@ def _scenario_three_ranks(rank: int, world_size: int, out: Path) -> dict[str, An
     ep_snapshot = _plain(expert_parallel.snapshot(2))
 
     # Ranks 1 and 2 are tensor-parallel peers routing the same tokens; rank 2 does not count them.
-    replica = Monitor("replica", n_experts=[N_EXPERTS] * 2, distributed={"count_tokens": rank != 2}, lens=None, controller=None)
+    replica = Monitor(
+        "replica", n_experts=[N_EXPERTS] * 2, distributed={"count_tokens": rank != 2}, lens=None, controller=None
+    )
     for layer in (0, 1):
         replica.record(layer, indices=_tokens(min(rank, 1), 1, layer))
     replica.step(1)
@@ -120,15 +132,24 @@ def _scenario_three_ranks(rank: int, world_size: int, out: Path) -> dict[str, An
     pipeline.step(1)
     pipeline_snapshot = _plain(pipeline.snapshot(1))
 
-    observer = Monitor("observe", output_dir=out / "all-ranks", distributed={"write_on_all_ranks": True}, lens=None, controller=None)
+    observer = Monitor(
+        "observe", output_dir=out / "all-ranks", distributed={"write_on_all_ranks": True}, lens=None, controller=None
+    )
     # Every rank reports layer 0; only rank 2 reports layer 3 (4 experts): n_layers and widths differ by rank.
     events = [
-        RoutingEvent(run_id="observe", step=5, layer_id=0, n_experts=N_EXPERTS, top_k=1,
-                     expert_token_counts=[rank + 1] * N_EXPERTS),
+        RoutingEvent(
+            run_id="observe",
+            step=5,
+            layer_id=0,
+            n_experts=N_EXPERTS,
+            top_k=1,
+            expert_token_counts=[rank + 1] * N_EXPERTS,
+        ),
     ]
     if rank == 2:
-        events.append(RoutingEvent(run_id="observe", step=5, layer_id=3, n_experts=4, top_k=1,
-                                   expert_token_counts=[1, 2, 3, 4]))
+        events.append(
+            RoutingEvent(run_id="observe", step=5, layer_id=3, n_experts=4, top_k=1, expert_token_counts=[1, 2, 3, 4])
+        )
     observed = _plain(observer.observe(events, step=5))
     observer.close()
     return {"ep": ep_snapshot, "replica": replica_snapshot, "pipeline": pipeline_snapshot, "observed": observed}
@@ -139,7 +160,9 @@ def _scenario_mismatch(rank: int, world_size: int, out: Path) -> dict[str, Any]:
     errors: dict[str, str] = {}
 
     def window(extra_step: bool) -> Monitor:
-        monitor = Monitor("mismatch", n_experts=[N_EXPERTS], lens=None, controller=None, distributed={"collective_timeout": 1.0})
+        monitor = Monitor(
+            "mismatch", n_experts=[N_EXPERTS], lens=None, controller=None, distributed={"collective_timeout": 1.0}
+        )
         for step in (1, 2, 3) if not extra_step else (1, 2, 3, 4):
             monitor.record(0, indices=_tokens(rank, step, 0))
             monitor.step(step)
@@ -176,7 +199,10 @@ SCENARIOS: dict[str, Callable[[int, int, Path], dict[str, Any]]] = {
 def _rank_main(rank: int, world_size: int, port: int, out: str, scenario: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world_size,
         timeout=datetime.timedelta(seconds=30),
     )
     result = SCENARIOS[scenario](rank, world_size, Path(out))
@@ -193,7 +219,11 @@ def _run_ranks(scenario: str, world_size: int, out: Path) -> list[dict[str, Any]
     # Ranks fork from a server that imported torch once: starting a group costs a fork, not an import of torch.
     multiprocessing.get_context("forkserver").set_forkserver_preload(["torch.distributed", "chronomoe", __name__])
     context = mp.start_processes(
-        _rank_main, args=(world_size, port, str(out), scenario), nprocs=world_size, join=False, start_method="forkserver"
+        _rank_main,
+        args=(world_size, port, str(out), scenario),
+        nprocs=world_size,
+        join=False,
+        start_method="forkserver",
     )
     deadline = time.monotonic() + RUN_DEADLINE_S
     try:
@@ -209,7 +239,9 @@ def _run_ranks(scenario: str, world_size: int, out: Path) -> list[dict[str, Any]
 
 def _single_process_union(ranks: range) -> dict[str, Any]:
     """The union scenario's snapshots from one Monitor recording every rank's tokens."""
-    reference = Monitor("union", rules=RULES, n_experts=[N_EXPERTS] * N_LAYERS, capacity=CAPACITY, lens=None, controller=None)
+    reference = Monitor(
+        "union", rules=RULES, n_experts=[N_EXPERTS] * N_LAYERS, capacity=CAPACITY, lens=None, controller=None
+    )
     snapshots = []
     for step in STEPS:
         for layer in range(N_LAYERS):
@@ -297,7 +329,10 @@ def test_write_on_all_ranks_gives_each_rank_its_own_folder(three_rank_run):
 def test_expert_parallel_local_ids_give_the_global_picture(three_rank_run):
     experts = EP_EXPERTS_PER_RANK * 3
     expected = []
-    for layer, global_ids in ((0, lambda rank: list(range(4 * rank, 4 * rank + 4))), (1, lambda rank: [rank + 3 * j for j in range(4)])):
+    for layer, global_ids in (
+        (0, lambda rank: list(range(4 * rank, 4 * rank + 4))),
+        (1, lambda rank: [rank + 3 * j for j in range(4)]),
+    ):
         counts = torch.zeros(experts, dtype=torch.int64)
         for rank in range(3):
             for step in (1, 2):

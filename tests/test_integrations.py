@@ -17,8 +17,15 @@ def tiny_mixtral():
 
     torch.manual_seed(0)
     config = MixtralConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, num_local_experts=N_EXPERTS, num_experts_per_tok=2, max_position_embeddings=64,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=N_EXPERTS,
+        num_experts_per_tok=2,
+        max_position_embeddings=64,
     )
     return MixtralForCausalLM(config)
 
@@ -83,11 +90,20 @@ def _trainer(tmp_path, monitor, **callback_options):
     from chronomoe.integrations.hf_trainer import ChronoMoECallback
 
     args = TrainingArguments(
-        output_dir=str(tmp_path / "trainer"), max_steps=6, logging_steps=2, per_device_train_batch_size=4,
-        learning_rate=1e-3, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+        output_dir=str(tmp_path / "trainer"),
+        max_steps=6,
+        logging_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
     )
     return Trainer(
-        model=tiny_mixtral(), args=args, train_dataset=token_batches(),
+        model=tiny_mixtral(),
+        args=args,
+        train_dataset=token_batches(),
         callbacks=[ChronoMoECallback(monitor, **callback_options)],
     )
 
@@ -100,7 +116,9 @@ def test_trainer_callback_records_every_step_and_snapshots_at_the_logging_cadenc
 
     assert [snapshot.step for snapshot in snapshots] == [2, 4, 6]
     assert all(snapshot.train_loss is not None and snapshot.train_loss > 0 for snapshot in snapshots)
-    assert sorted({(event.step, event.layer_id) for event in events}) == [(s, l) for s in range(1, 7) for l in (0, 1)]
+    assert sorted({(event.step, event.layer_id) for event in events}) == [
+        (step, layer) for step in range(1, 7) for layer in (0, 1)
+    ]
     # 4 sequences x 16 tokens x top-2 routed tokens per layer and step
     assert {event.token_count for event in events} == {4 * 16 * 2}
     assert all(layer.n_experts == N_EXPERTS for snapshot in snapshots for layer in snapshot.layers)
@@ -136,9 +154,16 @@ def _lightning_fit(tmp_path, monitor, max_steps: int = 4):
             return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
     trainer = pl.Trainer(
-        max_steps=max_steps, log_every_n_steps=2, accelerator="cpu", devices=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=str(tmp_path), callbacks=[ChronoMoELightningCallback(monitor)],
+        max_steps=max_steps,
+        log_every_n_steps=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[ChronoMoELightningCallback(monitor)],
     )
     trainer.fit(TinyMoEModule(), DataLoader(token_batches(), batch_size=4))
     return trainer

@@ -61,14 +61,23 @@ json_values = st.recursive(
 
 @settings(max_examples=50)
 @given(
-    st.integers(0, 2**62), st.sampled_from(["TRAIN", "INFER"]), finite, finite, finite,
+    st.integers(0, 2**62),
+    st.sampled_from(["TRAIN", "INFER"]),
+    finite,
+    finite,
+    finite,
     st.dictionaries(st.integers(0, 10**4), st.dictionaries(st.text(max_size=20), st.none() | st.integers() | finite)),
     st.dictionaries(st.text(max_size=10), json_values, max_size=4),
 )
 def test_lens_state_json_round_trip_is_lossless(step, mode, pressure, heat, forgetting, layer_metrics, meta):
     state = LensState(
-        step=step, mode=mode, pressure=pressure, heat=heat, forgetting=forgetting,
-        layer_metrics=layer_metrics, meta=meta,
+        step=step,
+        mode=mode,
+        pressure=pressure,
+        heat=heat,
+        forgetting=forgetting,
+        layer_metrics=layer_metrics,
+        meta=meta,
     )
     assert LensState.model_validate_json(state.model_dump_json()) == state
 
@@ -128,16 +137,33 @@ def test_a_noop_decision_leaves_the_lens_signals_unchanged(rows):
 
 @settings(max_examples=100)
 @given(
-    st.text(max_size=10), st.sampled_from(["snapshot", "transition"]), st.integers(0, 2**62),
-    st.sampled_from(["TRAIN", "INFER"]), st.none() | st.integers(0, 10**4), st.text(max_size=10),
-    st.none() | finite, st.none() | finite, st.none() | finite, st.text(max_size=30), st.floats(0, 4e9),
+    st.text(max_size=10),
+    st.sampled_from(["snapshot", "transition"]),
+    st.integers(0, 2**62),
+    st.sampled_from(["TRAIN", "INFER"]),
+    st.none() | st.integers(0, 10**4),
+    st.text(max_size=10),
+    st.none() | finite,
+    st.none() | finite,
+    st.none() | finite,
+    st.text(max_size=30),
+    st.floats(0, 4e9),
 )
 def test_control_decision_json_round_trip_is_lossless(
     controller, trigger, step, mode, layer_id, action, pressure, heat, forgetting, reason, timestamp
 ):
     decision = ControlDecision(
-        controller=controller, trigger=trigger, step=step, mode=mode, layer_id=layer_id, action=action,
-        pressure=pressure, heat=heat, forgetting=forgetting, reason=reason, timestamp=timestamp,
+        controller=controller,
+        trigger=trigger,
+        step=step,
+        mode=mode,
+        layer_id=layer_id,
+        action=action,
+        pressure=pressure,
+        heat=heat,
+        forgetting=forgetting,
+        reason=reason,
+        timestamp=timestamp,
     )
     assert ControlDecision.model_validate_json(decision.model_dump_json()) == decision
 
@@ -170,8 +196,13 @@ class PressureController:
             return None
         self.pressure += self.step_size
         return ControlDecision(
-            controller=self.name, trigger="transition", step=transition.step, layer_id=transition.layer_id,
-            action="raise_pressure", pressure=self.pressure, reason=f"layer {transition.layer_id} pre_collapse",
+            controller=self.name,
+            trigger="transition",
+            step=transition.step,
+            layer_id=transition.layer_id,
+            action="raise_pressure",
+            pressure=self.pressure,
+            reason=f"layer {transition.layer_id} pre_collapse",
         )
 
 

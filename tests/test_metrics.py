@@ -266,7 +266,7 @@ def test_layer_metrics_from_events_sum_the_layers_counts(make_event):
         make_event([1, 0, 3], layer_id=0),
         make_event([9, 9, 9], layer_id=1),
     ]
-    shares, entropy, n_effective, top2, dead, nearly_dead = compute_layer_metrics(events, layer_id=0)
+    shares, _entropy, n_effective, top2, dead, nearly_dead = compute_layer_metrics(events, layer_id=0)
     assert shares.tolist() == [0.5, 0.0, 0.5]
     assert (top2, dead, nearly_dead) == (1.0, 1, 0)
     assert n_effective == pytest.approx(2.0, rel=FLOAT_SUM)

@@ -36,7 +36,10 @@ def test_observe_counts_and_observe_events_give_the_same_snapshot(rows, make_eve
 
 
 def test_observe_accepts_a_numpy_matrix_and_ragged_layers():
-    assert [layer.n_experts for layer in Monitor("run").observe(np.ones((2, 4), dtype=np.int64), step=0).layers] == [4, 4]
+    assert [layer.n_experts for layer in Monitor("run").observe(np.ones((2, 4), dtype=np.int64), step=0).layers] == [
+        4,
+        4,
+    ]
     assert [layer.n_experts for layer in Monitor("run").observe([[1, 1], [1, 1, 1]], step=0).layers] == [2, 3]
 
 
@@ -173,7 +176,9 @@ def test_resuming_with_different_rules_logs_a_warning(caplog):
 # -- refused snapshot calls lose nothing ----------------------------------------------------
 
 
-@pytest.mark.parametrize("field, value", [("train_loss", float("nan")), ("val_loss", float("inf")), ("train_loss", "1.0")])
+@pytest.mark.parametrize(
+    "field, value", [("train_loss", float("nan")), ("val_loss", float("inf")), ("train_loss", "1.0")]
+)
 def test_a_loss_that_is_not_a_finite_number_is_refused_naming_the_field(assert_rejected, field, value):
     error = assert_rejected(lambda: Monitor("run").observe([[1, 1]], step=0, **{field: value}), field, repr(value))
     assert (error.field, error.value) == (field, value)

@@ -37,6 +37,8 @@ def test_star_import_gives_exactly_the_public_names():
 def test_importing_chronomoe_does_not_import_torch():
     result = subprocess.run(
         [sys.executable, "-c", "import sys, chronomoe; print('torch' in sys.modules)"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert result.stdout.strip() == "False"

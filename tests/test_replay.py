@@ -133,8 +133,12 @@ def _steady_run(output_dir, run_id: str, n_steps: int, steps_per_snapshot: int =
     with Monitor(run_id, output_dir=output_dir, lens=None) as monitor:
         for end in range(steps_per_snapshot, n_steps + 1, steps_per_snapshot):
             monitor.observe(
-                [RoutingEvent(run_id=run_id, step=step, layer_id=0, n_experts=4, top_k=1,
-                              expert_token_counts=counts[step - 1]) for step in range(end - steps_per_snapshot + 1, end + 1)],
+                [
+                    RoutingEvent(
+                        run_id=run_id, step=step, layer_id=0, n_experts=4, top_k=1, expert_token_counts=counts[step - 1]
+                    )
+                    for step in range(end - steps_per_snapshot + 1, end + 1)
+                ],
                 end,
             )
     return output_dir / run_id

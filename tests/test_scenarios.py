@@ -28,8 +28,14 @@ SCENARIO_FILES = sorted(SCENARIO_DIR.glob("*.json"))
 FLOAT_METRICS = ("entropy", "n_effective", "top2_share", "gini")
 EXACT_FIELDS = ("layer_id", "n_experts", "no_data", "token_count", "dead_expert_count", "nearly_dead_count")
 REQUIRED = {
-    "healthy", "binary_collapse", "slow_drift", "flapping_under_persistence", "recovery",
-    "no_data_gap_mid_streak", "two_expert_layer", "mixed_expert_counts",
+    "healthy",
+    "binary_collapse",
+    "slow_drift",
+    "flapping_under_persistence",
+    "recovery",
+    "no_data_gap_mid_streak",
+    "two_expert_layer",
+    "mixed_expert_counts",
 }
 
 
@@ -46,7 +52,7 @@ scenarios = pytest.mark.parametrize("path", SCENARIO_FILES, ids=[path.stem for p
 
 def test_the_required_scenarios_exist():
     names = {path.stem for path in SCENARIO_FILES}
-    assert REQUIRED <= names
+    assert names >= REQUIRED
     assert any("rules" in load(path) for path in SCENARIO_FILES), "no scenario with non-default rules"
 
 
@@ -70,7 +76,7 @@ def test_expected_metrics_match_an_independent_computation(reference_metrics, pa
     scenario = load(path)
     tolerance = scenario["metric_tolerance"]
     for snapshot in scenario["snapshots"]:
-        for row, expected in zip(snapshot["counts"], snapshot["expected"]["layers"]):
+        for row, expected in zip(snapshot["counts"], snapshot["expected"]["layers"], strict=True):
             computed = reference_metrics(row)
             for name in EXACT_FIELDS[2:]:
                 assert expected[name] == computed[name], (snapshot["step"], expected["layer_id"], name)
@@ -98,13 +104,15 @@ def test_expected_alerts_match_the_reference_machine(reference_metrics, referenc
             if metrics["no_data"]:
                 conditions.append((False, False, True))
                 continue
-            pre = metrics["n_effective"] < rules.neff_ratio * len(row) or (metrics["top2_share"] > rules.pre_top2 and len(row) > 2)
+            pre = metrics["n_effective"] < rules.neff_ratio * len(row) or (
+                metrics["top2_share"] > rules.pre_top2 and len(row) > 2
+            )
             collapse = (
                 metrics["dead_expert_count"] >= rules.confirm_min_dead and metrics["top2_share"] > rules.confirm_top2
             )
             conditions.append((pre, collapse, False))
         previous = "nominal"
-        for snapshot, reference in zip(scenario["snapshots"], reference_alert_run(conditions, rules)):
+        for snapshot, reference in zip(scenario["snapshots"], reference_alert_run(conditions, rules), strict=True):
             expected = snapshot["expected"]["layers"][layer_id]
             assert expected["alert_state"] == reference["state"], (snapshot["step"], layer_id)
             assert expected["alert"] == (None if expected["no_data"] else alert_name(reference["state"]))
@@ -132,7 +140,7 @@ def assert_snapshot_matches(snapshot: SystemSnapshot, expected: dict, tolerance:
         assert layer.alert_state.value == want["alert_state"], where
     alerts = [(want["layer_id"], want["alert"]) for want in expected["layers"] if want["alert"] is not None]
     assert len(snapshot.alerts) == len(alerts), f"step {snapshot.step}: {snapshot.alerts}"
-    for text, (layer_id, name) in zip(snapshot.alerts, alerts):
+    for text, (layer_id, name) in zip(snapshot.alerts, alerts, strict=True):
         assert text.startswith(name + ":") and re.search(rf"\blayer {layer_id}\b", text), text
     assert [(t.layer_id, t.source.value, t.dest.value) for t in transitions] == [
         (t["layer_id"], t["source"], t["dest"]) for t in expected["transitions"]
@@ -145,7 +153,10 @@ def test_replay_through_from_counts_with_alert_history(path):
     alert_history: dict = {}
     for snapshot in scenario["snapshots"]:
         built = SystemSnapshot.from_counts(
-            snapshot["counts"], step=snapshot["step"], run_id="golden", alert_history=alert_history,
+            snapshot["counts"],
+            step=snapshot["step"],
+            run_id="golden",
+            alert_history=alert_history,
             rules=rules_of(scenario),
         )
         assert_snapshot_matches(built, snapshot["expected"], scenario["metric_tolerance"], built.transitions)

@@ -77,8 +77,15 @@ def _real_records() -> dict[str, object]:
     lens.on_snapshot(snapshot)
     return {
         "RoutingEvent": RoutingEvent(
-            run_id="schemas", step=3, layer_id=1, n_experts=4, top_k=2, expert_token_counts=np.array([5, 0, 3, 8]),
-            router_prob_sums=[1.5, 0.25, 1.0, 2.25], loss=2.0, aux_loss=0.01,
+            run_id="schemas",
+            step=3,
+            layer_id=1,
+            n_experts=4,
+            top_k=2,
+            expert_token_counts=np.array([5, 0, 3, 8]),
+            router_prob_sums=[1.5, 0.25, 1.0, 2.25],
+            loss=2.0,
+            aux_loss=0.01,
         ),
         "SystemSnapshot": snapshot,
         "AlertTransition": snapshot.transitions[0],

@@ -65,12 +65,23 @@ def test_the_quick_start_prints_a_warning_once_collapse_persists(capsys):
     alert_history: dict = {}
     for step in range(100, 400, 100):
         event = RoutingEvent.from_router_output(
-            run_id="my_run", step=step, mode="TRAIN", layer_id=0,
-            used_capacity=torch.tensor([60, 40, 0, 0, 0, 0, 0, 0]), n_experts=8, top_k=2,
+            run_id="my_run",
+            step=step,
+            mode="TRAIN",
+            layer_id=0,
+            used_capacity=torch.tensor([60, 40, 0, 0, 0, 0, 0, 0]),
+            n_experts=8,
+            top_k=2,
         )
         snapshot = SystemSnapshot.from_events(
-            events=[event], step=step, train_loss=2.5, val_loss=2.8, run_id="my_run",
-            model_name="MyMoE", n_layers=4, alert_history=alert_history,
+            events=[event],
+            step=step,
+            train_loss=2.5,
+            val_loss=2.8,
+            run_id="my_run",
+            model_name="MyMoE",
+            n_layers=4,
+            alert_history=alert_history,
         )
         if snapshot.alerts:
             print("WARNING:", snapshot.alerts)
@@ -111,8 +122,13 @@ def test_the_phase_1_training_loop_pattern(tmp_path, caplog):
             for layer_id, router in enumerate(routers):
                 manager.routing_events.append(
                     RoutingEvent.from_router_output(
-                        run_id=run_id, step=step, mode="TRAIN", layer_id=layer_id,
-                        used_capacity=router(tokens), n_experts=8, top_k=2,
+                        run_id=run_id,
+                        step=step,
+                        mode="TRAIN",
+                        layer_id=layer_id,
+                        used_capacity=router(tokens),
+                        n_experts=8,
+                        top_k=2,
                     )
                 )
             # --- the seed's integration pattern ---

@@ -53,8 +53,14 @@ def test_from_events_sums_each_layers_counts_over_the_window(make_event):
 
 def test_from_events_keeps_the_seed_arguments(make_event):
     snapshot = SystemSnapshot.from_events(
-        events=[make_event([5, 5], run_id="my_run")], step=100, train_loss=2.5, val_loss=2.8,
-        run_id="my_run", model_name="MyMoE", n_layers=1, alert_history={},
+        events=[make_event([5, 5], run_id="my_run")],
+        step=100,
+        train_loss=2.5,
+        val_loss=2.8,
+        run_id="my_run",
+        model_name="MyMoE",
+        n_layers=1,
+        alert_history={},
     )
     assert (snapshot.step, snapshot.train_loss, snapshot.val_loss) == (100, 2.5, 2.8)
     assert (snapshot.run_id, snapshot.model_name, snapshot.mode) == ("my_run", "MyMoE", "TRAIN")
@@ -152,7 +158,9 @@ def test_n_experts_wider_than_the_matrix_is_rejected(assert_rejected):
 
 def test_counts_in_padding_columns_are_rejected(assert_rejected):
     assert_rejected(
-        lambda: SystemSnapshot.from_counts([[1, 2, 0], [3, 4, 5]], step=0, n_experts=[3, 2]), "counts[1][2]=5", "padding"
+        lambda: SystemSnapshot.from_counts([[1, 2, 0], [3, 4, 5]], step=0, n_experts=[3, 2]),
+        "counts[1][2]=5",
+        "padding",
     )
 
 
@@ -227,7 +235,12 @@ def test_pre_collapse_is_raised_at_the_third_consecutive_concentrated_snapshot(r
 def test_collapse_confirmed_is_raised_at_the_fifth_consecutive_collapsing_snapshot(rows):
     snapshots = run_counts([[rows.collapsing]] * 6)
     assert [alert_names(s) for s in snapshots] == [
-        [], [], ["PRE_COLLAPSE"], ["PRE_COLLAPSE"], ["COLLAPSE_CONFIRMED"], ["COLLAPSE_CONFIRMED"],
+        [],
+        [],
+        ["PRE_COLLAPSE"],
+        ["PRE_COLLAPSE"],
+        ["COLLAPSE_CONFIRMED"],
+        ["COLLAPSE_CONFIRMED"],
     ]
 
 
@@ -352,7 +365,12 @@ def test_snapshot_json_round_trip_is_lossless(windows, train_loss, val_loss):
     history: dict = {}
     for step, counts in enumerate(windows):
         snapshot = SystemSnapshot.from_counts(
-            counts, step=step, train_loss=train_loss, val_loss=val_loss, run_id="r", model_name="m",
+            counts,
+            step=step,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            run_id="r",
+            model_name="m",
             alert_history=history,
         )
         restored = SystemSnapshot.model_validate_json(snapshot.model_dump_json())

@@ -11,6 +11,13 @@ from .recorder import RoutingRecorder, StagedSteps
 from .session import CaptureSession, LayerLayout, Window
 
 __all__ = [
-    "AttachedLayer", "Attachment", "CaptureSession", "LayerLayout", "LayerSpec", "RoutingRecorder", "StagedSteps",
-    "Window", "attach",
+    "AttachedLayer",
+    "Attachment",
+    "CaptureSession",
+    "LayerLayout",
+    "LayerSpec",
+    "RoutingRecorder",
+    "StagedSteps",
+    "Window",
+    "attach",
 ]

@@ -60,13 +60,19 @@ ROUTING_PARAMETERS: dict[str, str] = {
 }
 #: Attributes read, in order, for a module's number of routed experts.
 EXPERT_COUNT_ATTRIBUTES = (
-    "num_experts", "total_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "n_experts", "n_exp",
+    "num_experts",
+    "total_experts",
+    "num_local_experts",
+    "n_routed_experts",
+    "moe_num_experts",
+    "n_experts",
+    "n_exp",
 )
 #: Attributes read, in order, for experts per token (on the module, then on its ``config``).
 TOP_K_ATTRIBUTES = ("top_k", "num_experts_per_tok")
 
 #: ``extractor(module, args, kwargs, output)`` returns ``{"indices": tensor}``, ``{"counts": tensor}`` or None.
-Extractor = Callable[[nn.Module, tuple, dict, Any], "Mapping[str, torch.Tensor] | None"]
+Extractor = Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], "Mapping[str, torch.Tensor] | None"]
 
 
 class RecordFunction(Protocol):
@@ -74,9 +80,13 @@ class RecordFunction(Protocol):
     (:meth:`chronomoe.Monitor.record`). It must be sync-free."""
 
     def __call__(
-        self, layer_id: int, indices: torch.Tensor | None = None, counts: torch.Tensor | None = None,
+        self,
+        layer_id: int,
+        indices: torch.Tensor | None = None,
+        counts: torch.Tensor | None = None,
         mode: str = "TRAIN",
     ) -> None: ...
+
 
 _LOOKED_FOR = (
     "experts modules whose forward takes (hidden_states, <one of "
@@ -274,9 +284,7 @@ def _specs(modules: Sequence[LayerSpec] | Mapping[str, int]) -> list[LayerSpec]:
     return specs
 
 
-def _from_spec(
-    spec: LayerSpec, named: Mapping[str, nn.Module], extractor: Extractor | None
-) -> tuple[LayerSpec, str]:
+def _from_spec(spec: LayerSpec, named: Mapping[str, nn.Module], extractor: Extractor | None) -> tuple[LayerSpec, str]:
     """``spec`` completed from its module (the user's values win), with the convention to record."""
     module = named.get(spec.path)
     if module is None:
@@ -285,7 +293,8 @@ def _from_spec(
         n_experts = spec.n_experts or _int_attribute(module, EXPERT_COUNT_ATTRIBUTES)
         if n_experts is None:
             raise InvalidInputError(
-                f"modules[{spec.path!r}].n_experts", spec.n_experts,
+                f"modules[{spec.path!r}].n_experts",
+                spec.n_experts,
                 "required: the module has no expert-count attribute",
             )
         top_k = spec.top_k or _top_k(module, _parent(spec.path, named))
@@ -307,10 +316,12 @@ def _assign_layer_ids(found: Sequence[tuple[LayerSpec, str]]) -> list[AttachedLa
             raise InvalidInputError("modules.layer_id", ids, "must be given for every module and distinct")
         logger.info("MoE module paths do not give distinct layer ids %s; numbering layers 0..%d", ids, len(ids) - 1)
         ids = list(range(len(found)))
-    return [
-        AttachedLayer(layer_id, spec.path, spec.n_experts, spec.top_k, convention)
-        for layer_id, (spec, convention) in zip(ids, found)
-    ]
+    layers = []
+    for layer_id, (spec, convention) in zip(ids, found, strict=True):
+        # Detection and _from_spec fill n_experts and top_k in; ids are all set by now.
+        assert layer_id is not None and spec.n_experts is not None and spec.top_k is not None
+        layers.append(AttachedLayer(layer_id, spec.path, spec.n_experts, spec.top_k, convention))
+    return layers
 
 
 def _first_integer(path: str) -> int | None:
@@ -334,12 +345,12 @@ def _mode(module: nn.Module) -> str:
 
 def _experts_call_hook(
     record: RecordFunction, layer: AttachedLayer, experts: nn.Module
-) -> Callable[[nn.Module, tuple, dict], None]:
+) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]:
     name = layer.convention.split(":", 1)[1]
     kind = ROUTING_PARAMETERS[name]
     position = list(inspect.signature(experts.forward).parameters).index(name)
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         routing = kwargs[name] if name in kwargs else args[position] if len(args) > position else None
         if not isinstance(routing, torch.Tensor):
             raise InvalidInputError(
@@ -354,12 +365,15 @@ def _experts_call_hook(
     return hook
 
 
-def _used_capacity_hook(record: RecordFunction, layer: AttachedLayer) -> Callable[[nn.Module, tuple, Any], None]:
-    def hook(module: nn.Module, args: tuple, output: Any) -> None:
+def _used_capacity_hook(
+    record: RecordFunction, layer: AttachedLayer
+) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         used_capacity = output[0] if isinstance(output, (tuple, list)) and output else None
         if not isinstance(used_capacity, torch.Tensor) or tuple(used_capacity.shape) != (layer.n_experts,):
             raise InvalidInputError(
-                f"{layer.path}.forward()[0]", tuple(getattr(used_capacity, "shape", ())),
+                f"{layer.path}.forward()[0]",
+                tuple(getattr(used_capacity, "shape", ())),
                 f"nanoMoE convention expects used_capacity of shape ({layer.n_experts},); "
                 "pass extractor= for this router",
             )
@@ -370,8 +384,8 @@ def _used_capacity_hook(record: RecordFunction, layer: AttachedLayer) -> Callabl
 
 def _extractor_hook(
     record: RecordFunction, layer: AttachedLayer, extractor: Extractor
-) -> Callable[[nn.Module, tuple, dict, Any], None]:
-    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], None]:
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         dispatch = extractor(module, args, kwargs, output)
         if dispatch is None:
             return

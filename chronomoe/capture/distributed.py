@@ -44,8 +44,8 @@ import datetime
 import logging
 import os
 import zlib
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -95,7 +95,7 @@ class RankReduction:
 
     def __init__(
         self,
-        group: "dist.ProcessGroup | None" = None,
+        group: dist.ProcessGroup | None = None,
         *,
         timeout_s: float | None = None,
         expert_ids: Sequence[int] | Mapping[int, Sequence[int]] | None = None,
@@ -107,11 +107,15 @@ class RankReduction:
                 "process_group", group, "torch.distributed is not initialised: call init_process_group before Monitor()"
             )
         if timeout_s is not None and not timeout_s > 0:
-            raise InvalidInputError("collective_timeout", timeout_s, "must be > 0 seconds (or None for the group's timeout)")
+            raise InvalidInputError(
+                "collective_timeout", timeout_s, "must be > 0 seconds (or None for the group's timeout)"
+            )
         self.group = group
         self.rank = dist.get_rank(group)
         if self.rank < 0:
-            raise InvalidInputError("process_group", group, f"global rank {dist.get_rank()} is not a member of this group")
+            raise InvalidInputError(
+                "process_group", group, f"global rank {dist.get_rank()} is not a member of this group"
+            )
         self.size = dist.get_world_size(group)
         self.global_rank = dist.get_rank()
         self.timeout = None if timeout_s is None else datetime.timedelta(seconds=timeout_s)
@@ -129,7 +133,7 @@ class RankReduction:
         return f"RankReduction(rank {self.rank} of {self.size})"
 
     # -- the Monitor's side -----------------------------------------------------
-    def output_dir_of_rank(self, output_dir: str | os.PathLike | None, write_on_all_ranks: bool) -> Path | None:
+    def output_dir_of_rank(self, output_dir: str | os.PathLike[str] | None, write_on_all_ranks: bool) -> Path | None:
         """Where this rank writes: rank 0 of the group writes ``output_dir``, the others nothing.
 
         With ``write_on_all_ranks`` every rank writes its own copy under
@@ -151,7 +155,9 @@ class RankReduction:
             self._pending_stop = reason
             logger.warning(
                 "rank %d of %d: stop requested (%s); every rank sees should_stop at the next snapshot()",
-                self.rank, self.size, reason,
+                self.rank,
+                self.size,
+                reason,
             )
 
     # -- reductions --------------------------------------------------------------
@@ -160,7 +166,9 @@ class RankReduction:
     ) -> Callable[[torch.Tensor], None]:
         """The recorder's ``reduce`` hook for this layout: sums a staged block over the group in place."""
         layer_ids, n_experts = [int(i) for i in layer_ids], [int(n) for n in n_experts]
-        fingerprint = zlib.crc32(np.asarray([len(layer_ids), capacity, *layer_ids, *n_experts], dtype=np.int64).tobytes())
+        fingerprint = zlib.crc32(
+            np.asarray([len(layer_ids), capacity, *layer_ids, *n_experts], dtype=np.int64).tobytes()
+        )
         column_map = _expert_column_map(self.expert_ids, layer_ids, n_experts)
         maps_on_device: dict[torch.device, torch.Tensor] = {}
 
@@ -170,10 +178,14 @@ class RankReduction:
             self._expected = None
             if block.device.type == "cpu" and not self.reduces_cpu_tensors:
                 raise InvalidInputError(
-                    "device", str(block.device), "this process group reduces CUDA tensors only (NCCL): record on the GPU"
+                    "device",
+                    str(block.device),
+                    "this process group reduces CUDA tensors only (NCCL): record on the GPU",
                 )
             self._agree(
-                call, step, {"staged steps": block.shape[0], "layer layout (crc32)": fingerprint},
+                call,
+                step,
+                {"staged steps": block.shape[0], "layer layout (crc32)": fingerprint},
                 device=self._device_for_host_values(block.device),
             )
             if block.shape[0] == 0:
@@ -259,13 +271,18 @@ class RankReduction:
         for position, (name, value) in enumerate(values.items()):
             highest, lowest = reduced[2 * position], -reduced[2 * position + 1]
             if highest != lowest:
+                shown: tuple[object, object, object] = (lowest, highest, value)
                 if name == "call":
-                    lowest, highest = _CALL_LABELS[REDUCING_CALLS[lowest]], _CALL_LABELS[REDUCING_CALLS[highest]]
-                    value = _CALL_LABELS[call]
-                differences.append(f"{name}: {lowest} on some ranks, {highest} on others (this rank: {value})")
+                    shown = (
+                        _CALL_LABELS[REDUCING_CALLS[lowest]],
+                        _CALL_LABELS[REDUCING_CALLS[highest]],
+                        _CALL_LABELS[call],
+                    )
+                differences.append(f"{name}: {shown[0]} on some ranks, {shown[1]} on others (this rank: {shown[2]})")
         if differences:
             raise DistributedMismatchError(
-                f"{self._who()}: ranks disagree in {_CALL_LABELS[call]} at step {step}: " + "; ".join(differences)
+                f"{self._who()}: ranks disagree in {_CALL_LABELS[call]} at step {step}: "
+                + "; ".join(differences)
                 + ". Every rank must call snapshot()/observe() at the same steps and step() equally often."
             )
         requester = reduced[2 * len(values)]
@@ -275,7 +292,7 @@ class RankReduction:
             self._on_stop(reason)
         return reduced[2 * len(values) + 1 :]
 
-    def _all_reduce(self, tensor: torch.Tensor, op: "dist.ReduceOp", call: str, step: int) -> None:
+    def _all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp.RedOpType, call: str, step: int) -> None:
         try:
             work = dist.all_reduce(tensor, op=op, group=self.group, async_op=True)
             if self.timeout is None:
@@ -295,7 +312,7 @@ class RankReduction:
 
 
 def rank_reduction(
-    process_group: "dist.ProcessGroup | None",
+    process_group: dist.ProcessGroup | None,
     *,
     timeout_s: float | None,
     expert_ids: Sequence[int] | Mapping[int, Sequence[int]] | None,
@@ -311,7 +328,9 @@ def rank_reduction(
                 "needs torch.distributed: call init_process_group before Monitor()",
             )
         return None
-    return RankReduction(process_group, timeout_s=timeout_s, expert_ids=expert_ids, count_tokens=count_tokens, on_stop=on_stop)
+    return RankReduction(
+        process_group, timeout_s=timeout_s, expert_ids=expert_ids, count_tokens=count_tokens, on_stop=on_stop
+    )
 
 
 def _check_expert_ids(
@@ -331,7 +350,9 @@ def _check_expert_ids(
         if not values or min(values) < 0 or len(set(values)) != len(values):
             raise InvalidInputError(field, values, "must list distinct expert ids >= 0, at least one")
         checked[layer_id if layer_id is None else int(layer_id)] = values
-    return checked[None] if None in checked else checked
+    if None in checked:
+        return checked[None]
+    return {layer_id: ids for layer_id, ids in checked.items() if layer_id is not None}
 
 
 def _expert_column_map(
@@ -343,10 +364,12 @@ def _expert_column_map(
     if isinstance(expert_ids, dict):
         unknown = sorted(set(expert_ids) - set(layer_ids))
         if unknown:
-            raise InvalidInputError(f"expert_ids[{unknown[0]}]", expert_ids[unknown[0]], f"layer {unknown[0]} is not recorded ({layer_ids})")
+            raise InvalidInputError(
+                f"expert_ids[{unknown[0]}]", expert_ids[unknown[0]], f"layer {unknown[0]} is not recorded ({layer_ids})"
+            )
     width = max(n_experts)
     columns = np.tile(np.arange(width + 2, dtype=np.int64), (len(layer_ids), 1))
-    for position, (layer_id, n) in enumerate(zip(layer_ids, n_experts)):
+    for position, (layer_id, n) in enumerate(zip(layer_ids, n_experts, strict=True)):
         ids = expert_ids.get(layer_id) if isinstance(expert_ids, dict) else expert_ids
         if ids is None:
             continue

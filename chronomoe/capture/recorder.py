@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,7 +62,8 @@ class StagedSteps:
 
     def window_totals(self) -> np.ndarray:
         """``[2, L, width]`` counts summed over the chunk's steps."""
-        return self.counts.sum(axis=0, dtype=np.int64)
+        totals: np.ndarray = self.counts.sum(axis=0, dtype=np.int64)
+        return totals
 
 
 def _inside_backward() -> bool:
@@ -174,7 +176,9 @@ class RoutingRecorder:
         row, n_experts = self._slot(layer_id, mode)
         if indices is not None:
             if not isinstance(indices, torch.Tensor) or indices.is_floating_point() or indices.is_complex():
-                raise InvalidInputError("indices", getattr(indices, "dtype", type(indices)), "must be an integer tensor of expert ids")
+                raise InvalidInputError(
+                    "indices", getattr(indices, "dtype", type(indices)), "must be an integer tensor of expert ids"
+                )
             position = self._position[layer_id]
             # Written only on change: a Python side effect inside a torch.compile'd
             # activation-checkpoint region cannot be traced.
@@ -189,7 +193,9 @@ class RoutingRecorder:
         else:
             if not isinstance(counts, torch.Tensor) or counts.dim() != 1 or counts.shape[0] != n_experts:
                 raise InvalidInputError(
-                    "counts", tuple(getattr(counts, "shape", ())), f"must be a 1-D tensor of {n_experts} per-expert counts"
+                    "counts",
+                    tuple(getattr(counts, "shape", ())),
+                    f"must be a 1-D tensor of {n_experts} per-expert counts",
                 )
             counts = counts.detach().to(device=self.device)
             if counts.is_floating_point():
@@ -229,8 +235,11 @@ class RoutingRecorder:
             step_index, mode_index, position = (int(i) for i in where[0])
             logger.error(
                 "%d expert ids outside 0..n_experts-1 were ignored (first: step %d, %s, layer %d with %d experts)",
-                int(chunk.out_of_range.sum()), chunk.steps[step_index], MODES[mode_index],
-                self.layer_ids[position], self.n_experts[position],
+                int(chunk.out_of_range.sum()),
+                chunk.steps[step_index],
+                MODES[mode_index],
+                self.layer_ids[position],
+                self.n_experts[position],
             )
         return chunk
 
@@ -253,7 +262,9 @@ class RoutingRecorder:
             )
         staged = torch.as_tensor(np.asarray(state["staged"]), dtype=torch.int64)
         if staged.shape[0] > self.capacity:
-            raise InvalidInputError("state.staged", tuple(staged.shape), f"holds more than capacity={self.capacity} steps")
+            raise InvalidInputError(
+                "state.staged", tuple(staged.shape), f"holds more than capacity={self.capacity} steps"
+            )
         self._current.copy_(torch.as_tensor(np.asarray(state["current"]), dtype=torch.int64))
         self._staged[: staged.shape[0]].copy_(staged)
         self._steps = [int(step) for step in state["steps"]]

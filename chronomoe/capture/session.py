@@ -46,7 +46,9 @@ class LayerLayout:
         if len(ids) != len(widths) or len(set(ids)) != len(ids) or min(ids) < 0:
             raise InvalidInputError("layer_ids", list(ids), f"must be {len(widths)} distinct ids >= 0")
         if len(per_layer) != len(widths) or min(per_layer) < 1:
-            raise InvalidInputError("top_k", top_k, f"must be >= 1, one for all layers or one per layer ({len(widths)})")
+            raise InvalidInputError(
+                "top_k", top_k, f"must be >= 1, one for all layers or one per layer ({len(widths)})"
+            )
         return cls(ids, widths, per_layer)
 
     @property
@@ -79,7 +81,7 @@ class Window:
 
     def recorded(self, mode: str) -> bool:
         """Whether any forward of ``mode`` was recorded in this window."""
-        return bool(self.calls[MODES.index(mode)].any())  # type: ignore[arg-type]
+        return bool(self.calls[MODES.index(mode)].any())
 
 
 class CaptureSession:
@@ -123,14 +125,21 @@ class CaptureSession:
         if self._reduce_factory is not None:
             reduce = self._reduce_factory(layout.layer_ids, layout.n_experts, self.capacity)
         self.recorder = RoutingRecorder(
-            layout.n_experts, device, layer_ids=layout.layer_ids, top_k=layout.top_k, capacity=self.capacity,
+            layout.n_experts,
+            device,
+            layer_ids=layout.layer_ids,
+            top_k=layout.top_k,
+            capacity=self.capacity,
             reduce=reduce,
         )
         return self.recorder
 
     # -- the training step's path (sync-free) -----------------------------------------------
     def record(
-        self, layer_id: int, indices: torch.Tensor | None = None, counts: torch.Tensor | None = None,
+        self,
+        layer_id: int,
+        indices: torch.Tensor | None = None,
+        counts: torch.Tensor | None = None,
         mode: str = "TRAIN",
     ) -> None:
         """Add one forward's dispatch of ``layer_id``; see :meth:`RoutingRecorder.record`.
@@ -168,7 +177,7 @@ class CaptureSession:
     def take_window(self) -> Window:
         """The window since the last snapshot; the next one starts empty."""
         window = self._window
-        self._window = Window.empty(*window.calls.shape[1:], window.counts.shape[2])
+        self._window = Window.empty(window.calls.shape[1], window.counts.shape[2])
         return window
 
     def _fold(self, chunk: StagedSteps) -> list[RoutingEvent]:
@@ -181,7 +190,9 @@ class CaptureSession:
             layers = np.asarray(self.layout.layer_ids)[negative.any(axis=(0, 1, 3))].tolist()
             logger.error(
                 "record(counts=...) gave negative counts: %d entries in layers %s at steps %s, clipped to 0",
-                int(negative.sum()), layers, steps,
+                int(negative.sum()),
+                layers,
+                steps,
             )
             np.clip(chunk.counts, 0, None, out=chunk.counts)
         self._window.counts += chunk.window_totals()
@@ -201,12 +212,19 @@ class CaptureSession:
             row = counts[step_index, mode_index, position, :width]
             events.append(
                 RoutingEvent.trusted(
-                    timestamp=chunk.timestamps[step_index], run_id=self.run_id,
-                    step=chunk.steps[step_index], mode=MODES[mode_index],
-                    layer_id=layout.layer_ids[position], n_experts=width,
-                    top_k=min(top_k[position], width), expert_token_counts=row,
-                    active_experts=tuple(np.flatnonzero(row).tolist()), token_count=int(row.sum()),
-                    router_prob_sums=None, loss=None, aux_loss=None,
+                    timestamp=chunk.timestamps[step_index],
+                    run_id=self.run_id,
+                    step=chunk.steps[step_index],
+                    mode=MODES[mode_index],
+                    layer_id=layout.layer_ids[position],
+                    n_experts=width,
+                    top_k=min(top_k[position], width),
+                    expert_token_counts=row,
+                    active_experts=tuple(np.flatnonzero(row).tolist()),
+                    token_count=int(row.sum()),
+                    router_prob_sums=None,
+                    loss=None,
+                    aux_loss=None,
                 )
             )
         return events

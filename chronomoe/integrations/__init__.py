@@ -14,17 +14,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..alerts import AlertState
+from ..alerts import AlertState, AlertTransition
 
 if TYPE_CHECKING:
     from ..bus import Subscription
     from ..monitor import Monitor
 
 
-def stop_on_collapse(monitor: "Monitor", mode: str = "TRAIN") -> "Subscription":
+def stop_on_collapse(monitor: Monitor, mode: str = "TRAIN") -> Subscription:
     """Make ``monitor`` request a stop when any layer of ``mode`` becomes collapse_confirmed."""
 
-    def request(transition) -> None:
+    def request(transition: AlertTransition) -> None:
         monitor.request_stop(
             f"layer {transition.layer_id} collapse_confirmed at step {transition.step} "
             f"(Top2={transition.metrics['top2_share']:.3f}, dead={transition.metrics['dead_expert_count']})"

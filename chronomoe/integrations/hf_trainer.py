@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from . import stop_on_collapse as subscribe_stop_on_collapse
 
@@ -41,7 +41,7 @@ class ChronoMoECallback(TrainerCallback):
             (``modules=``, ``extractor=`` for models it does not recognise).
     """
 
-    def __init__(self, monitor: "Monitor", *, stop_on_collapse: bool = False, **attach_options: Any) -> None:
+    def __init__(self, monitor: Monitor, *, stop_on_collapse: bool = False, **attach_options: Any) -> None:
         self.monitor = monitor
         self.attach_options = attach_options
         self.val_loss: float | None = None
@@ -49,25 +49,43 @@ class ChronoMoECallback(TrainerCallback):
         if stop_on_collapse:
             subscribe_stop_on_collapse(monitor)
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any
+    ) -> None:
         self.monitor.attach(model, **self.attach_options)
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self.monitor.step(state.global_step)
         self._steps_since_snapshot += 1
         self._stop_if_asked(control)
 
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if metrics and "eval_loss" in metrics:
             self.val_loss = float(metrics["eval_loss"])
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         # Training logs carry "loss"; evaluation and end-of-training logs do not.
         if logs and "loss" in logs and self._steps_since_snapshot:
             self._snapshot(state.global_step, float(logs["loss"]))
         self._stop_if_asked(control)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if self._steps_since_snapshot:
             self._snapshot(state.global_step, None)
         self.monitor.detach()
@@ -76,6 +94,6 @@ class ChronoMoECallback(TrainerCallback):
         self.monitor.snapshot(step, train_loss=train_loss, val_loss=self.val_loss)
         self._steps_since_snapshot = 0
 
-    def _stop_if_asked(self, control) -> None:
+    def _stop_if_asked(self, control: TrainerControl) -> None:
         if self.monitor.should_stop:
             control.should_training_stop = True

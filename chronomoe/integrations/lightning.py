@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lightning.pytorch import Callback
+from lightning.pytorch import Callback, LightningModule, Trainer
 
 from . import stop_on_collapse as subscribe_stop_on_collapse
 
@@ -41,7 +41,11 @@ class ChronoMoELightningCallback(Callback):
     """
 
     def __init__(
-        self, monitor: "Monitor", *, every_n_steps: int | None = None, stop_on_collapse: bool = False,
+        self,
+        monitor: Monitor,
+        *,
+        every_n_steps: int | None = None,
+        stop_on_collapse: bool = False,
         **attach_options: Any,
     ) -> None:
         self.monitor = monitor
@@ -52,29 +56,32 @@ class ChronoMoELightningCallback(Callback):
         if stop_on_collapse:
             subscribe_stop_on_collapse(monitor)
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.monitor.attach(pl_module, **self.attach_options)
         self._last_step = trainer.global_step
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if step == self._last_step:  # a micro-batch before the optimizer step
             return
         self._last_step = step
         self.monitor.step(step)
         self._steps_since_snapshot += 1
-        if step % (self.every_n_steps or trainer.log_every_n_steps) == 0:
+        # Lightning sets log_every_n_steps on the trainer at run time; its class does not declare it.
+        if step % (self.every_n_steps or trainer.log_every_n_steps) == 0:  # type: ignore[attr-defined]
             loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
             self._snapshot(trainer, step, None if loss is None else float(loss))
         if self.monitor.should_stop:
             trainer.should_stop = True
 
-    def on_fit_end(self, trainer, pl_module) -> None:
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._steps_since_snapshot:
             self._snapshot(trainer, trainer.global_step, None)
         self.monitor.detach()
 
-    def _snapshot(self, trainer, step: int, train_loss: float | None) -> None:
+    def _snapshot(self, trainer: Trainer, step: int, train_loss: float | None) -> None:
         val_loss = trainer.callback_metrics.get("val_loss")
         self.monitor.snapshot(step, train_loss=train_loss, val_loss=None if val_loss is None else float(val_loss))
         self._steps_since_snapshot = 0

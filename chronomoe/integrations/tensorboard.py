@@ -44,7 +44,7 @@ class TensorBoardSink:
     """
 
     def __init__(
-        self, log_dir: str | os.PathLike | None = None, *, writer: Any = None, prefix: str = "chronomoe/"
+        self, log_dir: str | os.PathLike[str] | None = None, *, writer: Any = None, prefix: str = "chronomoe/"
     ) -> None:
         self._owns_writer = writer is None
         if writer is None:
@@ -60,7 +60,9 @@ class TensorBoardSink:
     def on_snapshot(self, snapshot: SystemSnapshot) -> None:
         step, mode = snapshot.step, snapshot.mode
         for layer in snapshot.layers:
-            self.writer.add_scalar(self._tag(mode, "alert_state", layer.layer_id), STATE_LEVELS[layer.alert_state], step)
+            self.writer.add_scalar(
+                self._tag(mode, "alert_state", layer.layer_id), STATE_LEVELS[layer.alert_state], step
+            )
             if layer.no_data:
                 continue
             self.writer.add_scalar(self._tag(mode, "n_effective", layer.layer_id), layer.n_effective, step)
