@@ -6,6 +6,7 @@ import base64
 import re
 import struct
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -113,6 +114,12 @@ def test_summary_keeps_the_last_metrics_of_a_layer_that_has_no_data_at_the_end(t
         monitor.observe([[0, 0], [5, 5]], step=2)
     layer = summarize_run(tmp_path / "gap").layers[0]
     assert (layer.last_step, layer.last.top2_share) == (1, 1.0)
+
+
+def test_importing_the_report_does_not_import_matplotlib():
+    code = "import sys, chronomoe.report; print('matplotlib' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
 
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="no headless browser at /usr/bin/chromium")
