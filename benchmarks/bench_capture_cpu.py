@@ -1,6 +1,6 @@
 """CPU overhead of ChronoMoE's capture on the demo model's training step.
 
-Two identical copies of the demo model (``chronomoe.demo``, default size:
+Two identical copies of the demo model (``chronomoe.toy_model``, default size:
 4 layers x 8 experts, top-1, 16 x 64 tokens per step) train on the same
 batches, interleaved in one process:
 
@@ -28,9 +28,8 @@ import torch
 
 from _common import emit, interleaved_medians
 from chronomoe import Monitor
-from chronomoe.demo import (
-    BALANCED, SNAPSHOT_EVERY, DemoConfig, DemoMoEModel, batch_at, make_corpus, make_optimizer, training_loss,
-)
+from chronomoe.demo import BALANCED, SNAPSHOT_EVERY, training_loss
+from chronomoe.toy_model import DemoConfig, DemoMoEModel, batch_at, make_corpus, make_optimizer
 
 
 def main() -> None:

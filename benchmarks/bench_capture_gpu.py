@@ -1,6 +1,6 @@
 """GPU overhead of routing capture on a Mixtral-style training step, and a sync check of the capture hooks.
 
-Model: ``chronomoe.demo.DemoMoEModel`` at the size of issue 4: 8 layers of
+Model: ``chronomoe.toy_model.DemoMoEModel`` at the size of issue 4: 8 layers of
 64 experts, top-8, hidden 1024 (SwiGLU experts of 1024, 16 attention heads),
 vocabulary 32000, batch 8 x 1024 tokens; the experts dispatch with a fixed
 capacity (factor 1.25: fixed shapes, no host sync in the model); bf16
@@ -53,7 +53,8 @@ import torch
 
 from _common import emit
 from chronomoe import Monitor, RoutingEvent, SystemSnapshot, TelemetryWriter
-from chronomoe.demo import BALANCED, DemoConfig, DemoExperts, DemoMoEModel, make_optimizer, training_loss
+from chronomoe.demo import BALANCED, training_loss
+from chronomoe.toy_model import DemoConfig, DemoExperts, DemoMoEModel, make_optimizer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,19 +14,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from chronomoe import AlertState, InvalidInputError, Monitor, load_events, load_snapshots, load_transitions  # noqa: E402
-from chronomoe.demo import (  # noqa: E402
-    BALANCED,
-    COLLAPSE,
-    DEFAULT_STEPS,
-    DemoConfig,
-    DemoExperts,
-    DemoMoEModel,
-    main,
-    make_corpus,
-    run_demo,
-    train_arm,
-)
+from chronomoe.demo import BALANCED, COLLAPSE, DEFAULT_STEPS, main, run_demo, train_arm  # noqa: E402
 from chronomoe.io import ALERTS_FILE  # noqa: E402
+from chronomoe.toy_model import DemoConfig, DemoExperts, DemoMoEModel, make_corpus  # noqa: E402
 
 FAST_STEPS = 200
 """Enough for the collapse run of seed 0 to confirm (first at step 100), about 15 s for both runs."""
@@ -152,6 +142,16 @@ def test_fixed_capacity_gives_tokens_past_an_experts_capacity_no_output():
     assert capacity == tokens // config.n_experts
     assert output[:capacity].abs().sum(dim=1).gt(0).all()
     assert output[capacity:].abs().sum() == 0
+
+
+def test_the_model_imports_from_the_demo_as_the_readme_example_writes_them():
+    import chronomoe.toy_model as toy_model
+    from chronomoe.demo import DemoConfig, DemoMoEModel, batch_at, make_corpus, make_optimizer
+
+    assert (DemoConfig, DemoMoEModel, batch_at, make_corpus, make_optimizer) == (
+        toy_model.DemoConfig, toy_model.DemoMoEModel, toy_model.batch_at, toy_model.make_corpus,
+        toy_model.make_optimizer,
+    )
 
 
 def test_run_demo_rejects_a_non_positive_step_count(tmp_path):

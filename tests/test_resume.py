@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chronomoe import AlertRules, Monitor
-from chronomoe.demo import DemoConfig, DemoMoEModel, make_corpus
+from chronomoe.toy_model import DemoConfig, DemoMoEModel, make_corpus
 
 CONFIG = DemoConfig(seq_len=16, batch_size=8, hidden_size=32, n_heads=2, n_layers=2, n_experts=4, expert_hidden_size=32)
 STEPS = 40
