@@ -2,7 +2,9 @@
 
 Every benchmark prints one JSON object on stdout. Comparisons are ratios of
 variants measured side by side in the same process, interleaved, because
-these machines are noisy.
+these machines are noisy. A ratio's key names its reference (as in
+``time_ratio_to_seed_algorithm``: the measured time over the reference's), and
+the JSON says what the reference is.
 """
 
 from __future__ import annotations
