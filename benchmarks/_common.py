@@ -15,7 +15,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def median_seconds(function: Callable[[], object], repeats: int = 7, warmup: int = 2, number: int = 1) -> float:
@@ -31,7 +31,9 @@ def median_seconds(function: Callable[[], object], repeats: int = 7, warmup: int
     return statistics.median(samples)
 
 
-def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 2, number: int = 1) -> dict[str, float]:
+def interleaved_medians(
+    variants: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 2, number: int = 1
+) -> dict[str, float]:
     """Median seconds per call of each variant, the variants run in turn within each repeat."""
     for _ in range(warmup):
         for function in variants.values():

@@ -42,13 +42,13 @@ import argparse
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hints
 
 from .alerts import AlertState, AlertTransition
 from .errors import InvalidInputError
@@ -82,7 +82,8 @@ class Arm:
 
 BALANCED = Arm("demo-balanced", 0.01, "with the Switch load-balancing loss (alpha 0.01 per MoE layer)")
 COLLAPSE = Arm(
-    "demo-collapse", 0.0,
+    "demo-collapse",
+    0.0,
     "without it; nothing else differs (no nudge: no expert switched off, no logit or learning rate changed)",
 )
 ARMS = (BALANCED, COLLAPSE)
@@ -162,9 +163,14 @@ def train_arm(
     model = DemoMoEModel(config)
     optimizer = make_optimizer(model)
     run_config = {
-        "demo_arm": arm.run_id, "description": arm.description, "seed": seed, "steps": steps,
-        "learning_rate": LEARNING_RATE, "balance_coefficient": arm.balance_coefficient,
-        "snapshot_every": SNAPSHOT_EVERY, **asdict(config),
+        "demo_arm": arm.run_id,
+        "description": arm.description,
+        "seed": seed,
+        "steps": steps,
+        "learning_rate": LEARNING_RATE,
+        "balance_coefficient": arm.balance_coefficient,
+        "snapshot_every": SNAPSHOT_EVERY,
+        **asdict(config),
     }
     outcome = ArmOutcome(arm, run_dir)
     with Monitor(arm.run_id, output_dir, model_name=MODEL_NAME, config=run_config) as monitor:
@@ -178,7 +184,7 @@ def train_arm(
             for step in range(1, steps + 1):
                 objective, lm_loss = training_loss(model, batch_at(corpus, step, config.batch_size), arm)
                 optimizer.zero_grad(set_to_none=True)
-                objective.backward()
+                torch.autograd.backward(objective)  # objective.backward(), but typed
                 optimizer.step()
                 monitor.step(step)
                 window_loss += lm_loss.detach()
@@ -235,11 +241,14 @@ def run_demo(output_dir: str = "runs", steps: int = DEFAULT_STEPS, seed: int = 0
         raise InvalidInputError("seed", seed, "must be a non-negative integer")
     config = DemoConfig()
     say = (lambda text: None) if quiet else print
-    say(textwrap.fill(
-        f"ChronoMoE demo: one small MoE language model ({config.n_layers} layers x {config.n_experts} experts, "
-        f"top-{config.top_k} routing), trained twice on CPU from the same weights and data (seed {seed}): "
-        f"{steps} steps each, a snapshot every {SNAPSHOT_EVERY} steps.", width=100,
-    ))
+    say(
+        textwrap.fill(
+            f"ChronoMoE demo: one small MoE language model ({config.n_layers} layers x {config.n_experts} experts, "
+            f"top-{config.top_k} routing), trained twice on CPU from the same weights and data (seed {seed}): "
+            f"{steps} steps each, a snapshot every {SNAPSHOT_EVERY} steps.",
+            width=100,
+        )
+    )
     for arm in ARMS:
         say(textwrap.fill(arm.description, width=100, initial_indent=f"  {arm.run_id}: ", subsequent_indent=" " * 17))
     say("Progress bars end with each layer's alert state: N nominal, P pre_collapse, C collapse_confirmed.\n")
@@ -247,8 +256,10 @@ def run_demo(output_dir: str = "runs", steps: int = DEFAULT_STEPS, seed: int = 0
     outcomes = []
     for arm in ARMS:
         started = time.perf_counter()
-        announce = None if quiet else (
-            lambda transition, run_id=arm.run_id: tqdm.write(describe_transition(run_id, transition))
+        announce = (
+            None
+            if quiet
+            else (lambda transition, run_id=arm.run_id: tqdm.write(describe_transition(run_id, transition)))
         )
         outcomes.append(
             train_arm(arm, config, corpus, steps, seed, output_dir, show_progress=not quiet, on_transition=announce)
@@ -256,10 +267,11 @@ def run_demo(output_dir: str = "runs", steps: int = DEFAULT_STEPS, seed: int = 0
         say(f"{arm.run_id}: {steps} steps in {time.perf_counter() - started:.1f} s\n")
     for outcome in outcomes:
         say(format_summary(summarize_run(outcome.run_dir)) + "\n")
-    shown, lines = _verdict(*outcomes, steps)
+    balanced, collapse = outcomes
+    shown, lines = _verdict(balanced, collapse, steps)
     print("\n".join(lines))
     print("Run folders: " + "  ".join(str(outcome.run_dir) for outcome in outcomes))
-    say(f"Look again: chronomoe summary {outcomes[1].run_dir}   chronomoe report {outcomes[1].run_dir}")
+    say(f"Look again: chronomoe summary {collapse.run_dir}   chronomoe report {collapse.run_dir}")
     return 0 if shown else 1
 
 
@@ -267,7 +279,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m chronomoe.demo [--output-dir DIR] [--steps N] [--seed S] [--quiet]``."""
     parser = argparse.ArgumentParser(prog="python -m chronomoe.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="runs", help="parent folder of the run folders (default: runs)")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps per run (default: {DEFAULT_STEPS})")
+    parser.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS, help=f"training steps per run (default: {DEFAULT_STEPS})"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="print only the verdict and the run folders")
     args = parser.parse_args(argv)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -95,7 +96,9 @@ class DemoExperts(nn.Module):
             return tokens
         return min(tokens, max(1, math.ceil(self.capacity_factor * tokens * top_k / self.num_experts)))
 
-    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
         if self.capacity_factor is None:
             return self._dropless(hidden_states, top_k_index, top_k_weights)
         return self._fixed_capacity(hidden_states, top_k_index, top_k_weights)
@@ -104,17 +107,23 @@ class DemoExperts(nn.Module):
         gate, up = (rows @ self.gate_up_proj[expert].to(rows.dtype)).chunk(2, dim=-1)
         return (F.silu(gate) * up) @ self.down_proj[expert].to(rows.dtype)
 
-    def _dropless(self, hidden_states, top_k_index, top_k_weights):
+    def _dropless(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
         top_k = top_k_index.shape[-1]
         flat_expert = top_k_index.reshape(-1)
         order = flat_expert.argsort(stable=True)
         token_of = order // top_k
         sizes = torch.bincount(flat_expert, minlength=self.num_experts).tolist()
-        outputs = [self._expert_mlp(rows, expert) for expert, rows in enumerate(hidden_states[token_of].split(sizes))]
+        outputs = [
+            self._expert_mlp(rows, expert) for expert, rows in enumerate(torch.split(hidden_states[token_of], sizes))
+        ]
         weighted = torch.cat(outputs) * top_k_weights.reshape(-1, 1)[order].to(hidden_states.dtype)
         return torch.zeros_like(hidden_states).index_add(0, token_of, weighted)
 
-    def _fixed_capacity(self, hidden_states, top_k_index, top_k_weights):
+    def _fixed_capacity(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
         tokens, hidden = hidden_states.shape
         top_k = top_k_index.shape[-1]
         n_experts = self.num_experts
@@ -156,18 +165,21 @@ class DemoRouter(nn.Module):
 class DemoMoE(nn.Module):
     """Routed MoE block: ``forward([B, S, H]) -> [B, S, H]``.
 
-    Keeps ``balance_loss`` of its last forward: the Switch load-balancing loss
-    ``n_experts * sum_e f_e * P_e`` (``f_e``: share of the token-to-expert
-    assignments that went to ``e``; ``P_e``: mean router probability of ``e``),
-    1.0 for perfectly balanced routing, up to ``n_experts`` when collapsed.
+    Keeps ``balance_loss`` of its last forward (absent before the first): the
+    Switch load-balancing loss ``n_experts * sum_e f_e * P_e`` (``f_e``: share
+    of the token-to-expert assignments that went to ``e``; ``P_e``: mean router
+    probability of ``e``), 1.0 for perfectly balanced routing, up to
+    ``n_experts`` when collapsed.
     """
+
+    balance_loss: torch.Tensor
+    """Scalar, with the graph of the last forward."""
 
     def __init__(self, config: DemoConfig) -> None:
         super().__init__()
         self.top_k = config.top_k
         self.gate = DemoRouter(config)
         self.experts = DemoExperts(config)
-        self.balance_loss: torch.Tensor | None = None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         batch, seq, hidden = hidden_states.shape
@@ -178,7 +190,8 @@ class DemoMoE(nn.Module):
             0, assignments, torch.full_like(assignments, 1.0 / assignments.numel(), dtype=probs.dtype)
         )
         self.balance_loss = probs.shape[-1] * (assignment_share * probs.mean(0)).sum()
-        return self.experts(flat, top_k_index, top_k_weights).view(batch, seq, hidden)
+        mixed: torch.Tensor = self.experts(flat, top_k_index, top_k_weights)
+        return mixed.view(batch, seq, hidden)
 
 
 class DemoBlock(nn.Module):
@@ -199,7 +212,8 @@ class DemoBlock(nn.Module):
         query, key, value = qkv.permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(query, key, value, is_causal=True)
         hidden_states = hidden_states + self.attention_out(attended.transpose(1, 2).reshape(batch, seq, hidden))
-        return hidden_states + self.mlp(self.mlp_norm(hidden_states))
+        moe_out: torch.Tensor = self.mlp(self.mlp_norm(hidden_states))
+        return hidden_states + moe_out
 
 
 class DemoMoEModel(nn.Module):
@@ -220,10 +234,11 @@ class DemoMoEModel(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        blocks = cast("list[DemoBlock]", list(self.layers))  # nn.ModuleList does not type its items
         hidden = self.embed(tokens) + self.position[: tokens.shape[1]]
-        for layer in self.layers:
-            hidden = layer(hidden)
-        balance_loss = torch.stack([layer.mlp.balance_loss for layer in self.layers]).sum()
+        for block in blocks:
+            hidden = block(hidden)
+        balance_loss = torch.stack([block.mlp.balance_loss for block in blocks]).sum()
         return self.lm_head(self.norm(hidden)), balance_loss
 
 

@@ -8,6 +8,7 @@
 * :mod:`~chronomoe.report.plots`: the matplotlib figures (the optional extra
   ``chronomoe[report]``, imported only when a figure is drawn).
 * :mod:`~chronomoe.report.page`: the self-contained HTML page.
+* :mod:`~chronomoe.report.palette`: the alert states' colours, shared by both.
 * :mod:`~chronomoe.report.write`: :func:`write_report`, the figures and the
   page into one folder (``chronomoe report``).
 """

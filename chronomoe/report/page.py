@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..alerts import AlertRules
 from ..io import MANIFEST_FILE, load_manifest
@@ -21,7 +21,7 @@ from .summary import RunSummary, summary_rows
 FIGURE_CAPTIONS = {  # in the page's order
     "states.png": "Alert state of each layer per snapshot window.",
     "neff.png": "Effective number of experts per layer; shaded windows are in an alert state, "
-                "the dashed line is the PRE_COLLAPSE threshold.",
+    "the dashed line is the PRE_COLLAPSE threshold.",
     "top2.png": "Share of the two busiest experts per layer, with the alert thresholds.",
     "shares.png": "Share of each expert's tokens per layer at chosen snapshots (grey: no data or no such expert).",
 }
@@ -32,7 +32,9 @@ def report_html(summary: RunSummary, rules: AlertRules, figures: Sequence[Path],
     escape = html.escape
     manifest = load_manifest(run_dir) if (run_dir / MANIFEST_FILE).is_file() else {}
     facts = [
-        ("run", summary.run_id), ("model", summary.model_name or "-"), ("mode", summary.mode),
+        ("run", summary.run_id),
+        ("model", summary.model_name or "-"),
+        ("mode", summary.mode),
         ("snapshots", f"{summary.snapshots} (steps {summary.first_step}..{summary.last_step})"),
         ("git commit", manifest.get("git_commit", "-")),
         ("chronomoe", manifest.get("chronomoe_version", "-")),
@@ -41,14 +43,22 @@ def report_html(summary: RunSummary, rules: AlertRules, figures: Sequence[Path],
     rows = summary_rows(summary)
     summary_table = _table(rows[0], rows[1:], state_column=5)
     transition_rows = [
-        [str(t.step), str(t.layer_id), t.source.value, t.dest.value, t.trigger,
-         _number(t.metrics.get("n_effective"), 2), _number(t.metrics.get("top2_share"), 3),
-         str(t.metrics.get("dead_expert_count", "-"))]
+        [
+            str(t.step),
+            str(t.layer_id),
+            t.source.value,
+            t.dest.value,
+            t.trigger,
+            _number(t.metrics.get("n_effective"), 2),
+            _number(t.metrics.get("top2_share"), 3),
+            str(t.metrics.get("dead_expert_count", "-")),
+        ]
         for t in summary.transitions
     ]
     transitions_table = (
         _table(["step", "layer", "from", "to", "trigger", "Neff", "Top2", "dead"], transition_rows, state_column=3)
-        if transition_rows else "<p>No transitions: every layer stayed nominal.</p>"
+        if transition_rows
+        else "<p>No transitions: every layer stayed nominal.</p>"
     )
     images = "\n".join(
         f'<figure><img alt="{escape(path.stem)}" src="data:image/png;base64,'
@@ -59,7 +69,8 @@ def report_html(summary: RunSummary, rules: AlertRules, figures: Sequence[Path],
     collapsed = summary.collapsed_layers
     verdict = (
         f'<p class="verdict bad">collapse_confirmed: layer{"s" if len(collapsed) > 1 else ""} '
-        f'{escape(", ".join(map(str, collapsed)))}</p>' if collapsed
+        f"{escape(', '.join(map(str, collapsed)))}</p>"
+        if collapsed
         else '<p class="verdict ok">No layer is collapse_confirmed.</p>'
     )
     state_styles = "\n".join(
@@ -111,10 +122,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], state_column: i
     escape = html.escape
     head = "".join(f"<th>{escape(cell)}</th>" for cell in header)
     body = "\n".join(
-        "<tr>" + "".join(
-            f'<td class="state-{escape(cell)}">{escape(cell)}</td>' if column == state_column else f"<td>{escape(cell)}</td>"
+        "<tr>"
+        + "".join(
+            f'<td class="state-{escape(cell)}">{escape(cell)}</td>'
+            if column == state_column
+            else f"<td>{escape(cell)}</td>"
             for column, cell in enumerate(row)
-        ) + "</tr>"
+        )
+        + "</tr>"
         for row in rows
     )
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"

@@ -58,24 +58,30 @@ def plot_neff(series: RunSeries, rules: AlertRules, path: Path) -> Path:
     figure = Figure(figsize=(3.6 * columns, 2.4 * rows + 0.6), layout="constrained")
     panels = figure.subplots(rows, columns, squeeze=False, sharex=True)
     edges = _window_edges(series.steps)
-    for axes, layer in zip(panels.flat, series.layers):
+    for axes, layer in zip(panels.flat, series.layers, strict=False):  # the grid's last panels may be spare
         _shade_states(axes, edges, layer.states)
-        axes.plot(series.steps, layer.n_effective, color="#1f4e79", lw=1.6, marker="." if len(series.steps) < 60 else None)
+        axes.plot(
+            series.steps, layer.n_effective, color="#1f4e79", lw=1.6, marker="." if len(series.steps) < 60 else None
+        )
         axes.axhline(rules.neff_ratio * layer.n_experts, color="#7f7f7f", ls="--", lw=1)
         axes.set_ylim(0, layer.n_experts * 1.05)
         axes.set_xlim(edges[0], edges[-1])
         axes.set_title(f"layer {layer.layer_id} ({layer.n_experts} experts)", fontsize=10)
         axes.grid(alpha=0.3)
-    for axes in panels.flat[len(series.layers):]:
+    for axes in panels.flat[len(series.layers) :]:
         axes.set_visible(False)
     for axes in panels[:, 0]:
         axes.set_ylabel("Neff")
     for axes in panels[-1, :]:
         axes.set_xlabel("step")
     figure.legend(
-        handles=[*_state_legend_handles(),
-                 Line2D([], [], color="#7f7f7f", ls="--", label=f"PRE_COLLAPSE: Neff < {rules.neff_ratio:g} x n")],
-        loc="outside upper center", ncols=3, frameon=False,
+        handles=[
+            *_state_legend_handles(),
+            Line2D([], [], color="#7f7f7f", ls="--", label=f"PRE_COLLAPSE: Neff < {rules.neff_ratio:g} x n"),
+        ],
+        loc="outside upper center",
+        ncols=3,
+        frameon=False,
     )
     figure.savefig(path, dpi=110)
     return path
@@ -98,7 +104,9 @@ def plot_top2(series: RunSeries, rules: AlertRules, path: Path) -> Path:
         color = colormap(norm(layer.layer_id)) if many else colormap(index % 10)
         axes.plot(series.steps, layer.top2_share, color=color, lw=1.5, label=f"layer {layer.layer_id}")
     axes.axhline(rules.pre_top2, color="#e69138", ls="--", lw=1, label=f"PRE_COLLAPSE Top2 > {rules.pre_top2:g}")
-    axes.axhline(rules.confirm_top2, color="#cc4125", ls="--", lw=1, label=f"COLLAPSE_CONFIRMED Top2 > {rules.confirm_top2:g}")
+    axes.axhline(
+        rules.confirm_top2, color="#cc4125", ls="--", lw=1, label=f"COLLAPSE_CONFIRMED Top2 > {rules.confirm_top2:g}"
+    )
     axes.set_ylim(0, 1.02)
     axes.set_xlabel("step")
     axes.set_ylabel("Top2 share")
@@ -126,12 +134,11 @@ def plot_shares(matrices: dict[int, np.ndarray], path: Path) -> Path:
     panels = figure.subplots(1, len(steps), squeeze=False, sharey=True)[0]
     colormap = colormaps["magma"].with_extremes(bad=NO_DATA_COLOR)
     norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)
-    image = None
-    for axes, step in zip(panels, steps):
+    for axes, step in zip(panels, steps, strict=True):
         matrix = np.full((n_layers, width), np.nan)
         source = matrices[step]
         matrix[: source.shape[0], : source.shape[1]] = source
-        image = axes.imshow(np.ma.masked_invalid(matrix), cmap=colormap, norm=norm, aspect="auto", interpolation="nearest")
+        axes.imshow(np.ma.masked_invalid(matrix), cmap=colormap, norm=norm, aspect="auto", interpolation="nearest")
         axes.set_title(f"step {step}", fontsize=10)
         axes.set_xlabel("expert")
         axes.set_yticks(range(n_layers) if n_layers <= 24 else range(0, n_layers, max(1, n_layers // 12)))
@@ -139,7 +146,8 @@ def plot_shares(matrices: dict[int, np.ndarray], path: Path) -> Path:
             axes.set_xticks(range(width))
             axes.tick_params(axis="x", labelsize=7)
     panels[0].set_ylabel("layer")
-    figure.colorbar(image, ax=list(panels), label="share of the window's tokens (sqrt scale)")
+    # Every panel has the same colour map and norm: the last panel's image stands for all.
+    figure.colorbar(panels[-1].images[0], ax=list(panels), label="share of the window's tokens (sqrt scale)")
     figure.suptitle("Expert utilisation shares")
     figure.savefig(path, dpi=110)
     return path
@@ -151,16 +159,19 @@ def plot_states(series: RunSeries, path: Path) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    order = [None, AlertState.NOMINAL, AlertState.PRE_COLLAPSE, AlertState.COLLAPSE_CONFIRMED]
+    order: list[AlertState | None] = [None, *AlertState]  # colour index of each state
     codes = np.array([[order.index(state) for state in layer.states] for layer in series.layers])
-    colors = [NO_DATA_COLOR, *(STATE_COLORS[state] for state in order[1:])]
+    colors = [NO_DATA_COLOR, *(STATE_COLORS[state] for state in AlertState)]
     n_layers = len(series.layers)
     figure = Figure(figsize=(8, 1.6 + 0.25 * n_layers), layout="constrained")
     axes = figure.subplots()
     ids = [layer.layer_id for layer in series.layers]
     axes.pcolormesh(
-        _window_edges(series.steps), np.arange(n_layers + 1) - 0.5, codes,
-        cmap=ListedColormap(colors), norm=BoundaryNorm(np.arange(len(order) + 1) - 0.5, len(order)),
+        _window_edges(series.steps),
+        np.arange(n_layers + 1) - 0.5,
+        codes,
+        cmap=ListedColormap(colors),
+        norm=BoundaryNorm(np.arange(len(order) + 1) - 0.5, len(order)),
     )
     ticks = range(n_layers) if n_layers <= 24 else range(0, n_layers, max(1, n_layers // 12))
     axes.set_yticks(list(ticks), [str(ids[i]) for i in ticks])
@@ -170,8 +181,12 @@ def plot_states(series: RunSeries, path: Path) -> Path:
     axes.set_title("Alert state per layer")
     labels = ["no data", "nominal", "pre_collapse", "collapse_confirmed"]
     axes.legend(
-        handles=[Patch(color=color, label=label) for color, label in zip(colors, labels)],
-        loc="upper center", bbox_to_anchor=(0.5, -0.25 if n_layers < 6 else -0.12), ncols=4, frameon=False, fontsize=8,
+        handles=[Patch(color=color, label=label) for color, label in zip(colors, labels, strict=True)],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.25 if n_layers < 6 else -0.12),
+        ncols=4,
+        frameon=False,
+        fontsize=8,
     )
     figure.savefig(path, dpi=110)
     return path

@@ -9,14 +9,16 @@ shares at chosen snapshots, picked by :func:`heatmap_steps`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from ..alerts import AlertState
 from ..replay import iter_snapshots
+from ..snapshots import LayerSnapshot
 
 DEFAULT_HEATMAP_STEPS = 4
 """Snapshots shown in the share heatmaps when no steps are chosen: evenly spaced, first and last included."""
@@ -50,6 +52,13 @@ class _LayerPoint(NamedTuple):
     state: AlertState | None  # None where no_data
 
 
+def _point(layer: LayerSnapshot) -> _LayerPoint:
+    # no_data decides; its metrics are None exactly then, and the None checks tell the type checker so.
+    if layer.no_data or layer.n_effective is None or layer.top2_share is None:
+        return _LayerPoint(layer.n_experts, math.nan, math.nan, None)
+    return _LayerPoint(layer.n_experts, layer.n_effective, layer.top2_share, layer.alert_state)
+
+
 def collect_series(run_dir: Path, mode: str) -> RunSeries:
     """Stream the snapshots of ``mode`` into per-layer arrays (a layer missing from a snapshot is no data)."""
     steps: list[int] = []
@@ -57,12 +66,7 @@ def collect_series(run_dir: Path, mode: str) -> RunSeries:
     for position, snapshot in enumerate(iter_snapshots(run_dir, mode)):
         steps.append(snapshot.step)
         for layer in snapshot.layers:
-            points.setdefault(layer.layer_id, {})[position] = _LayerPoint(
-                layer.n_experts,
-                math.nan if layer.no_data else layer.n_effective,
-                math.nan if layer.no_data else layer.top2_share,
-                None if layer.no_data else layer.alert_state,
-            )
+            points.setdefault(layer.layer_id, {})[position] = _point(layer)
     missing = _LayerPoint(0, math.nan, math.nan, None)
     layers = []
     for layer_id in sorted(points):

@@ -58,7 +58,7 @@ class RunSummary:
         )
 
 
-def summarize_run(run_dir: str | os.PathLike, mode: str = "TRAIN") -> RunSummary:
+def summarize_run(run_dir: str | os.PathLike[str], mode: str = "TRAIN") -> RunSummary:
     """Stream ``snapshots.jsonl`` and summarise its ``mode`` snapshots per layer.
 
     Raises :class:`~chronomoe.errors.InvalidInputError` when the folder or the
@@ -75,7 +75,9 @@ def summarize_run(run_dir: str | os.PathLike, mode: str = "TRAIN") -> RunSummary
         count += 1
         last_snapshot = snapshot
         for layer in snapshot.layers:
-            summary = layers.setdefault(layer.layer_id, LayerSummary(layer.layer_id, layer.n_experts, layer.alert_state))
+            summary = layers.setdefault(
+                layer.layer_id, LayerSummary(layer.layer_id, layer.n_experts, layer.alert_state)
+            )
             summary.state = layer.alert_state
             if not layer.no_data:
                 summary.last, summary.last_step, summary.n_experts = layer, snapshot.step, layer.n_experts
@@ -84,8 +86,13 @@ def summarize_run(run_dir: str | os.PathLike, mode: str = "TRAIN") -> RunSummary
     if last_snapshot is None:
         raise InvalidInputError("RUN_DIR", str(run_dir), f"holds no {mode} snapshots in {SNAPSHOTS_FILE}")
     return RunSummary(
-        run_dir=run_dir, run_id=last_snapshot.run_id, model_name=last_snapshot.model_name, mode=mode,
-        snapshots=count, first_step=first_step, last_step=last_snapshot.step,
+        run_dir=run_dir,
+        run_id=last_snapshot.run_id,
+        model_name=last_snapshot.model_name,
+        mode=mode,
+        snapshots=count,
+        first_step=first_step,
+        last_step=last_snapshot.step,
         layers=[layers[layer_id] for layer_id in sorted(layers)],
     )
 
@@ -96,9 +103,13 @@ def summary_rows(summary: RunSummary) -> list[list[str]]:
     for layer in summary.layers:
         last = layer.last
         metrics = (
-            ["no data", "-", "-", "-"] if last is None else [
-                f"{last.n_effective:.2f}/{layer.n_experts}", f"{last.top2_share:.3f}",
-                str(last.dead_expert_count), str(last.nearly_dead_count),
+            ["no data", "-", "-", "-"]
+            if last is None
+            else [
+                f"{last.n_effective:.2f}/{layer.n_experts}",
+                f"{last.top2_share:.3f}",
+                str(last.dead_expert_count),
+                str(last.nearly_dead_count),
             ]
         )
         changes = ", ".join(f"{t.step} {t.source.value}->{t.dest.value}" for t in layer.transitions) or "-"
@@ -111,17 +122,22 @@ def format_summary(summary: RunSummary) -> str:
     rows = summary_rows(summary)
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     lines = [
-        f"run {summary.run_id}" + (f" ({summary.model_name})" if summary.model_name else "")
+        f"run {summary.run_id}"
+        + (f" ({summary.model_name})" if summary.model_name else "")
         + f": {summary.snapshots} {summary.mode} snapshots, steps {summary.first_step}..{summary.last_step}",
         "",
     ]
     for row in rows:
-        cells = [cell.rjust(width) if column < 5 else cell.ljust(width) for column, (cell, width) in enumerate(zip(row, widths))]
+        cells = [
+            cell.rjust(width) if column < 5 else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=False))  # the last column is not padded
+        ]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
     collapsed = summary.collapsed_layers
     lines.append("")
     lines.append(
         f"collapse_confirmed: layer{'s' if len(collapsed) > 1 else ''} {', '.join(map(str, collapsed))}"
-        if collapsed else "no layer is collapse_confirmed"
+        if collapsed
+        else "no layer is collapse_confirmed"
     )
     return "\n".join(lines)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..alerts import AlertRules
 from ..errors import InvalidInputError
@@ -24,8 +24,8 @@ from .summary import summarize_run
 
 
 def write_report(
-    run_dir: str | os.PathLike,
-    output_dir: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str] | None = None,
     mode: str = "TRAIN",
     steps: Sequence[int] | None = None,
 ) -> list[Path]:
