@@ -2,7 +2,9 @@
 
 Every benchmark prints one JSON object on stdout. Comparisons are ratios of
 variants measured side by side in the same process, interleaved, because
-these machines are noisy.
+these machines are noisy. A ratio's key names its reference (as in
+``time_ratio_to_seed_algorithm``: the measured time over the reference's), and
+the JSON says what the reference is.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def median_seconds(function: Callable[[], object], repeats: int = 7, warmup: int = 2, number: int = 1) -> float:
@@ -29,7 +31,9 @@ def median_seconds(function: Callable[[], object], repeats: int = 7, warmup: int
     return statistics.median(samples)
 
 
-def interleaved_medians(variants: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 2, number: int = 1) -> dict[str, float]:
+def interleaved_medians(
+    variants: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 2, number: int = 1
+) -> dict[str, float]:
     """Median seconds per call of each variant, the variants run in turn within each repeat."""
     for _ in range(warmup):
         for function in variants.values():

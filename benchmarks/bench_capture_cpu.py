@@ -1,6 +1,6 @@
 """CPU overhead of ChronoMoE's capture on the demo model's training step.
 
-Two identical copies of the demo model (``chronomoe.demo``, default size:
+Two identical copies of the demo model (``chronomoe.toy_model``, default size:
 4 layers x 8 experts, top-1, 16 x 64 tokens per step) train on the same
 batches, interleaved in one process:
 
@@ -25,12 +25,11 @@ import copy
 import tempfile
 
 import torch
-
 from _common import emit, interleaved_medians
+
 from chronomoe import Monitor
-from chronomoe.demo import (
-    BALANCED, SNAPSHOT_EVERY, DemoConfig, DemoMoEModel, batch_at, make_corpus, make_optimizer, training_loss,
-)
+from chronomoe.demo import BALANCED, SNAPSHOT_EVERY, training_loss
+from chronomoe.toy_model import DemoConfig, DemoMoEModel, batch_at, make_corpus, make_optimizer
 
 
 def main() -> None:
@@ -48,7 +47,7 @@ def main() -> None:
     models = {"baseline": DemoMoEModel(config)}
     models["recorder"] = copy.deepcopy(models["baseline"])
     optimizers = {name: make_optimizer(model) for name, model in models.items()}
-    steps = {name: 0 for name in models}
+    steps = dict.fromkeys(models, 0)
 
     def train_step(name: str) -> int:
         steps[name] += 1
@@ -69,24 +68,31 @@ def main() -> None:
 
         medians = interleaved_medians(
             {"baseline": lambda: train_step("baseline"), "recorder": recorded_step},
-            repeats=args.repeats, warmup=args.warmup, number=SNAPSHOT_EVERY,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            number=SNAPSHOT_EVERY,
         )
 
-    emit({
-        "benchmark": "capture_cpu",
-        "model": {
-            "layers": config.n_layers, "experts": config.n_experts, "top_k": config.top_k,
-            "hidden": config.hidden_size, "tokens_per_step": config.batch_size * config.seq_len,
-            "hooked_layers": len(attachment.layers),
-        },
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "steps_per_sample": SNAPSHOT_EVERY,
-        "samples_per_variant": args.repeats,
-        "baseline_ms_per_step": medians["baseline"] * 1e3,
-        "recorder_ms_per_step": medians["recorder"] * 1e3,
-        "ratio_recorder_to_baseline": medians["recorder"] / medians["baseline"],
-    })
+    emit(
+        {
+            "benchmark": "capture_cpu",
+            "model": {
+                "layers": config.n_layers,
+                "experts": config.n_experts,
+                "top_k": config.top_k,
+                "hidden": config.hidden_size,
+                "tokens_per_step": config.batch_size * config.seq_len,
+                "hooked_layers": len(attachment.layers),
+            },
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "steps_per_sample": SNAPSHOT_EVERY,
+            "samples_per_variant": args.repeats,
+            "baseline_ms_per_step": medians["baseline"] * 1e3,
+            "recorder_ms_per_step": medians["recorder"] * 1e3,
+            "ratio_recorder_to_baseline": medians["recorder"] / medians["baseline"],
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """GPU overhead of routing capture on a Mixtral-style training step, and a sync check of the capture hooks.
 
-Model: ``chronomoe.demo.DemoMoEModel`` at the size of issue 4: 8 layers of
+Model: ``chronomoe.toy_model.DemoMoEModel`` at the size of issue 4: 8 layers of
 64 experts, top-8, hidden 1024 (SwiGLU experts of 1024, 16 attention heads),
 vocabulary 32000, batch 8 x 1024 tokens; the experts dispatch with a fixed
 capacity (factor 1.25: fixed shapes, no host sync in the model); bf16
@@ -46,14 +46,15 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
-
 from _common import emit
+
 from chronomoe import Monitor, RoutingEvent, SystemSnapshot, TelemetryWriter
-from chronomoe.demo import BALANCED, DemoConfig, DemoExperts, DemoMoEModel, make_optimizer, training_loss
+from chronomoe.demo import BALANCED, training_loss
+from chronomoe.toy_model import DemoConfig, DemoExperts, DemoMoEModel, make_optimizer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,9 +79,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def model_config(args: argparse.Namespace) -> DemoConfig:
     return DemoConfig(
-        vocab_size=args.vocab, seq_len=args.seq, batch_size=args.batch, hidden_size=args.hidden,
-        n_heads=args.heads, n_layers=args.layers, n_experts=args.experts, top_k=args.top_k,
-        expert_hidden_size=args.expert_hidden, capacity_factor=args.capacity_factor,
+        vocab_size=args.vocab,
+        seq_len=args.seq,
+        batch_size=args.batch,
+        hidden_size=args.hidden,
+        n_heads=args.heads,
+        n_layers=args.layers,
+        n_experts=args.experts,
+        top_k=args.top_k,
+        expert_hidden_size=args.expert_hidden,
+        capacity_factor=args.capacity_factor,
     )
 
 
@@ -144,6 +152,7 @@ def seed_style_hooks(bench: Bench, events: list[RoutingEvent]) -> list[torch.uti
     """The seed's capture: per layer and forward, used_capacity copied to the host into a RoutingEvent."""
     handles = []
     for layer_id, experts in bench.experts_modules():
+
         def hook(module: DemoExperts, args: tuple, layer_id: int = layer_id) -> None:
             top_k_index = args[1]
             tokens, top_k = top_k_index.shape
@@ -151,10 +160,17 @@ def seed_style_hooks(bench: Bench, events: list[RoutingEvent]) -> list[torch.uti
             counts = torch.zeros(module.num_experts, dtype=torch.int64, device=assignments.device)
             counts.index_add_(0, assignments, torch.ones_like(assignments))
             used_capacity = counts.clamp_(max=module.capacity(tokens, top_k))
-            events.append(RoutingEvent.from_router_output(
-                run_id="seed-style", step=bench.step, mode="TRAIN", layer_id=layer_id,
-                used_capacity=used_capacity.cpu().tolist(), n_experts=module.num_experts, top_k=top_k,
-            ))
+            events.append(
+                RoutingEvent.from_router_output(
+                    run_id="seed-style",
+                    step=bench.step,
+                    mode="TRAIN",
+                    layer_id=layer_id,
+                    used_capacity=used_capacity.cpu().tolist(),
+                    n_experts=module.num_experts,
+                    top_k=top_k,
+                )
+            )
 
         handles.append(experts.register_forward_pre_hook(hook))
     return handles
@@ -172,9 +188,15 @@ def seed_style_variant(bench: Bench, window: int, writer: TelemetryWriter) -> Va
         for _ in range(window):
             bench.train_step()
         writer.flush_events(events)
-        writer.write_snapshot(SystemSnapshot.from_events(
-            events, bench.step, run_id="seed-style", n_layers=bench.config.n_layers, alert_history=alert_history,
-        ))
+        writer.write_snapshot(
+            SystemSnapshot.from_events(
+                events,
+                bench.step,
+                run_id="seed-style",
+                n_layers=bench.config.n_layers,
+                alert_history=alert_history,
+            )
+        )
         events.clear()
 
     def leave() -> None:
@@ -185,7 +207,9 @@ def seed_style_variant(bench: Bench, window: int, writer: TelemetryWriter) -> Va
     return enter, run, leave
 
 
-def time_variants(bench: Bench, variants: dict[str, Variant], repeats: int, warmup: int, window: int) -> dict[str, float]:
+def time_variants(
+    bench: Bench, variants: dict[str, Variant], repeats: int, warmup: int, window: int
+) -> dict[str, float]:
     """Median seconds per step of each variant; variants take turns within each repeat."""
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for repeat in range(warmup + repeats):
@@ -217,7 +241,9 @@ def guard_capture_hooks(bench: Bench) -> list[torch.utils.hooks.RemovableHandle]
     """Forward pre-hooks turning sync errors on before every other pre-hook of each experts module and off after."""
     handles = []
     for _, experts in bench.experts_modules():
-        handles.append(experts.register_forward_pre_hook(lambda *_: torch.cuda.set_sync_debug_mode("error"), prepend=True))
+        handles.append(
+            experts.register_forward_pre_hook(lambda *_: torch.cuda.set_sync_debug_mode("error"), prepend=True)
+        )
         handles.append(experts.register_forward_pre_hook(lambda *_: torch.cuda.set_sync_debug_mode(0)))
     return handles
 
@@ -296,9 +322,15 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "model": {
-            "layers": config.n_layers, "experts": config.n_experts, "top_k": config.top_k,
-            "hidden": config.hidden_size, "expert_hidden": config.expert_hidden_size, "heads": config.n_heads,
-            "vocab": config.vocab_size, "batch": config.batch_size, "seq": config.seq_len,
+            "layers": config.n_layers,
+            "experts": config.n_experts,
+            "top_k": config.top_k,
+            "hidden": config.hidden_size,
+            "expert_hidden": config.expert_hidden_size,
+            "heads": config.n_heads,
+            "vocab": config.vocab_size,
+            "batch": config.batch_size,
+            "seq": config.seq_len,
             "capacity_factor": config.capacity_factor,
             "dtype": "bf16 autocast" if device.type == "cuda" else "fp32",
         },
@@ -318,12 +350,18 @@ def main(argv: list[str] | None = None) -> int:
         medians = time_variants(bench, variants, args.repeats, args.warmup, args.window)
         monitor.close()
         writer.close()
-    emit({
-        "benchmark": name, **described,
-        "steps_per_sample": args.window, "samples_per_variant": args.repeats,
-        "ms_per_step": {variant: seconds * 1e3 for variant, seconds in medians.items()},
-        "ratio_to_baseline": {variant: medians[variant] / medians["baseline"] for variant in ("recorder", "seed_style")},
-    })
+    emit(
+        {
+            "benchmark": name,
+            **described,
+            "steps_per_sample": args.window,
+            "samples_per_variant": args.repeats,
+            "ms_per_step": {variant: seconds * 1e3 for variant, seconds in medians.items()},
+            "ratio_to_baseline": {
+                variant: medians[variant] / medians["baseline"] for variant in ("recorder", "seed_style")
+            },
+        }
+    )
     return 0
 
 

@@ -31,8 +31,8 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
-
 from _common import emit
+
 from chronomoe import Monitor, SystemSnapshot, load_events
 from chronomoe.capture.distributed import RankReduction
 from chronomoe.capture.recorder import RoutingRecorder
@@ -74,9 +74,9 @@ def check(rank: int, world_size: int, device: torch.device) -> dict[str, object]
             union = torch.cat([tokens(r, step, layer, torch.device("cpu")) for r in range(world_size)]).flatten()
             per_step[step - 1, layer] = torch.bincount(union, minlength=N_EXPERTS).numpy()
     reference = SystemSnapshot.from_counts(per_step.sum(axis=0), step=CHECK_STEPS, run_id="check")
-    layers_equal = [
-        layer.model_dump(mode="json") for layer in snapshot.layers
-    ] == [layer.model_dump(mode="json") for layer in reference.layers]
+    layers_equal = [layer.model_dump(mode="json") for layer in snapshot.layers] == [
+        layer.model_dump(mode="json") for layer in reference.layers
+    ]
     events_equal = len(events) == CHECK_STEPS * N_LAYERS and all(
         np.array_equal(event.expert_token_counts, per_step[event.step - 1, event.layer_id]) for event in events
     )
@@ -87,7 +87,9 @@ def check(rank: int, world_size: int, device: torch.device) -> dict[str, object]
     }
 
 
-def timed_drains(recorder: RoutingRecorder, reduction: RankReduction | None, steps: int, device: torch.device) -> list[float]:
+def timed_drains(
+    recorder: RoutingRecorder, reduction: RankReduction | None, steps: int, device: torch.device
+) -> list[float]:
     """Seconds of each of REPEATS drains of ``steps`` staged steps (after WARMUP untimed ones)."""
     counts = torch.randint(0, 64, (N_EXPERTS,), device=device)
     samples = []
@@ -126,7 +128,10 @@ def cost(device: torch.device) -> dict[str, dict[str, float]]:
     for steps in WINDOWS:
         local = RoutingRecorder(n_experts, device, top_k=TOP_K, capacity=steps + 1)
         reduced = RoutingRecorder(
-            n_experts, device, top_k=TOP_K, capacity=steps + 1,
+            n_experts,
+            device,
+            top_k=TOP_K,
+            capacity=steps + 1,
             reduce=reduction.staged_reducer(layer_ids, n_experts, steps + 1),
         )
         medians = {
@@ -156,16 +161,20 @@ def main() -> None:
     checked = check(rank, world_size, device)
     measured = cost(device)
     if rank == 0:
-        emit({
-            "benchmark": "distributed reduction per snapshot",
-            "backend": str(dist.get_backend()),
-            "world_size": world_size,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "torch": torch.__version__,
-            "layers": N_LAYERS, "experts": N_EXPERTS, "top_k": TOP_K,
-            "check": checked,
-            "per_snapshot": measured,
-        })
+        emit(
+            {
+                "benchmark": "distributed reduction per snapshot",
+                "backend": str(dist.get_backend()),
+                "world_size": world_size,
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "torch": torch.__version__,
+                "layers": N_LAYERS,
+                "experts": N_EXPERTS,
+                "top_k": TOP_K,
+                "check": checked,
+                "per_snapshot": measured,
+            }
+        )
     passed = all(value for key, value in checked.items() if key.endswith(("union", "counts")))
     dist.destroy_process_group()
     if rank == 0 and not passed:

@@ -14,19 +14,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from chronomoe import AlertState, InvalidInputError, Monitor, load_events, load_snapshots, load_transitions  # noqa: E402
-from chronomoe.demo import (  # noqa: E402
-    BALANCED,
-    COLLAPSE,
-    DEFAULT_STEPS,
-    DemoConfig,
-    DemoExperts,
-    DemoMoEModel,
-    main,
-    make_corpus,
-    run_demo,
-    train_arm,
-)
+from chronomoe.demo import BALANCED, COLLAPSE, DEFAULT_STEPS, main, run_demo, train_arm  # noqa: E402
 from chronomoe.io import ALERTS_FILE  # noqa: E402
+from chronomoe.toy_model import DemoConfig, DemoExperts, DemoMoEModel, make_corpus  # noqa: E402
 
 FAST_STEPS = 200
 """Enough for the collapse run of seed 0 to confirm (first at step 100), about 15 s for both runs."""
@@ -76,7 +66,9 @@ def test_collapse_run_reaches_collapse_confirmed(demo_run):
     first = confirmed[0]
     assert first.metrics["dead_expert_count"] >= 1 and first.metrics["top2_share"] > 0.85
     snapshot_transitions = [t for snapshot in load_snapshots(run_dir) for t in snapshot.transitions]
-    assert [(t.step, t.layer_id, t.dest) for t in snapshot_transitions] == [(t.step, t.layer_id, t.dest) for t in transitions]
+    assert [(t.step, t.layer_id, t.dest) for t in snapshot_transitions] == [
+        (t.step, t.layer_id, t.dest) for t in transitions
+    ]
 
 
 @pytest.mark.parametrize("run_id", [BALANCED.run_id, COLLAPSE.run_id])
@@ -152,6 +144,14 @@ def test_fixed_capacity_gives_tokens_past_an_experts_capacity_no_output():
     assert capacity == tokens // config.n_experts
     assert output[:capacity].abs().sum(dim=1).gt(0).all()
     assert output[capacity:].abs().sum() == 0
+
+
+def test_the_model_imports_from_the_demo_as_the_readme_example_writes_them():
+    import chronomoe.demo as demo
+    import chronomoe.toy_model as toy_model
+
+    for name in ("DemoConfig", "DemoMoEModel", "batch_at", "make_corpus", "make_optimizer"):
+        assert getattr(demo, name) is getattr(toy_model, name), name
 
 
 def test_run_demo_rejects_a_non_positive_step_count(tmp_path):

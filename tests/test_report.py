@@ -6,6 +6,7 @@ import base64
 import re
 import struct
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def test_each_figure_is_a_non_trivial_png(report_files, name):
 
 
 class _PageParser(HTMLParser):
-    VOID = {"meta", "img", "br", "hr", "link", "input"}
+    VOID = frozenset({"meta", "img", "br", "hr", "link", "input"})
 
     def __init__(self) -> None:
         super().__init__()
@@ -93,8 +94,10 @@ def test_html_page_holds_the_transitions_table(report_files):
     rows = re.findall(r"<tr>(.*?)</tr>", transitions, re.S)[1:]
     cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows]
     assert [(row[0], row[1], row[3]) for row in cells] == [
-        ("28", "2", "pre_collapse"), ("32", "1", "pre_collapse"),
-        ("44", "1", "collapse_confirmed"), ("44", "2", "collapse_confirmed"),
+        ("28", "2", "pre_collapse"),
+        ("32", "1", "pre_collapse"),
+        ("44", "1", "collapse_confirmed"),
+        ("44", "2", "collapse_confirmed"),
     ]
 
 
@@ -115,18 +118,42 @@ def test_summary_keeps_the_last_metrics_of_a_layer_that_has_no_data_at_the_end(t
     assert (layer.last_step, layer.last.top2_share) == (1, 1.0)
 
 
+def test_importing_the_report_does_not_import_matplotlib():
+    code = "import sys, chronomoe.report; print('matplotlib' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
 @pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="no headless browser at /usr/bin/chromium")
 def test_html_page_renders_in_headless_chromium(report_files, tmp_path):
     screenshot = tmp_path / "page.png"
     subprocess.run(
-        ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={screenshot}",
-         "--window-size=1200,3000", report_files["report.html"].as_uri()],
-        check=True, capture_output=True, timeout=60,
+        [
+            "/usr/bin/chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={screenshot}",
+            "--window-size=1200,3000",
+            report_files["report.html"].as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     dom = subprocess.run(
-        ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
-         report_files["report.html"].as_uri()],
-        check=True, capture_output=True, text=True, timeout=60,
+        [
+            "/usr/bin/chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--dump-dom",
+            report_files["report.html"].as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout
     assert png_size(screenshot.read_bytes()) == (1200, 3000)
     assert dom.count("data:image/png;base64,") == 4 and "Alert transitions" in dom

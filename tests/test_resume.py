@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chronomoe import AlertRules, Monitor
-from chronomoe.demo import DemoConfig, DemoMoEModel, make_corpus
+from chronomoe.toy_model import DemoConfig, DemoMoEModel, make_corpus
 
 CONFIG = DemoConfig(seq_len=16, batch_size=8, hidden_size=32, n_heads=2, n_layers=2, n_experts=4, expert_hidden_size=32)
 STEPS = 40
@@ -74,7 +74,7 @@ def train(output_dir: Path, corpus: torch.Tensor, checkpoint: Path, *, resume: b
     snapshots = []
     monitor.bus.subscribe("snapshot", snapshots.append)
     for step in range(first_step, STEPS + 1):
-        rows = corpus[(step * CONFIG.batch_size) % (len(corpus) - CONFIG.batch_size):][: CONFIG.batch_size]
+        rows = corpus[(step * CONFIG.batch_size) % (len(corpus) - CONFIG.batch_size) :][: CONFIG.batch_size]
         logits, _ = model(rows[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
         optimizer.zero_grad()
@@ -84,8 +84,12 @@ def train(output_dir: Path, corpus: torch.Tensor, checkpoint: Path, *, resume: b
         if step % SNAPSHOT_EVERY == 0:
             monitor.snapshot(step, train_loss=loss.item())
         if step % CHECKPOINT_EVERY == 0:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "monitor": monitor.state_dict(), "step": step}
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "monitor": monitor.state_dict(),
+                "step": step,
+            }
             torch.save(state, checkpoint)
         if step == kill_at:
             break

@@ -50,10 +50,11 @@ import os
 import stat
 import struct
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -397,7 +398,7 @@ class TelemetryWriter:
         for path in list(self._files):
             self._close_handle(path)
 
-    def __enter__(self) -> "TelemetryWriter":
+    def __enter__(self) -> TelemetryWriter:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
