@@ -56,7 +56,7 @@ class LayerSnapshot(Record):
     healthy_streak: Integer = Field(ge=0)
 
     def metrics(self) -> dict[str, float | int | None]:
-        """The scalar metrics, as carried by an :class:`~chronomoe.alerts.AlertTransition` (``None`` when ``no_data``)."""
+        """The scalar metrics, as an :class:`~chronomoe.alerts.AlertTransition` carries them (``None``: no data)."""
         return {
             "n_experts": self.n_experts,
             "token_count": self.token_count,

@@ -281,6 +281,17 @@ def test_states_and_triggers_are_those_of_the_transitions_machine_built_from_the
 )
 def test_the_state_table_fires_each_transition_of_the_table(state, trigger, pre_persisted, dest):
     assert STATE_TABLE.fire(state, trigger, pre_persisted) == dest
+    assert STATE_TABLE.outcomes[state, trigger, pre_persisted] == dest
+
+
+def test_the_outcomes_cover_every_valid_trigger_under_both_condition_values():
+    expected = {
+        (state, trigger, flag)
+        for state, triggers in STATE_TABLE.valid_triggers.items()
+        for trigger in triggers
+        for flag in (False, True)
+    }
+    assert set(STATE_TABLE.outcomes) == expected
 
 
 def test_the_state_table_refuses_a_trigger_without_a_transition_out_of_the_state():

@@ -34,16 +34,16 @@ confirm, warn, resolve, so a layer that meets both persistences at once goes
 ``nominal -> collapse_confirmed`` in one transition.
 
 Cost: a layer's machine is a handful of integers, so creating and stepping
-thousands of them is cheap. ``transitions`` is entered only when a trigger is
-ready *and* has a transition out of the current state (read from the table
-once, at import): one ``transitions.Machine`` (:data:`STATE_TABLE`) fires it on
-a cursor model loaded with the layer's state, under a lock, so machines of
-any number of banks and threads share it safely.
+thousands of them is cheap. The transition table is executed by one
+``transitions.Machine`` (:data:`STATE_TABLE`): at import it fires every
+trigger from every state it leaves, under each value of the table's
+condition, and keeps the outcome; a layer's transition is then a lookup of
+that outcome. The machines of any number of banks and threads share it with
+no lock, because the outcomes never change.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterable
 from enum import Enum
@@ -99,11 +99,13 @@ class _Cursor:
 
 
 class StateTable:
-    """A ``transitions.Machine`` built from :data:`TRANSITION_TABLE`, firing triggers for any layer.
+    """A ``transitions.Machine`` built from :data:`TRANSITION_TABLE`, and the outcome of each of its transitions.
 
     Attributes:
         machine: the ``transitions.Machine`` (states, triggers and conditions as ``transitions`` reads them).
         valid_triggers: per state, the triggers that have a transition out of it.
+        outcomes: ``(state, trigger, pre_persisted) -> destination`` for every valid trigger of every
+            state and both values of the table's condition, as :meth:`fire` computed them.
     """
 
     def __init__(self) -> None:
@@ -118,15 +120,22 @@ class StateTable:
         self.valid_triggers: dict[str, frozenset[str]] = {
             state.value: frozenset(self.machine.get_triggers(state.value)) for state in AlertState
         }
-        self._lock = threading.Lock()
+        self.outcomes: dict[tuple[str, str, bool], str] = {
+            (state, trigger, pre_persisted): self.fire(state, trigger, pre_persisted)
+            for state, triggers in self.valid_triggers.items()
+            for trigger in triggers
+            for pre_persisted in (False, True)
+        }
 
     def fire(self, state: str, trigger: str, pre_persisted: bool) -> str:
-        """The state ``trigger`` leads to from ``state`` (``trigger`` must be valid there)."""
-        with self._lock:
-            self.machine.set_state(state, model=self._cursor)
-            self._cursor.pre_persisted_now = pre_persisted
-            getattr(self._cursor, trigger)()
-            return self._cursor.state
+        """Run ``trigger`` from ``state`` on the ``transitions.Machine``: the state it leads to.
+
+        ``transitions.MachineError`` when the trigger has no transition out of ``state``.
+        """
+        self.machine.set_state(state, model=self._cursor)
+        self._cursor.pre_persisted_now = pre_persisted
+        getattr(self._cursor, trigger)()
+        return self._cursor.state
 
 
 STATE_TABLE = StateTable()
@@ -175,7 +184,7 @@ class AlertMachine:
         for trigger in TRIGGER_ORDER:
             if ready[trigger] and trigger in valid:
                 source = self.state
-                self.state = STATE_TABLE.fire(source, trigger, self.pre_streak >= rules.pre_persistence)
+                self.state = STATE_TABLE.outcomes[source, trigger, self.pre_streak >= rules.pre_persistence]
                 self.healthy_streak = 0
                 return StateChange(trigger, AlertState(source), AlertState(self.state))
         return None
