@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .alerts import AlertRules
 from .errors import InvalidInputError
+from .metrics import UNDERUSE_RATIO
 
 
 class DistributedConfig(BaseModel):
@@ -72,6 +73,12 @@ class MonitorConfig(BaseModel):
         "log", description="log: an I/O error is logged once and the run goes on; raise: it propagates"
     )
     capacity: int = Field(128, ge=1, description="steps the recorder stages on the device between drains")
+    underuse_ratio: float = Field(
+        UNDERUSE_RATIO,
+        gt=0,
+        le=1,
+        description="a live expert below this fraction of the uniform share 1/n_experts counts as under-used",
+    )
     strict_handlers: bool = Field(False, description="let bus handler exceptions propagate (for tests)")
     training_config: dict[str, Any] = Field(
         default_factory=dict, description="your training configuration, stored verbatim in the manifest"

@@ -118,7 +118,9 @@ class Monitor:
         declared = None
         if self.config.n_experts is not None:
             declared = dict(enumerate(self.config.n_experts))
-        self.snapshotter = Snapshotter(run_id, self.config.model_name, self.rules, declared)
+        self.snapshotter = Snapshotter(
+            run_id, self.config.model_name, self.rules, declared, underuse_ratio=self.config.underuse_ratio
+        )
         self._collective = self._rank_reduction()
 
         self.writer: TelemetryWriter | None = None

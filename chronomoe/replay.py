@@ -40,6 +40,7 @@ from .alerts import AlertBank, AlertRules, AlertState, AlertTransition
 from .errors import InvalidInputError
 from .events import MODES, RoutingEvent
 from .io import ALERTS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, iter_events, iter_records, load_manifest
+from .metrics import UNDERUSE_RATIO
 from .snapshots import SystemSnapshot, build_snapshot
 from .windows import window_counts
 
@@ -287,6 +288,7 @@ class _RecordedWindows:
             train_loss=recorded.train_loss,
             val_loss=recorded.val_loss,
             timestamp=recorded.timestamp,
+            underuse_ratio=recorded.underuse_ratio or UNDERUSE_RATIO,
         )
         if [layer.metrics() for layer in replayed.layers] != [layer.metrics() for layer in recorded.layers]:
             self.result.mismatched_snapshots += 1

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator
 from .alerts import AlertBank, AlertRules, AlertState, AlertTransition
 from .errors import InvalidInputError
 from .events import CountsArray, FloatArray, Integer, Mode, Record, RoutingEvent, finite_or_none
-from .metrics import LayerMetricsBatch, layer_metrics_batch
+from .metrics import UNDERUSE_RATIO, LayerMetricsBatch, cross_layer_summary, layer_metrics_batch
 from .windows import events_of_mode, validate_counts_matrix, window_counts
 
 
@@ -34,7 +34,10 @@ class LayerSnapshot(Record):
     """One layer's topology over a snapshot window.
 
     Metric fields are ``None`` when ``no_data``. Shares are fractions of the
-    window's ``token_count``; entropy is in nats.
+    window's ``token_count``; entropy is in nats. Definitions and ranges are in
+    :mod:`chronomoe.metrics`. The fields added after the seed (``max_vio`` to
+    ``underused_count``) default to ``None`` so that logs written before them
+    still load.
     """
 
     layer_id: Integer = Field(ge=0)
@@ -50,6 +53,13 @@ class LayerSnapshot(Record):
     gini: float | None
     dead_expert_count: Integer = Field(ge=0)
     nearly_dead_count: Integer = Field(ge=0)
+    max_vio: float | None = Field(None, description="n_experts * max(share) - 1; None without data or in older logs")
+    load_cv: float | None = Field(None, description="population std / mean of the loads; None without data")
+    expert_diversity: float | None = Field(None, description="n_effective / n_experts; None without data")
+    dead_fraction: float | None = Field(None, description="dead_expert_count / n_experts; None without data")
+    underused_count: Integer | None = Field(
+        None, ge=0, description="experts with 0 < share < underuse_ratio / n_experts; None in older logs"
+    )
     alert_state: AlertState
     pre_streak: Integer = Field(ge=0)
     collapse_streak: Integer = Field(ge=0)
@@ -66,6 +76,11 @@ class LayerSnapshot(Record):
             "gini": self.gini,
             "dead_expert_count": self.dead_expert_count,
             "nearly_dead_count": self.nearly_dead_count,
+            "max_vio": self.max_vio,
+            "load_cv": self.load_cv,
+            "expert_diversity": self.expert_diversity,
+            "dead_fraction": self.dead_fraction,
+            "underused_count": self.underused_count,
         }
 
     def alert(self) -> str | None:
@@ -85,6 +100,29 @@ class LayerSnapshot(Record):
             f"dead={self.dead_expert_count} "
             f"(condition held {self.pre_streak} consecutive snapshots)"
         )
+
+
+class LayerStats(Record):
+    """One metric over the layers of a snapshot that hold data (see :func:`~chronomoe.metrics.cross_layer_summary`)."""
+
+    mean: float
+    min: float
+    max: float
+    p50: float
+    p90: float
+    p95: float
+    worst_layer_id: Integer = Field(ge=0)
+
+
+class CrossLayerAggregates(Record):
+    """Neff, Top2 and MaxVio over the layers of a snapshot: what a dashboard of 58 layers shows at a glance.
+
+    The worst layer is the one with the lowest Neff, the highest Top2, the highest MaxVio.
+    """
+
+    n_effective: LayerStats
+    top2_share: LayerStats
+    max_vio: LayerStats
 
 
 class SystemSnapshot(Record):
@@ -109,6 +147,12 @@ class SystemSnapshot(Record):
     transitions: list[AlertTransition] = Field(default_factory=list)
     dropped_records: Integer = Field(0, ge=0)
     out_of_range_expert_ids: Integer = Field(0, ge=0)
+    underuse_ratio: float | None = Field(
+        None, description="the ratio behind each layer's underused_count; None in logs written before it"
+    )
+    aggregates: CrossLayerAggregates | None = Field(
+        None, description="Neff, Top2 and MaxVio across the layers with data; None when no layer has data"
+    )
 
     @field_validator("train_loss", "val_loss", "timestamp")
     @classmethod
@@ -140,6 +184,7 @@ class SystemSnapshot(Record):
         *,
         rules: AlertRules | None = None,
         mode: str = "TRAIN",
+        underuse_ratio: float = UNDERUSE_RATIO,
     ) -> SystemSnapshot:
         """Summarise a window of routing events (the seed's factory).
 
@@ -152,6 +197,7 @@ class SystemSnapshot(Record):
                 layer's alert state and streaks from one call to the next
                 (start with ``{}`` and pass the same dict every time).
             rules: alert rules (default: ``specs/default_rules.json``).
+            underuse_ratio: fraction of the uniform share below which a live expert is under-used.
             run_id: defaults to the events' run_id.
         """
         window = events_of_mode(events, mode)
@@ -172,6 +218,7 @@ class SystemSnapshot(Record):
             run_id=run_id,
             model_name=model_name,
             mode=mode,
+            underuse_ratio=underuse_ratio,
         )
 
     @classmethod
@@ -189,6 +236,7 @@ class SystemSnapshot(Record):
         layer_ids: Sequence[int] | None = None,
         rules: AlertRules | None = None,
         mode: str = "TRAIN",
+        underuse_ratio: float = UNDERUSE_RATIO,
     ) -> SystemSnapshot:
         """Summarise a window given as summed counts ``[n_layers, n_experts]``.
 
@@ -210,6 +258,7 @@ class SystemSnapshot(Record):
             run_id=run_id,
             model_name=model_name,
             mode=mode,
+            underuse_ratio=underuse_ratio,
         )
 
     @classmethod
@@ -247,12 +296,14 @@ def build_snapshot(
     timestamp: float | None = None,
     dropped_records: int = 0,
     out_of_range_expert_ids: int = 0,
+    underuse_ratio: float = UNDERUSE_RATIO,
 ) -> SystemSnapshot:
     """Metrics for a validated window, one step of the layers' alert machines, the snapshot.
 
     ``counts`` ``[L, E]`` int64 and ``n_experts`` ``[L]`` as returned by
-    :func:`validate_counts_matrix` or :func:`window_counts`; the last two
-    arguments fill the snapshot fields of those names.
+    :func:`~chronomoe.windows.validate_counts_matrix` or
+    :func:`~chronomoe.windows.window_counts`; the last three arguments fill
+    the snapshot fields of those names.
     """
     timestamp = time.time() if timestamp is None else timestamp
     # Validate the snapshot's own fields before any alert machine moves:
@@ -269,8 +320,9 @@ def build_snapshot(
         alerts=[],
         dropped_records=dropped_records,
         out_of_range_expert_ids=out_of_range_expert_ids,
+        underuse_ratio=underuse_ratio,
     )
-    batch = layer_metrics_batch(counts, n_experts)
+    batch = layer_metrics_batch(counts, n_experts, underuse_ratio=underuse_ratio)
     rules = bank.rules
     pre = rules.pre_condition(batch.n_effective, batch.n_experts, batch.top2_share)
     collapse = rules.collapse_condition(batch.dead_count, batch.top2_share)
@@ -301,8 +353,19 @@ def build_snapshot(
             "layers": layers,
             "alerts": [alert for alert in (layer.alert() for layer in layers) if alert is not None],
             "transitions": transitions,
+            "aggregates": _aggregates(batch, layer_ids),
         }
     )
+
+
+def _aggregates(batch: LayerMetricsBatch, layer_ids: np.ndarray) -> CrossLayerAggregates | None:
+    summaries = {
+        name: cross_layer_summary(getattr(batch, name), layer_ids, worst)
+        for name, worst in (("n_effective", "min"), ("top2_share", "max"), ("max_vio", "max"))
+    }
+    if any(summary is None for summary in summaries.values()):
+        return None
+    return CrossLayerAggregates.trusted(**{name: LayerStats.trusted(**summary) for name, summary in summaries.items()})
 
 
 def _layer_snapshots(
@@ -324,6 +387,11 @@ def _layer_snapshots(
             "gini",
             "dead_count",
             "nearly_dead_count",
+            "max_vio",
+            "load_cv",
+            "expert_diversity",
+            "dead_fraction",
+            "underused_count",
             "no_data",
         )
     }
@@ -359,6 +427,11 @@ def _layer_snapshots(
                 gini=None if empty else columns["gini"][position],
                 dead_expert_count=columns["dead_count"][position],
                 nearly_dead_count=columns["nearly_dead_count"][position],
+                max_vio=None if empty else columns["max_vio"][position],
+                load_cv=None if empty else columns["load_cv"][position],
+                expert_diversity=None if empty else columns["expert_diversity"][position],
+                dead_fraction=None if empty else columns["dead_fraction"][position],
+                underused_count=columns["underused_count"][position],
                 alert_state=machine.alert_state,
                 pre_streak=machine.pre_streak,
                 collapse_streak=machine.collapse_streak,

@@ -20,6 +20,7 @@ import numpy as np
 from .alerts import AlertBank, AlertRules, AlertState
 from .errors import InvalidInputError
 from .events import MODES
+from .metrics import UNDERUSE_RATIO
 from .snapshots import SystemSnapshot, build_snapshot
 
 
@@ -33,6 +34,7 @@ class Snapshotter:
             known up front; then windows may only hold these layers, with these
             expert counts. Without it, each layer keeps the expert count of the
             first window that reported it.
+        underuse_ratio: see :func:`chronomoe.metrics.layer_metrics_batch`.
     """
 
     def __init__(
@@ -41,10 +43,12 @@ class Snapshotter:
         model_name: str,
         rules: AlertRules,
         declared_layers: Mapping[int, int] | None = None,
+        underuse_ratio: float = UNDERUSE_RATIO,
     ) -> None:
         self.run_id = run_id
         self.model_name = model_name
         self.rules = rules
+        self.underuse_ratio = underuse_ratio
         self.banks: dict[str, AlertBank] = {mode: AlertBank(rules) for mode in MODES}
         self.last_step: dict[str, int | None] = dict.fromkeys(MODES)
         self.declared_layers = None if declared_layers is None else dict(declared_layers)
@@ -126,6 +130,7 @@ class Snapshotter:
             timestamp=timestamp,
             dropped_records=dropped_records,
             out_of_range_expert_ids=out_of_range_expert_ids,
+            underuse_ratio=self.underuse_ratio,
         )
         self.last_step[mode] = step
         return snapshot

@@ -308,7 +308,9 @@ class TelemetryWriter:
             "cannot write %s: %s. The run goes on: the records are kept in memory (up to %d bytes, the oldest "
             "dropped beyond that and counted in snapshots' dropped_records) and retried before each later "
             "write; this is logged once until writing works again",
-            path, error, self.max_pending_bytes,
+            path,
+            error,
+            self.max_pending_bytes,
         )
 
     def _drop_beyond_bound(self) -> None:
@@ -325,7 +327,9 @@ class TelemetryWriter:
                 logger.error(
                     "records waiting for a retry exceed max_pending_bytes=%d: dropping the oldest "
                     "(first: %d records of %s); dropped_records counts them",
-                    self.max_pending_bytes, batch.records, path,
+                    self.max_pending_bytes,
+                    batch.records,
+                    path,
                 )
 
     # -- file handling ------------------------------------------------------
@@ -358,7 +362,8 @@ class TelemetryWriter:
         if handle is not None and not _names_open_file(path, handle):
             logger.error(
                 "%s was removed or replaced while the run was writing it; recreating it "
-                "(the records it held are gone with it)", path,
+                "(the records it held are gone with it)",
+                path,
             )
             self._close_handle(path)
             handle = None
@@ -448,7 +453,10 @@ def _move_torn_tail_aside(path: Path, descriptor: int) -> None:
         torn.write(b"\n")
     os.ftruncate(descriptor, keep)
     logger.warning(
-        "%s ended in a torn line (%d bytes, a crash mid-write); moved it to %s", path, size - keep, torn_path,
+        "%s ended in a torn line (%d bytes, a crash mid-write); moved it to %s",
+        path,
+        size - keep,
+        torn_path,
     )
 
 
@@ -589,19 +597,29 @@ def _is_canonical_event(record: Any) -> bool:
     step, layer_id, n_experts, top_k = record["step"], record["layer_id"], record["n_experts"], record["top_k"]
     counts, active = record["expert_token_counts"], record["active_experts"]
     return (
-        type(step) is int and step >= 0
-        and type(layer_id) is int and layer_id >= 0
-        and type(n_experts) is int and n_experts >= 1
-        and type(top_k) is int and 1 <= top_k <= n_experts
-        and type(record["run_id"]) is str and record["run_id"] != ""
-        and type(record["mode"]) is str and record["mode"] in ("TRAIN", "INFER")
-        and type(record["timestamp"]) is float and math.isfinite(record["timestamp"])
+        type(step) is int
+        and step >= 0
+        and type(layer_id) is int
+        and layer_id >= 0
+        and type(n_experts) is int
+        and n_experts >= 1
+        and type(top_k) is int
+        and 1 <= top_k <= n_experts
+        and type(record["run_id"]) is str
+        and record["run_id"] != ""
+        and type(record["mode"]) is str
+        and record["mode"] in ("TRAIN", "INFER")
+        and type(record["timestamp"]) is float
+        and math.isfinite(record["timestamp"])
         and type(record["token_count"]) is int
-        and type(counts) is list and len(counts) == n_experts
+        and type(counts) is list
+        and len(counts) == n_experts
         and type(active) is list
         and record["router_prob_sums"] is None
-        and all(value is None or (type(value) is float and math.isfinite(value))
-                for value in (record["loss"], record["aux_loss"]))
+        and all(
+            value is None or (type(value) is float and math.isfinite(value))
+            for value in (record["loss"], record["aux_loss"])
+        )
     )
 
 
@@ -761,12 +779,16 @@ def load_events(path: str | os.PathLike, *, max_line_bytes: int = MAX_LINE_BYTES
 
 def load_snapshots(path: str | os.PathLike, *, max_line_bytes: int = MAX_LINE_BYTES) -> list[SystemSnapshot]:
     """Validated snapshots from ``snapshots.jsonl`` (a file path or a run folder)."""
-    return list(iter_records(_file_in(path, SNAPSHOTS_FILE), SystemSnapshot.model_validate_json, max_line_bytes=max_line_bytes))
+    return list(
+        iter_records(_file_in(path, SNAPSHOTS_FILE), SystemSnapshot.model_validate_json, max_line_bytes=max_line_bytes)
+    )
 
 
 def load_transitions(path: str | os.PathLike, *, max_line_bytes: int = MAX_LINE_BYTES) -> list[AlertTransition]:
     """Validated alert transitions from ``alerts.jsonl`` (a file path or a run folder)."""
-    return list(iter_records(_file_in(path, ALERTS_FILE), AlertTransition.model_validate_json, max_line_bytes=max_line_bytes))
+    return list(
+        iter_records(_file_in(path, ALERTS_FILE), AlertTransition.model_validate_json, max_line_bytes=max_line_bytes)
+    )
 
 
 def last_line(path: str | os.PathLike, max_line_bytes: int = MAX_LINE_BYTES) -> bytes | None:
