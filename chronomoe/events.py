@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 Mode = Literal["TRAIN", "INFER"]
+MODES = ("TRAIN", "INFER")
 
 INT64_LIMIT = 2.0**63
 """Counts (and their sums) must stay below this, so int64 arithmetic never wraps."""

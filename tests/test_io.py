@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-import chronomoe.io.jsonl as jsonl
 from chronomoe import (
     CorruptRecordError,
     RoutingEvent,
@@ -23,7 +22,9 @@ from chronomoe import (
     load_snapshots,
     load_transitions,
 )
-from chronomoe.io.jsonl import event_line
+from chronomoe.io import fast_events, writer as writer_module
+from chronomoe.io.lines import open_for_append
+from chronomoe.io.writer import event_line
 
 
 @pytest.fixture
@@ -165,13 +166,11 @@ def spied_writes(monkeypatch):
     """Every ``write`` the writer makes, as (file name, bytes), and every file it opens."""
     writes: list = []
     opened: list = []
-    real_open = jsonl._open_for_append
-
     def spying_open(path):
         opened.append(path.name)
-        return SpyFile(real_open(path), writes)
+        return SpyFile(open_for_append(path), writes)
 
-    monkeypatch.setattr(jsonl, "_open_for_append", spying_open)
+    monkeypatch.setattr(writer_module, "open_for_append", spying_open)
     return writes, opened
 
 
@@ -198,7 +197,7 @@ def test_a_batch_of_events_is_written_as_their_event_lines_in_order(tmp_path, ev
 
 def test_fsync_true_syncs_after_every_snapshot(tmp_path, snapshots, monkeypatch):
     synced = []
-    monkeypatch.setattr(jsonl.os, "fsync", synced.append)
+    monkeypatch.setattr(writer_module.os, "fsync", synced.append)
     with TelemetryWriter("run", tmp_path, fsync=True) as writer:
         writer.write_snapshot(snapshots[0])
         writer.write_snapshot(snapshots[2])
@@ -224,7 +223,7 @@ def test_loaders_skip_a_torn_last_line_with_a_warning_and_keep_every_complete_re
             writer.write_snapshot(snapshot)
     for name in ("routing_events.jsonl", "snapshots.jsonl", "alerts.jsonl"):
         tear(tmp_path / "run" / name)
-    with caplog.at_level(logging.WARNING, logger="chronomoe.io.jsonl"):
+    with caplog.at_level(logging.WARNING, logger="chronomoe.io.lines"):
         assert load_events(tmp_path / "run") == events
         assert load_snapshots(tmp_path / "run") == snapshots
         assert len(load_transitions(tmp_path / "run")) == 2
@@ -237,7 +236,7 @@ def test_a_torn_last_line_is_warned_about_once_however_often_the_file_is_read(tm
     with TelemetryWriter("run", tmp_path) as writer:
         writer.write_events_batch(events)
     tear(tmp_path / "run" / "routing_events.jsonl")
-    with caplog.at_level(logging.WARNING, logger="chronomoe.io.jsonl"):
+    with caplog.at_level(logging.WARNING, logger="chronomoe.io.lines"):
         for _ in range(3):
             assert load_events(tmp_path / "run") == events
     assert sum("torn last line" in record.getMessage() for record in caplog.records) == 1
@@ -321,9 +320,9 @@ MIXED_RECORDS = [
 ]
 
 
-@pytest.mark.parametrize("rows_bytes", [8, 48, jsonl._ROWS_BYTES], ids=["one-row", "few-rows", "default"])
+@pytest.mark.parametrize("rows_bytes", [8, 48, fast_events._ROWS_BYTES], ids=["one-row", "few-rows", "default"])
 def test_the_fast_event_loader_agrees_with_the_model_on_every_line_of_a_mixed_file(tmp_path, monkeypatch, rows_bytes):
-    monkeypatch.setattr(jsonl, "_ROWS_BYTES", rows_bytes)  # count matrices of that many bytes fill up
+    monkeypatch.setattr(fast_events, "_ROWS_BYTES", rows_bytes)  # count matrices of that many bytes fill up
     lines = [json.dumps(record).encode() + b"\n" for record in MIXED_RECORDS]
     expected = []
     for line in lines:
@@ -365,7 +364,7 @@ def test_a_new_writer_moves_a_torn_tail_aside_and_appends_cleanly(tmp_path, even
     complete = path.read_bytes()
     tear(path, keep_bytes=40)
     tail = path.read_bytes()[len(complete):]
-    with caplog.at_level(logging.WARNING, logger="chronomoe.io.jsonl"):
+    with caplog.at_level(logging.WARNING, logger="chronomoe.io.lines"):
         with TelemetryWriter("run", tmp_path) as writer:
             writer.write_events_batch(events[3:])
     assert "torn line" in caplog.text

@@ -1,0 +1,227 @@
+"""The fast events loader: :func:`iter_events`, which accepts and rejects exactly what ``RoutingEvent`` does.
+
+A line in the writer's canonical form (:func:`~chronomoe.io.writer.event_line`:
+the exact keys, integer scalars, ``null`` router_prob_sums, integer counts)
+skips pydantic: its counts are copied into an int64 matrix, one matrix per
+width, and checked with vectorised numpy tests (non-negative, a sum that
+cannot wrap, equal to ``token_count``, non-zero columns equal to
+``active_experts``); any line that fails a check, or is not canonical, goes
+through full ``RoutingEvent`` validation, which accepts or rejects it. So the
+fast path only decides to *skip* validation, never to reject: the
+property tests in ``tests/test_fuzz.py`` hold it to that.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ..errors import CorruptRecordError
+from ..events import MODES, RoutingEvent
+from .lines import MAX_LINE_BYTES, iter_lines
+from .parse_errors import PARSE_ERRORS, describe_parse_error
+
+
+def iter_events(
+    path: str | os.PathLike[str], batch_lines: int = 4096, *, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[RoutingEvent]:
+    """Stream validated events from a JSONL file, ``batch_lines`` lines at a time.
+
+    Same contract as :func:`~chronomoe.io.reader.iter_records` with ``RoutingEvent`` validation,
+    about twice as fast at 256 experts: each line in the writer's canonical
+    form has its counts copied into an int64 matrix as it is parsed, and is
+    checked with vectorised numpy tests; any other line goes through full
+    pydantic validation, which accepts or rejects it exactly as
+    ``RoutingEvent`` does.
+    """
+    path = Path(path)
+    lines = iter_lines(path, max_line_bytes)
+    while True:
+        with _gc_paused():
+            batch = _EventBatch(path)
+            for line_number, line in lines:
+                batch.add(line_number, line)
+                if len(batch.records) == batch_lines:
+                    break
+            events = batch.events()
+        if not events:
+            return
+        yield from events
+
+
+_EVENT_FIELDS = tuple(RoutingEvent.model_fields)
+_EVENT_KEYS = frozenset(_EVENT_FIELDS)
+
+
+def _is_canonical_event(record: Any) -> bool:
+    """Whether a parsed line has the exact shape and scalar types the writer produces."""
+    if type(record) is not dict or record.keys() != _EVENT_KEYS:
+        return False
+    step, layer_id, n_experts, top_k = record["step"], record["layer_id"], record["n_experts"], record["top_k"]
+    counts, active = record["expert_token_counts"], record["active_experts"]
+    return (
+        type(step) is int and step >= 0
+        and type(layer_id) is int and layer_id >= 0
+        and type(n_experts) is int and n_experts >= 1
+        and type(top_k) is int and 1 <= top_k <= n_experts
+        and type(record["run_id"]) is str and record["run_id"] != ""
+        and type(record["mode"]) is str and record["mode"] in MODES
+        and type(record["timestamp"]) is float and math.isfinite(record["timestamp"])
+        and type(record["token_count"]) is int
+        and type(counts) is list and len(counts) == n_experts
+        and type(active) is list
+        and record["router_prob_sums"] is None
+        and all(value is None or (type(value) is float and math.isfinite(value))
+                for value in (record["loss"], record["aux_loss"]))
+    )
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: parsing allocates thousands of acyclic
+    containers per batch, and the collections they trigger cost about a tenth
+    of the load time (measured at 256 experts)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+_SAFE_TOTAL = 2**62
+"""Bound on the fast path's token counts: ``n_experts`` counts of at most ``_SAFE_TOTAL // n_experts``
+sum without wrapping int64, and their float64 sum is surely below RoutingEvent's ``INT64_LIMIT``;
+larger counts are left to full validation."""
+
+_ROWS_BYTES = 2**18
+"""Size of one :class:`_CountRows` matrix: large enough for cheap vectorised checks, small enough that
+a batch allocates little beyond its events."""
+
+
+class _CountRows:
+    """Counts of canonical lines of one width, each copied into a row of an int64 matrix as soon as the line
+    is parsed, with the batch indices of their records.
+
+    Copying right away frees each line's list of Python ints before the next line is parsed, so that
+    parsing reuses warm memory instead of faulting in fresh pages (keeping the lists to the end of the
+    batch made loading about 20% slower at 256 experts).
+    """
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.matrix = np.empty((max(1, _ROWS_BYTES // (8 * width)), width), np.int64)
+        self.indices: list[int] = []
+        self._pack_row = struct.Struct(f"{width}q").pack_into
+
+    @property
+    def full(self) -> bool:
+        """Whether every row is taken."""
+        return len(self.indices) == len(self.matrix)
+
+    def take(self, index: int, record: dict[str, Any]) -> None:
+        """Copy ``record``'s counts (a list of ``width`` items) into the next row if ``np.asarray`` would
+        make them an int64 array of the same values; otherwise leave the record as it is (full validation
+        decides).
+
+        A taken record's counts are ``None`` until :meth:`build` puts its row there.
+        """
+        counts = record["expert_token_counts"]
+        if int not in map(type, counts):
+            return  # no integer: floats, strings, ... or booleans only (a bool array, which the model rejects)
+        try:
+            # Refuses floats, strings, null, containers and integers beyond int64; booleans among integers
+            # count 0 or 1, as in np.asarray.
+            self._pack_row(self.matrix, len(self.indices) * self.matrix.strides[0], *counts)
+        except struct.error:
+            return
+        record["expert_token_counts"] = None  # frees the list now
+        self.indices.append(index)
+
+    def build(self, records: list[Any], events: list[RoutingEvent | None]) -> None:
+        """Make an event of each taken record whose counts are non-negative and sum to ``token_count``,
+        and whose ``active_experts`` are the non-zero columns; give the others back their counts as a list
+        (full validation decides)."""
+        # Events' counts are views of this matrix: read-only, and trimmed to the rows taken so that events
+        # hold no spare rows.
+        counts = self.matrix if self.full else self.matrix[: len(self.indices)].copy()
+        counts.flags.writeable = False
+        valid = ((counts.min(axis=1) >= 0) & (counts.max(axis=1) <= _SAFE_TOTAL // self.width)).tolist()
+        totals = counts.sum(axis=1).tolist()  # exact where valid
+        active_counts = np.count_nonzero(counts, axis=1).tolist()
+        every_expert = list(range(self.width))
+        every_expert_tuple = tuple(every_expert)  # shared by all events whose experts are all active
+        for index, row, is_valid, total, active_count in zip(self.indices, counts, valid, totals, active_counts):
+            record = records[index]
+            if is_valid and record["token_count"] == total:
+                if active_count == self.width:
+                    expected, active = every_expert, every_expert_tuple
+                else:
+                    expected = row.nonzero()[0].tolist()
+                    active = tuple(expected)
+                if record["active_experts"] == expected:
+                    record["expert_token_counts"], record["active_experts"] = row, active
+                    events[index] = RoutingEvent.trusted(**record)
+                    continue
+            # A list, as on the line: validation would take a read-only int64 row as already checked.
+            record["expert_token_counts"] = row.tolist()
+
+
+class _EventBatch:
+    """Lines of an events file parsed one by one (:meth:`add`), then made events together (:meth:`events`).
+
+    Canonical lines become events one :class:`_CountRows` at a time, as soon as it is full; the others are
+    validated in full at the end.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: list[Any] = []
+        self.events_made: list[RoutingEvent | None] = []
+        self.line_numbers: list[int] = []
+        self.filling: dict[int, _CountRows] = {}  # by width
+
+    def add(self, line_number: int, line: bytes) -> None:
+        """Parse a line (CorruptRecordError if it is not JSON); a canonical one goes to its width's rows."""
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            raise CorruptRecordError(str(self.path), line_number, describe_parse_error(error)) from None
+        self.records.append(record)
+        self.events_made.append(None)
+        self.line_numbers.append(line_number)
+        if _is_canonical_event(record):
+            width = record["n_experts"]
+            rows = self.filling.get(width)
+            if rows is None:
+                rows = self.filling[width] = _CountRows(width)
+            rows.take(len(self.records) - 1, record)
+            if rows.full:
+                rows.build(self.records, self.events_made)
+                del self.filling[width]
+
+    def events(self) -> list[RoutingEvent]:
+        """The events of the lines added, in order; raises CorruptRecordError naming the first line that
+        full validation rejects."""
+        for rows in self.filling.values():
+            rows.build(self.records, self.events_made)
+        events: list[RoutingEvent] = []
+        for index, event in enumerate(self.events_made):
+            if event is None:
+                try:
+                    event = RoutingEvent.model_validate(self.records[index])
+                except PARSE_ERRORS as error:
+                    line_number = self.line_numbers[index]
+                    raise CorruptRecordError(str(self.path), line_number, describe_parse_error(error)) from None
+            events.append(event)
+        return events
