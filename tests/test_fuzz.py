@@ -37,7 +37,7 @@ from chronomoe import (
     load_transitions,
 )
 from chronomoe.cli import main
-from chronomoe.io.writer import event_line
+from chronomoe.io.serialize import event_line
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

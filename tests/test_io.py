@@ -24,7 +24,7 @@ from chronomoe import (
 )
 from chronomoe.io import fast_events, writer as writer_module
 from chronomoe.io.lines import open_for_append
-from chronomoe.io.writer import event_line
+from chronomoe.io.serialize import event_line
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from chronomoe.cli import main
 from chronomoe.io import writer as writer_module
 from chronomoe.io.lines import MAX_LINE_BYTES, TORN_SUFFIX, open_for_append
 from chronomoe.io.paths import ALERTS_FILE, EVENTS_FILE, SNAPSHOTS_FILE
-from chronomoe.io.writer import event_line
+from chronomoe.io.serialize import event_line
 
 import crash_writer
 from crash_writer import N_LAYERS, RULES, STEPS_PER_WINDOW, window_events, window_step

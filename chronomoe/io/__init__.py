@@ -2,6 +2,7 @@
 
 Modules: :mod:`~chronomoe.io.paths` (a run folder's layout),
 :mod:`~chronomoe.io.lines` (bounded line reading, torn tails),
+:mod:`~chronomoe.io.serialize` (the JSONL line of each record),
 :mod:`~chronomoe.io.writer` (:class:`TelemetryWriter`),
 :mod:`~chronomoe.io.reader` (the loaders), :mod:`~chronomoe.io.fast_events`
 (the fast events loader), :mod:`~chronomoe.io.manifest` (the manifest's content).

@@ -1,6 +1,6 @@
 """The fast events loader: :func:`iter_events`, which accepts and rejects exactly what ``RoutingEvent`` does.
 
-A line in the writer's canonical form (:func:`~chronomoe.io.writer.event_line`:
+A line in the writer's canonical form (:func:`~chronomoe.io.serialize.event_line`:
 the exact keys, integer scalars, ``null`` router_prob_sums, integer counts)
 skips pydantic: its counts are copied into an int64 matrix, one matrix per
 width, and checked with vectorised numpy tests (non-negative, a sum that

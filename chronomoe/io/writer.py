@@ -1,4 +1,4 @@
-"""Appending records to a run folder: :class:`TelemetryWriter`, and the JSONL line of each record.
+"""Appending records to a run folder: :class:`TelemetryWriter`.
 
 Durability (README's "Guarantees" lists the tests that pin each promise):
 
@@ -39,15 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-from pydantic import BaseModel
-
 from ..alerts import AlertTransition
 from ..errors import InvalidInputError
 from ..events import RoutingEvent
 from ..snapshots import SystemSnapshot
 from .lines import open_for_append
 from .paths import ALERTS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, check_run_id
+from .serialize import event_line, manifest_bytes, record_line
 
 logger = logging.getLogger(__name__)
 
@@ -55,37 +53,6 @@ MAX_PENDING_BYTES = 64 * 2**20
 """Default bound of the records a writer keeps in memory while writing fails."""
 
 ON_ERROR_CHOICES = ("log", "raise")
-
-_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-
-
-def event_line(event: RoutingEvent) -> bytes:
-    """One JSONL line for an event; equal to ``event.model_dump_json()`` as JSON, several times faster."""
-    return orjson.dumps(
-        {
-            "timestamp": event.timestamp,
-            "run_id": event.run_id,
-            "step": event.step,
-            "mode": event.mode,
-            "layer_id": event.layer_id,
-            "n_experts": event.n_experts,
-            "top_k": event.top_k,
-            "expert_token_counts": event.expert_token_counts,
-            "active_experts": event.active_experts,
-            "token_count": event.token_count,
-            "router_prob_sums": event.router_prob_sums,
-            "loss": event.loss,
-            "aux_loss": event.aux_loss,
-        },
-        option=_ORJSON_OPTIONS | orjson.OPT_APPEND_NEWLINE,
-    )
-
-
-def record_line(record: BaseModel) -> bytes:
-    """One JSONL line for any record."""
-    if isinstance(record, RoutingEvent):
-        return event_line(record)
-    return record.model_dump_json().encode() + b"\n"
 
 
 @dataclass
@@ -182,7 +149,7 @@ class TelemetryWriter:
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write ``run_manifest.json`` atomically (temporary file, then rename)."""
-        self._manifest = orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | _ORJSON_OPTIONS)
+        self._manifest = manifest_bytes(manifest)
         self._manifest_pending = True
         self._retry_manifest()
 
