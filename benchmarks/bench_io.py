@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-
 from _common import emit, median_seconds
+
 from chronomoe import RoutingEvent, TelemetryWriter, load_events
 from chronomoe.io.serialize import event_line
 
@@ -67,8 +67,14 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     events = [
-        RoutingEvent(run_id="bench", step=step, layer_id=layer, n_experts=N_EXPERTS, top_k=8,
-                     expert_token_counts=rng.integers(0, 4096, N_EXPERTS))
+        RoutingEvent(
+            run_id="bench",
+            step=step,
+            layer_id=layer,
+            n_experts=N_EXPERTS,
+            top_k=8,
+            expert_token_counts=rng.integers(0, 4096, N_EXPERTS),
+        )
         for step in range(STEPS)
         for layer in range(N_LAYERS)
     ]
@@ -100,18 +106,33 @@ def main() -> None:
         read_s = median_seconds(lambda: load_events(log), repeats=3, warmup=1)
         parse_floor_s = median_seconds(lambda: parse_and_drop(lines), repeats=3, warmup=1)
 
-    emit({
-        "benchmark": "io", "events": len(events), "experts": N_EXPERTS, "log_megabytes": megabytes,
-        "raw_write": {"seconds": raw_s, "megabytes_per_s": megabytes / raw_s},
-        "writer": {"seconds": write_s, "events_per_s": len(events) / write_s,
-                   "megabytes_per_s": megabytes / write_s, "fraction_of_raw_bandwidth": raw_s / write_s},
-        "fsync_per_snapshot": {"batch_of_58_events_ms": plain * 1e3, "with_fsync_ms": synced * 1e3,
-                               "fsync_cost_ms": (synced - plain) * 1e3},
-        "reader": {"seconds": read_s, "events_per_s": len(events) / read_s,
-                   "megabytes_per_s": megabytes / read_s,
-                   "orjson_parse_only_events_per_s": len(lines) / parse_floor_s,
-                   "time_ratio_to_orjson_parse_only": read_s / parse_floor_s},
-    })
+    emit(
+        {
+            "benchmark": "io",
+            "events": len(events),
+            "experts": N_EXPERTS,
+            "log_megabytes": megabytes,
+            "raw_write": {"seconds": raw_s, "megabytes_per_s": megabytes / raw_s},
+            "writer": {
+                "seconds": write_s,
+                "events_per_s": len(events) / write_s,
+                "megabytes_per_s": megabytes / write_s,
+                "fraction_of_raw_bandwidth": raw_s / write_s,
+            },
+            "fsync_per_snapshot": {
+                "batch_of_58_events_ms": plain * 1e3,
+                "with_fsync_ms": synced * 1e3,
+                "fsync_cost_ms": (synced - plain) * 1e3,
+            },
+            "reader": {
+                "seconds": read_s,
+                "events_per_s": len(events) / read_s,
+                "megabytes_per_s": megabytes / read_s,
+                "orjson_parse_only_events_per_s": len(lines) / parse_floor_s,
+                "time_ratio_to_orjson_parse_only": read_s / parse_floor_s,
+            },
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -74,8 +74,13 @@ def window_events(session: int, window: int) -> list[RoutingEvent]:
                 counts = rng.integers(1, 20, N_EXPERTS)
             events.append(
                 RoutingEvent(
-                    run_id=RUN_ID, step=step, layer_id=layer, n_experts=N_EXPERTS, top_k=2,
-                    expert_token_counts=counts, timestamp=float(step),
+                    run_id=RUN_ID,
+                    step=step,
+                    layer_id=layer,
+                    n_experts=N_EXPERTS,
+                    top_k=2,
+                    expert_token_counts=counts,
+                    timestamp=float(step),
                 )
             )
     return events

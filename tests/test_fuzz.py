@@ -11,6 +11,7 @@ Both are ``ValueError`` subclasses. Never an internal ``IndexError``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -43,7 +44,10 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 
 # -- strategies ---------------------------------------------------------------------------------
 json_scalars = (
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=6)
 )
 json_values = st.recursive(
@@ -52,13 +56,35 @@ json_values = st.recursive(
     max_leaves=12,
 )
 json_lines = json_values.map(lambda value: json.dumps(value).encode())
-NUMPY_DTYPES = [np.int8, np.int64, np.uint8, np.uint64, np.float16, np.float64, np.bool_, np.complex64, np.str_, np.object_]
+NUMPY_DTYPES = [
+    np.int8,
+    np.int64,
+    np.uint8,
+    np.uint64,
+    np.float16,
+    np.float64,
+    np.bool_,
+    np.complex64,
+    np.str_,
+    np.object_,
+]
 numpy_arrays = hnp.arrays(
-    dtype=st.sampled_from(NUMPY_DTYPES), shape=hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=5),
+    dtype=st.sampled_from(NUMPY_DTYPES),
+    shape=hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=5),
     elements=None,
 ).filter(lambda array: array.dtype != np.object_ or array.size == 0)
-TORCH_DTYPES = [torch.int8, torch.int32, torch.int64, torch.uint8, torch.float16, torch.bfloat16, torch.float32,
-                torch.float64, torch.bool, torch.complex64]
+TORCH_DTYPES = [
+    torch.int8,
+    torch.int32,
+    torch.int64,
+    torch.uint8,
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.bool,
+    torch.complex64,
+]
 
 
 @st.composite
@@ -77,10 +103,17 @@ def tensors(draw, length=None):
     return tensor.to(device)
 
 
-anything = json_values | numpy_arrays | tensors() | st.binary(max_size=8) | st.just(float("nan")) | st.just(float("inf"))
+anything = (
+    json_values | numpy_arrays | tensors() | st.binary(max_size=8) | st.just(float("nan")) | st.just(float("inf"))
+)
 
 VALID_EVENT = {
-    "run_id": "run", "step": 3, "mode": "TRAIN", "layer_id": 1, "n_experts": 4, "top_k": 2,
+    "run_id": "run",
+    "step": 3,
+    "mode": "TRAIN",
+    "layer_id": 1,
+    "n_experts": 4,
+    "top_k": 2,
     "expert_token_counts": [5, 0, 2, 1],
 }
 EVENT_FIELDS = [*RoutingEvent.model_fields, "unknown_field"]
@@ -112,10 +145,8 @@ def test_routing_event_construction_works_or_raises_a_validation_error_naming_th
 @given(st.binary(max_size=200) | json_lines)
 @pytest.mark.parametrize("model", [RoutingEvent, SystemSnapshot, AlertTransition, AlertRules])
 def test_model_validate_json_on_any_bytes_works_or_raises_a_validation_error(model, data):
-    try:
+    with contextlib.suppress(ValidationError):
         model.model_validate_json(data)
-    except ValidationError:
-        pass
 
 
 @FUZZ
@@ -144,7 +175,11 @@ def test_from_router_output_works_or_raises_a_validation_error_and_keeps_the_cou
         assert "expert_token_counts" in str(error) or "n_experts" in str(error)
     else:
         assert_valid_event(event)
-        given_counts = used_capacity.detach().to("cpu", torch.float64).numpy() if isinstance(used_capacity, torch.Tensor) else np.asarray(used_capacity, dtype=np.float64)
+        given_counts = (
+            used_capacity.detach().to("cpu", torch.float64).numpy()
+            if isinstance(used_capacity, torch.Tensor)
+            else np.asarray(used_capacity, dtype=np.float64)
+        )
         assert np.array_equal(event.expert_token_counts, given_counts)
 
 
@@ -202,8 +237,10 @@ def test_recording_out_of_range_ids_reads_no_tensor_value_on_the_host(monkeypatc
     monitor = Monitor("run", n_experts=[4], lens=None)
     monitor.record(0, indices=torch.tensor([[0, 1]]))  # makes the buffers
     for method in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__"):
+
         def refuse(*args, _method=method, **kwargs):
             raise AssertionError(f"host read: Tensor.{_method}")
+
         monkeypatch.setattr(torch.Tensor, method, refuse)
     monitor.record(0, indices=torch.tensor([[7, -2], [3, 99]]))
     monitor.step(0)
@@ -230,7 +267,9 @@ LOADERS = {"events": load_events, "snapshots": load_snapshots, "transitions": lo
 @FUZZ
 @given(st.lists(st.binary(max_size=40) | json_lines, max_size=6), st.booleans())
 @pytest.mark.parametrize("loader", LOADERS)
-def test_loaders_on_any_bytes_return_one_record_per_complete_line_or_raise_corrupt_record(tmp_path, loader, lines, torn):
+def test_loaders_on_any_bytes_return_one_record_per_complete_line_or_raise_corrupt_record(
+    tmp_path, loader, lines, torn
+):
     data = b"\n".join(lines) + (b"" if torn else b"\n")
     path = tmp_path / "file.jsonl"
     path.write_bytes(data)
@@ -281,20 +320,31 @@ def cli_paths(tmp_path_factory):
         handle.write(b'{"torn')
     (root / "rules.json").write_bytes(b'{"neff_ratio": 0.5}')
     return [
-        str(run), str(garbage), str(odd_manifest), str(root / "rules.json"), str(root / "absent"), "", ".",
-        "a\0b", "/", str(root / "out"),
+        str(run),
+        str(garbage),
+        str(odd_manifest),
+        str(root / "rules.json"),
+        str(root / "absent"),
+        "",
+        ".",
+        "a\0b",
+        "/",
+        str(root / "out"),
     ]
 
 
 @FUZZ
 @given(st.data())
-def test_the_cli_on_any_arguments_exits_with_a_code_and_one_line_error_never_a_traceback(capsys, monkeypatch, cli_paths, data):
+def test_the_cli_on_any_arguments_exits_with_a_code_and_one_line_error_never_a_traceback(
+    capsys, monkeypatch, cli_paths, data
+):
     import chronomoe.demo as demo
 
     monkeypatch.setattr(demo, "run_demo", lambda **options: 0, raising=False)
     words = st.sampled_from(cli_paths) | st.sampled_from(OPTIONS) | st.text(max_size=8)
     argv = [
-        data.draw(st.sampled_from(COMMANDS)), data.draw(st.sampled_from(cli_paths) | st.text(max_size=8)),
+        data.draw(st.sampled_from(COMMANDS)),
+        data.draw(st.sampled_from(cli_paths) | st.text(max_size=8)),
         *data.draw(st.lists(words, max_size=4)),
     ]
     capsys.readouterr()

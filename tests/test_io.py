@@ -22,7 +22,8 @@ from chronomoe import (
     load_snapshots,
     load_transitions,
 )
-from chronomoe.io import fast_events, writer as writer_module
+from chronomoe.io import fast_events
+from chronomoe.io import writer as writer_module
 from chronomoe.io.lines import open_for_append
 from chronomoe.io.serialize import event_line
 
@@ -98,10 +99,12 @@ def test_event_line_equals_model_dump_json_as_parsed_json(events):
 
 @settings(max_examples=100)
 @given(
-    st.integers(1, 8).flatmap(lambda n: st.tuples(
-        st.lists(st.integers(0, 2**40), min_size=n, max_size=n),
-        st.none() | st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=n, max_size=n),
-    )),
+    st.integers(1, 8).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.integers(0, 2**40), min_size=n, max_size=n),
+            st.none() | st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=n, max_size=n),
+        )
+    ),
     st.none() | st.floats(allow_nan=False, allow_infinity=False),
     st.floats(0, 4e9),
 )
@@ -119,7 +122,10 @@ def test_manifest_is_written_and_loaded(tmp_path):
     loaded = load_manifest(tmp_path / "run")
     assert loaded == {**manifest, "model_name": "Renamed"}
     assert (loaded["run_id"], loaded["config"], loaded["git_commit"], loaded["n_layers"]) == (
-        "run", {"lr": 0.001, "layers": [1, 2]}, "abc1234", 4,
+        "run",
+        {"lr": 0.001, "layers": [1, 2]},
+        "abc1234",
+        4,
     )
     assert {"created_at", "chronomoe_version", "python_version"} <= set(loaded)
     assert [path.name for path in (tmp_path / "run").iterdir()] == ["run_manifest.json"]
@@ -166,6 +172,7 @@ def spied_writes(monkeypatch):
     """Every ``write`` the writer makes, as (file name, bytes), and every file it opens."""
     writes: list = []
     opened: list = []
+
     def spying_open(path):
         opened.append(path.name)
         return SpyFile(open_for_append(path), writes)
@@ -183,7 +190,11 @@ def test_each_batch_is_one_write_and_each_file_is_opened_once(tmp_path, events, 
         writer.write_snapshot(snapshots[3])
     files = [name.rsplit("/", 1)[-1] for name, _ in writes]
     assert files == [
-        "routing_events.jsonl", "routing_events.jsonl", "alerts.jsonl", "snapshots.jsonl", "snapshots.jsonl",
+        "routing_events.jsonl",
+        "routing_events.jsonl",
+        "alerts.jsonl",
+        "snapshots.jsonl",
+        "snapshots.jsonl",
     ]
     assert writes[0][1] == sum(len(event_line(e)) for e in events[:4])
     assert sorted(opened) == ["alerts.jsonl", "routing_events.jsonl", "snapshots.jsonl"]
@@ -330,14 +341,14 @@ def test_the_fast_event_loader_agrees_with_the_model_on_every_line_of_a_mixed_fi
             expected.append(RoutingEvent.model_validate_json(line))
         except ValidationError:
             expected.append(None)
-    valid = [line for line, event in zip(lines, expected) if event is not None]
+    valid = [line for line, event in zip(lines, expected, strict=True) if event is not None]
     assert 0 < len(valid) < len(lines)
     path = tmp_path / "routing_events.jsonl"
     path.write_bytes(b"".join(valid))
     loaded = load_events(path)
     assert loaded == [event for event in expected if event is not None]
     assert all(type(e.active_experts) is tuple and not e.expert_token_counts.flags.writeable for e in loaded)
-    for line, event in zip(lines, expected):
+    for line, event in zip(lines, expected, strict=True):
         if event is None:  # after three valid lines, one of them of width 2 in plain integers
             path.write_bytes(b"".join(valid[:3]) + line + b"".join(valid[3:]))
             with pytest.raises(CorruptRecordError) as raised:
@@ -363,10 +374,9 @@ def test_a_new_writer_moves_a_torn_tail_aside_and_appends_cleanly(tmp_path, even
     path = tmp_path / "run" / "routing_events.jsonl"
     complete = path.read_bytes()
     tear(path, keep_bytes=40)
-    tail = path.read_bytes()[len(complete):]
-    with caplog.at_level(logging.WARNING, logger="chronomoe.io.lines"):
-        with TelemetryWriter("run", tmp_path) as writer:
-            writer.write_events_batch(events[3:])
+    tail = path.read_bytes()[len(complete) :]
+    with caplog.at_level(logging.WARNING, logger="chronomoe.io.lines"), TelemetryWriter("run", tmp_path) as writer:
+        writer.write_events_batch(events[3:])
     assert "torn line" in caplog.text
     assert (tmp_path / "run" / "routing_events.jsonl.torn").read_bytes() == tail + b"\n"
     assert path.read_bytes().startswith(complete)

@@ -19,9 +19,11 @@ import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import crash_writer
 import numpy as np
 import pytest
 import torch
+from crash_writer import N_LAYERS, RULES, STEPS_PER_WINDOW, window_events, window_step
 
 from chronomoe import (
     AlertTransition,
@@ -42,9 +44,6 @@ from chronomoe.io.lines import MAX_LINE_BYTES, TORN_SUFFIX, open_for_append
 from chronomoe.io.paths import ALERTS_FILE, EVENTS_FILE, SNAPSHOTS_FILE
 from chronomoe.io.serialize import event_line
 
-import crash_writer
-from crash_writer import N_LAYERS, RULES, STEPS_PER_WINDOW, window_events, window_step
-
 FILES = (EVENTS_FILE, ALERTS_FILE, SNAPSHOTS_FILE)
 
 
@@ -53,10 +52,13 @@ class ForkServer:
     """``tests/crash_writer.py`` running as a fork server (see its docstring); replies are read with a timeout."""
 
     def __init__(self, output_dir: Path, log_path: Path) -> None:
-        self.log = open(log_path, "wb")
+        self.log = open(log_path, "wb")  # noqa: SIM115 (open while the server runs; closed by close())
         self.process = subprocess.Popen(
             [sys.executable, crash_writer.__file__, str(output_dir)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=output_dir,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            cwd=output_dir,
         )
         self.pending = b""
         self.writer_pid: int | None = None
@@ -159,7 +161,9 @@ def record_key(record) -> tuple:
     return record.step, tuple(layer.alert_state for layer in record.layers)
 
 
-def check_after_kill(run_dir: Path, states: dict[str, FileState], model: SessionModel, reported: int) -> dict[str, list]:
+def check_after_kill(
+    run_dir: Path, states: dict[str, FileState], model: SessionModel, reported: int
+) -> dict[str, list]:
     """The files after a kill hold exactly a prefix of the session's writes, at least its reported windows,
     at most one window more, with at most the batch in flight torn; earlier bytes are unchanged.
 
@@ -176,15 +180,15 @@ def check_after_kill(run_dir: Path, states: dict[str, FileState], model: Session
         if state.torn is not None:
             assert state.torn + b"\n" in (run_dir / (name + TORN_SUFFIX)).read_bytes()
             state.torn = None
-        new = content[len(state.verified):]
+        new = content[len(state.verified) :]
         complete = new[: new.rfind(b"\n") + 1]
         new_lines[name] = complete.splitlines(keepends=True)
-        if new[len(complete):]:
-            tails[name] = new[len(complete):]
+        if new[len(complete) :]:
+            tails[name] = new[len(complete) :]
         state.verified += complete
 
     writes = model.batches(reported + 1)
-    done = {name: 0 for name in FILES}
+    done = dict.fromkeys(FILES, 0)
     prefixes = [dict(done)]
     for name, records in writes:
         done[name] += len(records)
@@ -226,7 +230,9 @@ def test_sigkill_at_random_moments_loses_at_most_the_batch_in_flight_and_a_new_w
             time.sleep(rng.uniform(0.0, 0.05 if mode == "direct" else 0.12))
             os.kill(pid, signal.SIGKILL)
             status = server.exit_status()
-            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (tmp_path / "crash_writer.log").read_text()
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
+                tmp_path / "crash_writer.log"
+            ).read_text()
             written = check_after_kill(run_dir, states, SessionModel(session), windows_completed(progress))
             for name in FILES:
                 survivors[name] += written[name]
@@ -240,8 +246,11 @@ def test_sigkill_at_random_moments_loses_at_most_the_batch_in_flight_and_a_new_w
             monitor.observe(window_events(kills, window), window_step(kills, window))
     for name, batch in final.batches(2):
         survivors[name] += batch
-    loaded = {EVENTS_FILE: load_events(run_dir), SNAPSHOTS_FILE: load_snapshots(run_dir),
-              ALERTS_FILE: load_transitions(run_dir)}
+    loaded = {
+        EVENTS_FILE: load_events(run_dir),
+        SNAPSHOTS_FILE: load_snapshots(run_dir),
+        ALERTS_FILE: load_transitions(run_dir),
+    }
     for name in FILES:
         assert [record_key(r) for r in loaded[name]] == [record_key(r) for r in survivors[name]], name
         torn = (run_dir / (name + TORN_SUFFIX)).read_bytes() if states[name].fragments else b""
@@ -336,7 +345,9 @@ def record_windows(monitor: Monitor, windows, session: int = 0) -> list:
 
 def expected_records(snapshots: list) -> tuple[list[int], list[tuple[int, int]], list[int]]:
     """(event steps, transitions (step, layer), snapshot steps) of these windows, in write order."""
-    event_steps = [step for s in snapshots for step in range(s.step - STEPS_PER_WINDOW + 1, s.step + 1) for _ in range(N_LAYERS)]
+    event_steps = [
+        step for s in snapshots for step in range(s.step - STEPS_PER_WINDOW + 1, s.step + 1) for _ in range(N_LAYERS)
+    ]
     return event_steps, [(t.step, t.layer_id) for s in snapshots for t in s.transitions], [s.step for s in snapshots]
 
 
@@ -349,7 +360,9 @@ def on_disk_records(run_dir: Path) -> tuple[list[int], list[tuple[int, int]], li
 
 
 def io_error_logs(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "chronomoe.io.writer" and "cannot write" in r.getMessage()]
+    return [
+        r.getMessage() for r in caplog.records if r.name == "chronomoe.io.writer" and "cannot write" in r.getMessage()
+    ]
 
 
 def test_a_full_disk_does_not_stop_training_and_every_record_is_written_once_space_returns(tmp_path, disk, caplog):
@@ -365,7 +378,9 @@ def test_a_full_disk_does_not_stop_training_and_every_record_is_written_once_spa
     assert all(s.dropped_records == 0 for s in load_snapshots(tmp_path / "run"))
     logged = io_error_logs(caplog)
     assert len(logged) == 3  # once per file, not once per record or batch
-    assert sorted(name for name in FILES for message in logged if str(tmp_path / "run" / name) in message) == sorted(FILES)
+    assert sorted(name for name in FILES for message in logged if str(tmp_path / "run" / name) in message) == sorted(
+        FILES
+    )
     assert all("No space left on device" in message for message in logged)
     assert "works again" in caplog.text
 
@@ -389,7 +404,9 @@ def test_a_failed_cut_back_leaves_a_torn_tail_that_the_reopened_file_moves_aside
         writer.write_events_batch(events[:4])
         disk.error, disk.partial_bytes = DISK_FULL, 100
         with monkeypatch.context() as patch:
-            patch.setattr(writer_module.os, "ftruncate", lambda *args: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+            patch.setattr(
+                writer_module.os, "ftruncate", lambda *args: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error"))
+            )
             writer.write_events_batch(events[4:])
         disk.error = None
         writer.flush()
@@ -397,7 +414,9 @@ def test_a_failed_cut_back_leaves_a_torn_tail_that_the_reopened_file_moves_aside
     assert (tmp_path / "run" / "routing_events.jsonl.torn").read_bytes().count(b"\n") == 1
 
 
-def test_beyond_the_bound_the_oldest_records_are_dropped_counted_and_reported_in_the_next_snapshot(tmp_path, disk, caplog):
+def test_beyond_the_bound_the_oldest_records_are_dropped_counted_and_reported_in_the_next_snapshot(
+    tmp_path, disk, caplog
+):
     with Monitor("run", tmp_path, rules=RULES, lens=None) as monitor:
         monitor.writer.max_pending_bytes = 20_000
         disk.error = DISK_FULL
@@ -532,6 +551,7 @@ def test_a_slow_handler_delays_but_never_reorders_delivery(tmp_path):
 def test_a_handler_unsubscribing_others_mid_delivery_skips_them_only_and_training_goes_on(tmp_path):
     calls = []
     with Monitor("run", tmp_path, rules=RULES, lens=None) as monitor:
+
         def remove_later(snapshot):
             calls.append(("remover", snapshot.step))
             later.unsubscribe()

@@ -15,7 +15,18 @@ from .reader import iter_records, load_events, load_manifest, load_snapshots, lo
 from .writer import TelemetryWriter
 
 __all__ = [
-    "ALERTS_FILE", "EVENTS_FILE", "MANIFEST_FILE", "SNAPSHOTS_FILE", "TelemetryWriter",
-    "check_run_id", "create_run_manifest", "iter_events", "get_git_commit", "iter_records", "load_events",
-    "load_manifest", "load_snapshots", "load_transitions",
+    "ALERTS_FILE",
+    "EVENTS_FILE",
+    "MANIFEST_FILE",
+    "SNAPSHOTS_FILE",
+    "TelemetryWriter",
+    "check_run_id",
+    "create_run_manifest",
+    "get_git_commit",
+    "iter_events",
+    "iter_records",
+    "load_events",
+    "load_manifest",
+    "load_snapshots",
+    "load_transitions",
 ]

@@ -69,19 +69,29 @@ def _is_canonical_event(record: Any) -> bool:
     step, layer_id, n_experts, top_k = record["step"], record["layer_id"], record["n_experts"], record["top_k"]
     counts, active = record["expert_token_counts"], record["active_experts"]
     return (
-        type(step) is int and step >= 0
-        and type(layer_id) is int and layer_id >= 0
-        and type(n_experts) is int and n_experts >= 1
-        and type(top_k) is int and 1 <= top_k <= n_experts
-        and type(record["run_id"]) is str and record["run_id"] != ""
-        and type(record["mode"]) is str and record["mode"] in MODES
-        and type(record["timestamp"]) is float and math.isfinite(record["timestamp"])
+        type(step) is int
+        and step >= 0
+        and type(layer_id) is int
+        and layer_id >= 0
+        and type(n_experts) is int
+        and n_experts >= 1
+        and type(top_k) is int
+        and 1 <= top_k <= n_experts
+        and type(record["run_id"]) is str
+        and record["run_id"] != ""
+        and type(record["mode"]) is str
+        and record["mode"] in MODES
+        and type(record["timestamp"]) is float
+        and math.isfinite(record["timestamp"])
         and type(record["token_count"]) is int
-        and type(counts) is list and len(counts) == n_experts
+        and type(counts) is list
+        and len(counts) == n_experts
         and type(active) is list
         and record["router_prob_sums"] is None
-        and all(value is None or (type(value) is float and math.isfinite(value))
-                for value in (record["loss"], record["aux_loss"]))
+        and all(
+            value is None or (type(value) is float and math.isfinite(value))
+            for value in (record["loss"], record["aux_loss"])
+        )
     )
 
 
@@ -142,7 +152,7 @@ class _CountRows:
         try:
             # Refuses floats, strings, null, containers and integers beyond int64; booleans among integers
             # count 0 or 1, as in np.asarray.
-            self._pack_row(self.matrix, len(self.indices) * self.matrix.strides[0], *counts)
+            self._pack_row(self.matrix.data, len(self.indices) * self.matrix.strides[0], *counts)
         except struct.error:
             return
         record["expert_token_counts"] = None  # frees the list now
@@ -161,7 +171,9 @@ class _CountRows:
         active_counts = np.count_nonzero(counts, axis=1).tolist()
         every_expert = list(range(self.width))
         every_expert_tuple = tuple(every_expert)  # shared by all events whose experts are all active
-        for index, row, is_valid, total, active_count in zip(self.indices, counts, valid, totals, active_counts):
+        for index, row, is_valid, total, active_count in zip(
+            self.indices, counts, valid, totals, active_counts, strict=True
+        ):
             record = records[index]
             if is_valid and record["token_count"] == total:
                 if active_count == self.width:

@@ -20,7 +20,9 @@ import logging
 import os
 import stat
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import CorruptRecordError, InvalidInputError
 
@@ -51,19 +53,18 @@ def _non_blocking_opener(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK)
 
 
-def open_regular_file(path: Path) -> io.BufferedReader:
-    """Open for reading; refuse what is not a regular file (a FIFO would block, a device never end)."""
+@contextmanager
+def open_regular_file(path: Path) -> Iterator[BinaryIO]:
+    """Open for reading, closed on leaving the ``with`` block; refuse what is not a regular file (a FIFO
+    would block, a device never end) with :class:`~chronomoe.errors.InvalidInputError`."""
     # Buffered by _BLOCK: with the default 8 KiB, readline makes a read() call every four event lines.
-    handle = open(path, "rb", buffering=_BLOCK, opener=_non_blocking_opener)
-    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-        handle.close()
-        raise InvalidInputError("path", str(path), "is not a regular file")
-    return handle
+    with open(path, "rb", buffering=_BLOCK, opener=_non_blocking_opener) as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise InvalidInputError("path", str(path), "is not a regular file")
+        yield handle
 
 
-def numbered_lines(
-    path: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES
-) -> Iterator[tuple[int, bytes]]:
+def numbered_lines(path: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes]]:
     """``(line_number, line)`` of every line of a file, from 1, newline kept; only the last line can lack
     its newline (a torn tail).
 
@@ -142,7 +143,7 @@ def _no_follow_opener(path: str, flags: int) -> int:
 def open_for_append(path: Path) -> io.FileIO:
     """Open ``path`` unbuffered for append (not through a symlink), first moving a torn last line
     (no trailing newline) aside."""
-    handle = open(path, "a+b", buffering=0, opener=_no_follow_opener)
+    handle = open(path, "a+b", buffering=0, opener=_no_follow_opener)  # noqa: SIM115 (the writer keeps it open)
     try:
         _move_torn_tail_aside(path, handle.fileno())
     except BaseException:
@@ -168,5 +169,8 @@ def _move_torn_tail_aside(path: Path, descriptor: int) -> None:
         torn.write(b"\n")
     os.ftruncate(descriptor, keep)
     logger.warning(
-        "%s ended in a torn line (%d bytes, a crash mid-write); moved it to %s", path, size - keep, torn_path,
+        "%s ended in a torn line (%d bytes, a crash mid-write); moved it to %s",
+        path,
+        size - keep,
+        torn_path,
     )

@@ -56,12 +56,16 @@ def load_events(path: str | os.PathLike[str], *, max_line_bytes: int = MAX_LINE_
 
 def load_snapshots(path: str | os.PathLike[str], *, max_line_bytes: int = MAX_LINE_BYTES) -> list[SystemSnapshot]:
     """Validated snapshots from ``snapshots.jsonl`` (a file path or a run folder)."""
-    return list(iter_records(file_in(path, SNAPSHOTS_FILE), SystemSnapshot.model_validate_json, max_line_bytes=max_line_bytes))
+    return list(
+        iter_records(file_in(path, SNAPSHOTS_FILE), SystemSnapshot.model_validate_json, max_line_bytes=max_line_bytes)
+    )
 
 
 def load_transitions(path: str | os.PathLike[str], *, max_line_bytes: int = MAX_LINE_BYTES) -> list[AlertTransition]:
     """Validated alert transitions from ``alerts.jsonl`` (a file path or a run folder)."""
-    return list(iter_records(file_in(path, ALERTS_FILE), AlertTransition.model_validate_json, max_line_bytes=max_line_bytes))
+    return list(
+        iter_records(file_in(path, ALERTS_FILE), AlertTransition.model_validate_json, max_line_bytes=max_line_bytes)
+    )
 
 
 def load_manifest(path: str | os.PathLike[str], *, max_bytes: int = MAX_LINE_BYTES) -> dict[str, Any]:

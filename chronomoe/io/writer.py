@@ -212,12 +212,13 @@ class TelemetryWriter:
                 self._dropping = False
 
     def _retry_manifest(self) -> None:
-        if not self._manifest_pending:
+        manifest = self._manifest
+        if not self._manifest_pending or manifest is None:
             return
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             temporary = self.manifest_path.with_suffix(".json.tmp")
-            temporary.write_bytes(self._manifest)
+            temporary.write_bytes(manifest)
             os.replace(temporary, self.manifest_path)
         except OSError as error:
             if self.on_error == "raise":
@@ -235,7 +236,9 @@ class TelemetryWriter:
             "cannot write %s: %s. The run goes on: the records are kept in memory (up to %d bytes, the oldest "
             "dropped beyond that and counted in snapshots' dropped_records) and retried before each later "
             "write; this is logged once until writing works again",
-            path, error, self.max_pending_bytes,
+            path,
+            error,
+            self.max_pending_bytes,
         )
 
     def _drop_beyond_bound(self) -> None:
@@ -252,7 +255,9 @@ class TelemetryWriter:
                 logger.error(
                     "records waiting for a retry exceed max_pending_bytes=%d: dropping the oldest "
                     "(first: %d records of %s); dropped_records counts them",
-                    self.max_pending_bytes, batch.records, path,
+                    self.max_pending_bytes,
+                    batch.records,
+                    path,
                 )
 
     # -- file handling ------------------------------------------------------
@@ -285,7 +290,8 @@ class TelemetryWriter:
         if handle is not None and not _names_open_file(path, handle):
             logger.error(
                 "%s was removed or replaced while the run was writing it; recreating it "
-                "(the records it held are gone with it)", path,
+                "(the records it held are gone with it)",
+                path,
             )
             self._close_handle(path)
             handle = None
@@ -325,7 +331,7 @@ class TelemetryWriter:
         for path in list(self._files):
             self._close_handle(path)
 
-    def __enter__(self) -> "TelemetryWriter":
+    def __enter__(self) -> TelemetryWriter:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
