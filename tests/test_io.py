@@ -321,6 +321,8 @@ MIXED_RECORDS = [
     event_record([1.5, 2]),
     {**event_record([1, 2]), "expert_token_counts": ["1", 2]},
     event_record([2**63, 0]),
+    event_record([1, 2], step=2**64),  # orjson reads a float, the model an integer, which it accepts
+    event_record([1, 2], router_prob_sums=[2**64, 0]),  # the model reads integers (an object array) and rejects them
     event_record([2**63, -(2**63) + 3]),
     event_record([-1, 4]),
     event_record([0, 3], active_experts=[0, 1]),

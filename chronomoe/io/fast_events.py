@@ -5,10 +5,11 @@ the exact keys, integer scalars, ``null`` router_prob_sums, integer counts)
 skips pydantic: its counts are copied into an int64 matrix, one matrix per
 width, and checked with vectorised numpy tests (non-negative, a sum that
 cannot wrap, equal to ``token_count``, non-zero columns equal to
-``active_experts``); any line that fails a check, or is not canonical, goes
-through full ``RoutingEvent`` validation, which accepts or rejects it. So the
-fast path only decides to *skip* validation, never to reject: the
-property tests in ``tests/test_fuzz.py`` hold it to that.
+``active_experts``); any line that fails a check, or is not canonical, is
+validated in full from its bytes by ``RoutingEvent.model_validate_json``,
+which accepts or rejects it. So the fast path only decides to *skip*
+validation, never to reject: the tests of the fast events loader in
+``tests/test_fuzz.py`` hold it to that.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def iter_events(
     Same contract as :func:`~chronomoe.io.reader.iter_records` with ``RoutingEvent`` validation,
     about twice as fast at 256 experts: each line in the writer's canonical
     form has its counts copied into an int64 matrix as it is parsed, and is
-    checked with vectorised numpy tests; any other line goes through full
-    pydantic validation, which accepts or rejects it exactly as
-    ``RoutingEvent`` does.
+    checked with vectorised numpy tests; any other line is validated in full
+    from its bytes (``RoutingEvent.model_validate_json``), so the loader
+    accepts and rejects exactly what ``RoutingEvent`` does.
     """
     path = Path(path)
     lines = iter_lines(path, max_line_bytes)
@@ -50,7 +51,7 @@ def iter_events(
             batch = _EventBatch(path)
             for line_number, line in lines:
                 batch.add(line_number, line)
-                if len(batch.records) == batch_lines:
+                if len(batch) == batch_lines:
                     break
             events = batch.events()
         if not events:
@@ -121,17 +122,20 @@ a batch allocates little beyond its events."""
 
 class _CountRows:
     """Counts of canonical lines of one width, each copied into a row of an int64 matrix as soon as the line
-    is parsed, with the batch indices of their records.
+    is parsed, with the batch indices, parsed records and bytes of those lines.
 
     Copying right away frees each line's list of Python ints before the next line is parsed, so that
     parsing reuses warm memory instead of faulting in fresh pages (keeping the lists to the end of the
-    batch made loading about 20% slower at 256 experts).
+    batch made loading about 20% slower at 256 experts). The lines' bytes are kept until :meth:`build`,
+    for the full validation of those it does not accept: at most one matrix of lines per width.
     """
 
     def __init__(self, width: int) -> None:
         self.width = width
         self.matrix = np.empty((max(1, _ROWS_BYTES // (8 * width)), width), np.int64)
         self.indices: list[int] = []
+        self.records: list[dict[str, Any]] = []
+        self.lines: list[bytes] = []
         self._pack_row = struct.Struct(f"{width}q").pack_into
 
     @property
@@ -139,29 +143,32 @@ class _CountRows:
         """Whether every row is taken."""
         return len(self.indices) == len(self.matrix)
 
-    def take(self, index: int, record: dict[str, Any]) -> None:
+    def take(self, index: int, record: dict[str, Any], line: bytes) -> bool:
         """Copy ``record``'s counts (a list of ``width`` items) into the next row if ``np.asarray`` would
-        make them an int64 array of the same values; otherwise leave the record as it is (full validation
-        decides).
+        make them an int64 array of the same values, and return True; otherwise return False (full
+        validation decides).
 
         A taken record's counts are ``None`` until :meth:`build` puts its row there.
         """
         counts = record["expert_token_counts"]
         if int not in map(type, counts):
-            return  # no integer: floats, strings, ... or booleans only (a bool array, which the model rejects)
+            return False  # no integer: floats, strings, ... or booleans only (a bool array, which the model rejects)
         try:
             # Refuses floats, strings, null, containers and integers beyond int64; booleans among integers
             # count 0 or 1, as in np.asarray.
             self._pack_row(self.matrix.data, len(self.indices) * self.matrix.strides[0], *counts)
         except struct.error:
-            return
+            return False
         record["expert_token_counts"] = None  # frees the list now
         self.indices.append(index)
+        self.records.append(record)
+        self.lines.append(line)
+        return True
 
-    def build(self, records: list[Any], events: list[RoutingEvent | None]) -> None:
-        """Make an event of each taken record whose counts are non-negative and sum to ``token_count``,
-        and whose ``active_experts`` are the non-zero columns; give the others back their counts as a list
-        (full validation decides)."""
+    def build(self, events: list[RoutingEvent | None], unaccepted: dict[int, bytes]) -> None:
+        """Make an event of each taken record whose counts are non-negative and sum to ``token_count``, and
+        whose ``active_experts`` are the non-zero columns, into ``events``; put the line of each other record
+        into ``unaccepted`` (full validation decides). Both are keyed by batch index."""
         # Events' counts are views of this matrix: read-only, and trimmed to the rows taken so that events
         # hold no spare rows.
         counts = self.matrix if self.full else self.matrix[: len(self.indices)].copy()
@@ -171,10 +178,8 @@ class _CountRows:
         active_counts = np.count_nonzero(counts, axis=1).tolist()
         every_expert = list(range(self.width))
         every_expert_tuple = tuple(every_expert)  # shared by all events whose experts are all active
-        for index, row, is_valid, total, active_count in zip(
-            self.indices, counts, valid, totals, active_counts, strict=True
-        ):
-            record = records[index]
+        taken = zip(self.indices, self.records, self.lines, counts, valid, totals, active_counts, strict=True)
+        for index, record, line, row, is_valid, total, active_count in taken:
             if is_valid and record["token_count"] == total:
                 if active_count == self.width:
                     expected, active = every_expert, every_expert_tuple
@@ -185,23 +190,28 @@ class _CountRows:
                     record["expert_token_counts"], record["active_experts"] = row, active
                     events[index] = RoutingEvent.trusted(**record)
                     continue
-            # A list, as on the line: validation would take a read-only int64 row as already checked.
-            record["expert_token_counts"] = row.tolist()
+            unaccepted[index] = line
 
 
 class _EventBatch:
     """Lines of an events file parsed one by one (:meth:`add`), then made events together (:meth:`events`).
 
-    Canonical lines become events one :class:`_CountRows` at a time, as soon as it is full; the others are
-    validated in full at the end.
+    Canonical lines become events one :class:`_CountRows` at a time, as soon as it is full. Every line the
+    fast path does not accept is validated in full at the end from its bytes, by ``model_validate_json``:
+    the model's own parser, not orjson's reading of the line (orjson reads an integer beyond 64 bits as a
+    float, where the model reads an integer).
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.records: list[Any] = []
-        self.events_made: list[RoutingEvent | None] = []
-        self.line_numbers: list[int] = []
+        self.events_made: list[RoutingEvent | None] = []  # by batch index; None until made
+        self.line_numbers: list[int] = []  # by batch index
+        self.unaccepted: dict[int, bytes] = {}  # by batch index: the lines left to full validation
         self.filling: dict[int, _CountRows] = {}  # by width
+
+    def __len__(self) -> int:
+        """Lines added."""
+        return len(self.line_numbers)
 
     def add(self, line_number: int, line: bytes) -> None:
         """Parse a line (CorruptRecordError if it is not JSON); a canonical one goes to its width's rows."""
@@ -209,7 +219,7 @@ class _EventBatch:
             record = orjson.loads(line)
         except orjson.JSONDecodeError as error:
             raise CorruptRecordError(str(self.path), line_number, describe_parse_error(error)) from None
-        self.records.append(record)
+        index = len(self.line_numbers)
         self.events_made.append(None)
         self.line_numbers.append(line_number)
         if _is_canonical_event(record):
@@ -217,21 +227,23 @@ class _EventBatch:
             rows = self.filling.get(width)
             if rows is None:
                 rows = self.filling[width] = _CountRows(width)
-            rows.take(len(self.records) - 1, record)
-            if rows.full:
-                rows.build(self.records, self.events_made)
-                del self.filling[width]
+            if rows.take(index, record, line):
+                if rows.full:
+                    rows.build(self.events_made, self.unaccepted)
+                    del self.filling[width]
+                return
+        self.unaccepted[index] = line
 
     def events(self) -> list[RoutingEvent]:
         """The events of the lines added, in order; raises CorruptRecordError naming the first line that
         full validation rejects."""
         for rows in self.filling.values():
-            rows.build(self.records, self.events_made)
+            rows.build(self.events_made, self.unaccepted)
         events: list[RoutingEvent] = []
         for index, event in enumerate(self.events_made):
             if event is None:
                 try:
-                    event = RoutingEvent.model_validate(self.records[index])
+                    event = RoutingEvent.model_validate_json(self.unaccepted[index])
                 except PARSE_ERRORS as error:
                     line_number = self.line_numbers[index]
                     raise CorruptRecordError(str(self.path), line_number, describe_parse_error(error)) from None
