@@ -254,10 +254,9 @@ def assert_loaded_as_the_model_reads(path, lines: list[bytes]) -> None:
 
 
 FAST_LOADER_CASES = {
-    # Lines in the writer's form, then each with one fault. After a fault, the check of the fast loader
-    # (chronomoe/io/fast_events.py) that this line fails when that check is removed: the mutation analysis that
-    # these cases come from removed each check in turn. Lines without a check named are decided by the model
-    # alone, their documentation.
+    # Lines in the writer's form, then each with one fault, and after it the check of the fast loader
+    # (chronomoe/io/fast_events.py) without which the loader gets that line wrong: a mutation analysis removed
+    # each check in turn. Lines without a check named document what the model alone decides.
     "the writer's line": canonical_record(),
     "every expert active": canonical_record([1, 2, 3, 4]),
     "counts at the fast loader's bound": canonical_record([2**60] * 4),
@@ -268,12 +267,13 @@ FAST_LOADER_CASES = {
     "a negative step": canonical_record(step=-1),  # step >= 0
     "an integral float step": canonical_record(step=3.0),  # type(step) is int
     "a boolean step": canonical_record(step=True),  # type(step) is int
-    "a step beyond 64 bits": canonical_record(step=2**64),  # type(step) is int (orjson reads a float)
+    "a step beyond 64 bits": canonical_record(step=2**64),  # type(step) is int; validation of the line's bytes
     "a negative layer_id": canonical_record(layer_id=-1),  # layer_id >= 0
     "an integral float layer_id": canonical_record(layer_id=1.0),  # type(layer_id) is int
-    "a layer_id beyond 64 bits": canonical_record(layer_id=2**70),  # type(layer_id) is int
+    "a layer_id beyond 64 bits": canonical_record(layer_id=2**70),  # type(layer_id) is int; same
     "an integral float n_experts": canonical_record(n_experts=4.0),  # type(n_experts) is int
     "a boolean n_experts": canonical_record([5], n_experts=True),  # type(n_experts) is int
+    # top_k <= n_experts, which implies n_experts >= 1:
     "n_experts 0, no counts": canonical_record(n_experts=0, expert_token_counts=[], token_count=0, active_experts=[]),
     "n_experts far beyond the counts": canonical_record(n_experts=2**62),  # len(counts) == n_experts
     "fewer counts than n_experts": canonical_record([5, 0, 2], n_experts=4),
@@ -285,7 +285,7 @@ FAST_LOADER_CASES = {
     "a numeric run_id": canonical_record(run_id=5),  # type(run_id) is str
     "an unknown mode": canonical_record(mode="EVAL"),  # mode in MODES
     "a lowercase mode": canonical_record(mode="train"),  # mode in MODES
-    "a numeric mode": canonical_record(mode=0),
+    "a numeric mode": canonical_record(mode=0),  # mode in MODES
     "an integer timestamp": canonical_record(timestamp=12),  # type(timestamp) is float (the model: 12.0)
     "a numeric-string timestamp": canonical_record(timestamp="12.5"),  # type(timestamp) is float
     "a boolean timestamp": canonical_record(timestamp=True),  # type(timestamp) is float
@@ -300,7 +300,8 @@ FAST_LOADER_CASES = {
     "a numeric-string loss": canonical_record(loss="0.5"),  # type(loss) is float
     "router_prob_sums": canonical_record(router_prob_sums=[0.5, 0.0, 0.25, 0.25]),  # router_prob_sums is None
     "router_prob_sums, too few": canonical_record(router_prob_sums=[0.5]),  # router_prob_sums is None
-    "router_prob_sums beyond 64 bits": canonical_record(router_prob_sums=[2**64] * 4),  # router_prob_sums is None
+    # router_prob_sums is None; validation of the line's bytes (orjson reads floats, the model an object array):
+    "router_prob_sums beyond 64 bits": canonical_record(router_prob_sums=[2**64] * 4),
     "null counts": canonical_record(expert_token_counts=None),  # type(counts) is list
     "counts, a string of n_experts characters": canonical_record(expert_token_counts="5021"),
     "a negative count": canonical_record([-1, 4, 0, 2]),  # every count >= 0

@@ -64,30 +64,34 @@ _EVENT_KEYS = frozenset(_EVENT_FIELDS)
 
 
 def _is_canonical_event(record: Any) -> bool:
-    """Whether a parsed line has the exact shape and scalar types the writer produces."""
+    """Whether a parsed line has the exact keys and scalar types the writer produces, and a list of
+    ``n_experts`` counts (which :class:`_CountRows` checks, with ``token_count`` and ``active_experts``).
+
+    Each check here and in :class:`_CountRows` is needed: tests/test_fuzz.py names, for each, a line the
+    loader gets wrong without it. Checks that others imply are left out: ``n_experts >= 1`` (by
+    ``1 <= top_k <= n_experts``), the type of ``mode`` (no other type equals a mode) and the type of
+    ``active_experts`` (no other type equals the list :meth:`_CountRows.build` compares it with).
+    """
     if type(record) is not dict or record.keys() != _EVENT_KEYS:
         return False
     step, layer_id, n_experts, top_k = record["step"], record["layer_id"], record["n_experts"], record["top_k"]
-    counts, active = record["expert_token_counts"], record["active_experts"]
+    counts = record["expert_token_counts"]
     return (
         type(step) is int
         and step >= 0
         and type(layer_id) is int
         and layer_id >= 0
         and type(n_experts) is int
-        and n_experts >= 1
         and type(top_k) is int
         and 1 <= top_k <= n_experts
         and type(record["run_id"]) is str
         and record["run_id"] != ""
-        and type(record["mode"]) is str
         and record["mode"] in MODES
         and type(record["timestamp"]) is float
-        and math.isfinite(record["timestamp"])
+        and math.isfinite(record["timestamp"])  # orjson reads no non-finite number, but another parser may
         and type(record["token_count"]) is int
         and type(counts) is list
-        and len(counts) == n_experts
-        and type(active) is list
+        and len(counts) == n_experts  # so the count matrix is as wide as the line is long, not as a number on it
         and record["router_prob_sums"] is None
         and all(
             value is None or (type(value) is float and math.isfinite(value))
