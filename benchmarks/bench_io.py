@@ -28,7 +28,7 @@ import orjson
 from _common import emit, median_seconds
 
 from chronomoe import RoutingEvent, TelemetryWriter, load_events
-from chronomoe.io.jsonl import event_line
+from chronomoe.io.serialize import event_line
 
 N_LAYERS, N_EXPERTS, STEPS = 58, 256, 500
 CHUNK = 1 << 20

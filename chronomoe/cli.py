@@ -56,7 +56,7 @@ def run_summary(args: argparse.Namespace) -> int:
 def _dropped_records(run_dir: Path) -> int:
     """Records the run's writers dropped after I/O errors, as the last snapshot counts them (read from the end)."""
     from .io import SNAPSHOTS_FILE
-    from .io.jsonl import last_line
+    from .io.lines import last_line
     from .snapshots import SystemSnapshot
 
     line = last_line(run_dir / SNAPSHOTS_FILE)

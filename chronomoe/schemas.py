@@ -36,7 +36,8 @@ from .controller import ControlDecision
 from .errors import InvalidInputError
 from .events import RoutingEvent
 from .io import ALERTS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE
-from .io.jsonl import _first_line, numbered_lines
+from .io.lines import numbered_lines
+from .io.parse_errors import describe_parse_error
 from .lens import LensState
 from .snapshots import SystemSnapshot
 
@@ -242,7 +243,7 @@ def _record_problem(line: bytes, validator: Any, model: type[BaseModel]) -> str 
     try:
         model.model_validate(value)
     except (ValidationError, ValueError) as error:
-        return f"model: {_first_line(error)}"
+        return f"model: {describe_parse_error(error)}"
     return None
 
 

@@ -33,7 +33,9 @@ from itertools import count
 import numpy as np
 
 from chronomoe import AlertRules, Monitor, RoutingEvent
-from chronomoe.io import jsonl
+from chronomoe.io import writer
+from chronomoe.io.lines import open_for_append
+from chronomoe.io.paths import SNAPSHOTS_FILE
 
 RUN_ID = "crash"
 N_LAYERS = 4
@@ -72,8 +74,13 @@ def window_events(session: int, window: int) -> list[RoutingEvent]:
                 counts = rng.integers(1, 20, N_EXPERTS)
             events.append(
                 RoutingEvent(
-                    run_id=RUN_ID, step=step, layer_id=layer, n_experts=N_EXPERTS, top_k=2,
-                    expert_token_counts=counts, timestamp=float(step),
+                    run_id=RUN_ID,
+                    step=step,
+                    layer_id=layer,
+                    n_experts=N_EXPERTS,
+                    top_k=2,
+                    expert_token_counts=counts,
+                    timestamp=float(step),
                 )
             )
     return events
@@ -113,12 +120,12 @@ class SelfKillingFile:
 
 def write_continuously(output_dir: str, session: int, mode: str, progress_path: str) -> None:
     """Record windows of ``session`` until killed (or ``MAX_SESSION_S`` have passed)."""
-    open_for_append = jsonl._open_for_append
+    # The writer opens its files through writer.open_for_append: replacing it there wraps every file it opens.
     if mode == "slow":
-        jsonl._open_for_append = lambda path: SlowShortWriteFile(open_for_append(path))
+        writer.open_for_append = lambda path: SlowShortWriteFile(open_for_append(path))
     elif mode == "tear":
-        jsonl._open_for_append = lambda path: (
-            SelfKillingFile(open_for_append(path)) if path.name == jsonl.SNAPSHOTS_FILE else open_for_append(path)
+        writer.open_for_append = lambda path: (
+            SelfKillingFile(open_for_append(path)) if path.name == SNAPSHOTS_FILE else open_for_append(path)
         )
     progress = os.open(progress_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     monitor = Monitor(RUN_ID, output_dir, model_name="crash-writer", rules=RULES, lens=None, controller=None)

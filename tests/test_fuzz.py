@@ -11,6 +11,7 @@ Both are ``ValueError`` subclasses. Never an internal ``IndexError``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -37,13 +38,17 @@ from chronomoe import (
     load_transitions,
 )
 from chronomoe.cli import main
-from chronomoe.io.jsonl import event_line
+from chronomoe.io import fast_events
+from chronomoe.io.serialize import event_line
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 # -- strategies ---------------------------------------------------------------------------------
 json_scalars = (
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=6)
 )
 json_values = st.recursive(
@@ -52,13 +57,35 @@ json_values = st.recursive(
     max_leaves=12,
 )
 json_lines = json_values.map(lambda value: json.dumps(value).encode())
-NUMPY_DTYPES = [np.int8, np.int64, np.uint8, np.uint64, np.float16, np.float64, np.bool_, np.complex64, np.str_, np.object_]
+NUMPY_DTYPES = [
+    np.int8,
+    np.int64,
+    np.uint8,
+    np.uint64,
+    np.float16,
+    np.float64,
+    np.bool_,
+    np.complex64,
+    np.str_,
+    np.object_,
+]
 numpy_arrays = hnp.arrays(
-    dtype=st.sampled_from(NUMPY_DTYPES), shape=hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=5),
+    dtype=st.sampled_from(NUMPY_DTYPES),
+    shape=hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=5),
     elements=None,
 ).filter(lambda array: array.dtype != np.object_ or array.size == 0)
-TORCH_DTYPES = [torch.int8, torch.int32, torch.int64, torch.uint8, torch.float16, torch.bfloat16, torch.float32,
-                torch.float64, torch.bool, torch.complex64]
+TORCH_DTYPES = [
+    torch.int8,
+    torch.int32,
+    torch.int64,
+    torch.uint8,
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.bool,
+    torch.complex64,
+]
 
 
 @st.composite
@@ -77,10 +104,17 @@ def tensors(draw, length=None):
     return tensor.to(device)
 
 
-anything = json_values | numpy_arrays | tensors() | st.binary(max_size=8) | st.just(float("nan")) | st.just(float("inf"))
+anything = (
+    json_values | numpy_arrays | tensors() | st.binary(max_size=8) | st.just(float("nan")) | st.just(float("inf"))
+)
 
 VALID_EVENT = {
-    "run_id": "run", "step": 3, "mode": "TRAIN", "layer_id": 1, "n_experts": 4, "top_k": 2,
+    "run_id": "run",
+    "step": 3,
+    "mode": "TRAIN",
+    "layer_id": 1,
+    "n_experts": 4,
+    "top_k": 2,
     "expert_token_counts": [5, 0, 2, 1],
 }
 EVENT_FIELDS = [*RoutingEvent.model_fields, "unknown_field"]
@@ -112,27 +146,8 @@ def test_routing_event_construction_works_or_raises_a_validation_error_naming_th
 @given(st.binary(max_size=200) | json_lines)
 @pytest.mark.parametrize("model", [RoutingEvent, SystemSnapshot, AlertTransition, AlertRules])
 def test_model_validate_json_on_any_bytes_works_or_raises_a_validation_error(model, data):
-    try:
+    with contextlib.suppress(ValidationError):
         model.model_validate_json(data)
-    except ValidationError:
-        pass
-
-
-@FUZZ
-@given(st.sampled_from(EVENT_FIELDS), json_values)
-def test_the_fast_event_loader_accepts_and_rejects_exactly_what_the_model_does(tmp_path, field, value):
-    line = json.dumps({**orjson.loads(event_line(RoutingEvent(**VALID_EVENT))), field: value}).encode() + b"\n"
-    path = tmp_path / "routing_events.jsonl"
-    path.write_bytes(line)
-    try:
-        expected = RoutingEvent.model_validate_json(line)
-    except ValidationError:
-        with pytest.raises(CorruptRecordError) as raised:
-            load_events(path)
-        assert (raised.value.path, raised.value.line_number) == (str(path), 1)
-    else:
-        assert load_events(path) == [expected]
-        assert_valid_event(expected)
 
 
 @FUZZ
@@ -144,8 +159,267 @@ def test_from_router_output_works_or_raises_a_validation_error_and_keeps_the_cou
         assert "expert_token_counts" in str(error) or "n_experts" in str(error)
     else:
         assert_valid_event(event)
-        given_counts = used_capacity.detach().to("cpu", torch.float64).numpy() if isinstance(used_capacity, torch.Tensor) else np.asarray(used_capacity, dtype=np.float64)
+        given_counts = (
+            used_capacity.detach().to("cpu", torch.float64).numpy()
+            if isinstance(used_capacity, torch.Tensor)
+            else np.asarray(used_capacity, dtype=np.float64)
+        )
         assert np.array_equal(event.expert_token_counts, given_counts)
+
+
+# -- the fast events loader ---------------------------------------------------------------------
+# load_events makes an event of each line in the writer's canonical form through vectorised checks, without
+# pydantic, and hands every other line to RoutingEvent.model_validate_json. Its contract: it accepts and rejects
+# exactly what the model does, and what it accepts is the model's event, field for field and type for type.
+# Removing any one of its checks makes one of these tests fail (FAST_LOADER_CASES names which).
+
+MISSING = object()
+"""A change that removes the key."""
+
+
+def canonical_record(counts=(5, 0, 2, 1), **changes) -> dict:
+    """The writer's JSON object of an event with these counts, token_count and active_experts derived from them
+    as Python reads them (a boolean counts 0 or 1), then ``changes`` applied (``MISSING`` removes a key)."""
+    width = len(counts)
+    event = RoutingEvent(
+        run_id="run",
+        step=3,
+        layer_id=1,
+        n_experts=width,
+        top_k=1,
+        expert_token_counts=[0] * width,
+        timestamp=1.5,
+        loss=0.25,
+    )
+    numeric = all(type(count) in (int, float, bool) for count in counts)
+    record = {
+        **orjson.loads(event_line(event)),
+        "expert_token_counts": list(counts),
+        "token_count": sum(counts) if numeric else 0,
+        "active_experts": [expert for expert, count in enumerate(counts) if count] if numeric else [],
+    }
+    record.update(changes)
+    return {key: value for key, value in record.items() if value is not MISSING}
+
+
+def json_line(value) -> bytes:
+    """``value`` as one JSONL line, integers of any size written exactly."""
+    return json.dumps(value).encode() + b"\n"
+
+
+def event_as_read(event: RoutingEvent) -> dict:
+    """Every field of an event as (type, value), arrays as (type, dtype, writeable, values); and the fields set."""
+    return {
+        "fields set": event.model_fields_set,
+        **{
+            name: (type(value), value.dtype, value.flags.writeable, value.tolist())
+            if isinstance(value, np.ndarray)
+            else (type(value), value)
+            for name, value in vars(event).items()
+        },
+    }
+
+
+def model_events(lines: list[bytes]) -> list[RoutingEvent | None]:
+    """``RoutingEvent.model_validate_json`` of each line; ``None`` for a line it rejects."""
+    events: list[RoutingEvent | None] = []
+    for line in lines:
+        try:
+            events.append(RoutingEvent.model_validate_json(line))
+        except ValidationError:
+            events.append(None)
+    return events
+
+
+def assert_loaded_as_the_model_reads(path, lines: list[bytes]) -> None:
+    """``load_events`` of a file of these lines raises CorruptRecordError naming the first line the model rejects,
+    if any; of a file of the lines the model accepts, gives the model's events (same values, same types); of a
+    file of one line the model rejects, raises CorruptRecordError naming line 1."""
+    expected = model_events(lines)
+    path.write_bytes(b"".join(lines))
+    if None in expected:
+        with pytest.raises(CorruptRecordError) as raised:
+            load_events(path)
+        assert (raised.value.path, raised.value.line_number) == (str(path), expected.index(None) + 1)
+    accepted = [event for event in expected if event is not None]
+    path.write_bytes(b"".join(line for line, event in zip(lines, expected, strict=True) if event is not None))
+    assert [event_as_read(event) for event in load_events(path)] == [event_as_read(event) for event in accepted]
+    for event in accepted:
+        assert_valid_event(event)
+    for line in (line for line, event in zip(lines, expected, strict=True) if event is None):
+        path.write_bytes(line)
+        with pytest.raises(CorruptRecordError) as raised:
+            load_events(path)
+        assert raised.value.line_number == 1
+
+
+FAST_LOADER_CASES = {
+    # Lines in the writer's form, then each with one fault, and after it the check of the fast loader
+    # (chronomoe/io/fast_events.py) without which the loader gets that line wrong: a mutation analysis removed
+    # each check in turn. Lines without a check named document what the model alone decides.
+    "the writer's line": canonical_record(),
+    "every expert active": canonical_record([1, 2, 3, 4]),
+    "counts at the fast loader's bound": canonical_record([2**60] * 4),
+    "a boolean among integer counts": canonical_record([True, 2, 0, 1]),  # 1, as numpy reads it
+    "a JSON array, not an object": list(canonical_record().values()),  # type(record) is dict
+    "an extra key": canonical_record(extra=1),  # keys == the model's fields
+    "no aux_loss key": canonical_record(aux_loss=MISSING),  # keys == the model's fields
+    "a negative step": canonical_record(step=-1),  # step >= 0
+    "an integral float step": canonical_record(step=3.0),  # type(step) is int
+    "a boolean step": canonical_record(step=True),  # type(step) is int
+    "a step beyond 64 bits": canonical_record(step=2**64),  # type(step) is int; validation of the line's bytes
+    "a negative layer_id": canonical_record(layer_id=-1),  # layer_id >= 0
+    "an integral float layer_id": canonical_record(layer_id=1.0),  # type(layer_id) is int
+    "a layer_id beyond 64 bits": canonical_record(layer_id=2**70),  # type(layer_id) is int; same
+    "an integral float n_experts": canonical_record(n_experts=4.0),  # type(n_experts) is int
+    "a boolean n_experts": canonical_record([5], n_experts=True),  # type(n_experts) is int
+    # top_k <= n_experts, which implies n_experts >= 1:
+    "n_experts 0, no counts": canonical_record(n_experts=0, expert_token_counts=[], token_count=0, active_experts=[]),
+    "n_experts far beyond the counts": canonical_record(n_experts=2**62),  # len(counts) == n_experts
+    "fewer counts than n_experts": canonical_record([5, 0, 2], n_experts=4),
+    "top_k 0": canonical_record(top_k=0),  # 1 <= top_k
+    "top_k beyond n_experts": canonical_record(top_k=5),  # top_k <= n_experts
+    "an integral float top_k": canonical_record(top_k=1.0),  # type(top_k) is int
+    "a boolean top_k": canonical_record(top_k=True),  # type(top_k) is int
+    "an empty run_id": canonical_record(run_id=""),  # run_id != ""
+    "a numeric run_id": canonical_record(run_id=5),  # type(run_id) is str
+    "an unknown mode": canonical_record(mode="EVAL"),  # mode in MODES
+    "a lowercase mode": canonical_record(mode="train"),  # mode in MODES
+    "a numeric mode": canonical_record(mode=0),  # mode in MODES
+    "an integer timestamp": canonical_record(timestamp=12),  # type(timestamp) is float (the model: 12.0)
+    "a numeric-string timestamp": canonical_record(timestamp="12.5"),  # type(timestamp) is float
+    "a boolean timestamp": canonical_record(timestamp=True),  # type(timestamp) is float
+    "a timestamp beyond 64 bits": canonical_record(timestamp=2**70),
+    "an integral float token_count": canonical_record(token_count=8.0),  # type(token_count) is int
+    "a boolean token_count": canonical_record([1, 0, 0, 0], token_count=True),  # type(token_count) is int
+    "a token_count one too many": canonical_record(token_count=9),  # token_count == sum of the counts
+    "a token_count one too few": canonical_record(token_count=7),  # token_count == sum of the counts
+    "no token_count": canonical_record(token_count=None),
+    "an integer loss": canonical_record(loss=1),  # type(loss) is float (the model: 1.0)
+    "a boolean aux_loss": canonical_record(aux_loss=True),  # type(aux_loss) is float
+    "a numeric-string loss": canonical_record(loss="0.5"),  # type(loss) is float
+    "router_prob_sums": canonical_record(router_prob_sums=[0.5, 0.0, 0.25, 0.25]),  # router_prob_sums is None
+    "router_prob_sums, too few": canonical_record(router_prob_sums=[0.5]),  # router_prob_sums is None
+    # router_prob_sums is None; validation of the line's bytes (orjson reads floats, the model an object array):
+    "router_prob_sums beyond 64 bits": canonical_record(router_prob_sums=[2**64] * 4),
+    "null counts": canonical_record(expert_token_counts=None),  # type(counts) is list
+    "counts, a string of n_experts characters": canonical_record(expert_token_counts="5021"),
+    "a negative count": canonical_record([-1, 4, 0, 2]),  # every count >= 0
+    "only boolean counts": canonical_record([True, True, False, True]),  # an integer among the counts
+    "a numeric-string count": canonical_record(["1", 2, 0, 1]),  # the counts pack as int64, or full validation
+    "a count beyond int64": canonical_record([2**63, 0, 0, 1]),  # the counts pack as int64, or full validation
+    "a count beyond 64 bits": canonical_record([2**64, 0, 0, 1]),
+    "a fractional count": canonical_record([1.5, 2, 0, 1]),
+    "an integral float count": canonical_record([1.0, 2, 0, 1]),
+    "a count beyond the fast loader's bound": canonical_record([2**60 + 1, 0, 0, 0]),
+    "counts whose int64 sum wraps": canonical_record([2**62, 2**62, 0, 0], token_count=-(2**63)),  # counts <= 2**62/n
+    "counts summing to 2**63 in float64": canonical_record([2**62, 2**62 - 1, 0, 0]),  # counts <= 2**62 / n
+    "active_experts missing an expert": canonical_record(active_experts=[0, 2]),  # active_experts == non-zero counts
+    "active_experts naming an idle expert": canonical_record(active_experts=[0, 1, 2, 3]),  # all-active shortcut
+    "active_experts out of order": canonical_record(active_experts=[3, 2, 0]),  # active_experts == non-zero counts
+    "active_experts as integral floats": canonical_record(active_experts=[0.0, 2, 3]),
+    "active_experts as numeric strings": canonical_record(active_experts=["0", "2", "3"]),
+    "no active_experts": canonical_record(active_experts=None),
+}
+
+
+@pytest.mark.parametrize("record", FAST_LOADER_CASES.values(), ids=FAST_LOADER_CASES)
+def test_the_fast_event_loader_agrees_with_the_model_on_each_fault_of_a_canonical_line(tmp_path, record):
+    assert_loaded_as_the_model_reads(tmp_path / "routing_events.jsonl", [json_line(record)])
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("field", ["timestamp", "loss", "aux_loss"])
+def test_the_fast_event_loader_refuses_non_finite_numbers_itself_whatever_its_json_parser_reads(
+    tmp_path, monkeypatch, field, value
+):
+    monkeypatch.setattr("chronomoe.io.fast_events.orjson.loads", json.loads)  # orjson refuses them, json does not
+    path = tmp_path / "routing_events.jsonl"
+    path.write_bytes(json_line(canonical_record(**{field: value})))
+    with pytest.raises(CorruptRecordError, match=f"{field} must be finite"):
+        load_events(path)
+
+
+COUNTS = st.integers(0, 9)
+LARGE_COUNTS = st.sampled_from([2**60, 2**60 + 1, 2**61, 2**62 - 1, 2**62, 2**63 - 1])
+COUNT_FAULTS = st.sampled_from([-1, 2**63, 2**64, True, False, 1.0, 1.5, "1", None, [1]])
+"""Counts that are not plain int64 values, or not counts."""
+INTEGER_FAULTS = st.sampled_from([-1, -(2**63), 2**63, 2**64, 3.0, True, False, "3", None])
+"""Values of a non-negative integer field that are not, or that orjson and the model read differently."""
+FLOAT_FAULTS = st.sampled_from([12, True, "12.5", None, 2**70, -0.0, 1e308])
+"""Values of a float field that are not floats on the line (the model reads most as floats), and edge floats."""
+FLOATS = st.floats(allow_nan=False, allow_infinity=False)
+
+
+def field_faults(record: dict) -> dict:
+    """Faulty (or edge) values of each field of a canonical record, as strategies."""
+    width, total, active = record["n_experts"], record["token_count"], record["active_experts"]
+    wrapped_total = (total + 2**63) % 2**64 - 2**63 if type(total) is int else total  # the sum in int64
+    return {
+        "timestamp": FLOAT_FAULTS,
+        "run_id": st.sampled_from(["", 5, None, ["run"]]),
+        "step": INTEGER_FAULTS,
+        "layer_id": INTEGER_FAULTS,
+        "mode": st.sampled_from(["EVAL", "train", "", 0, None]),
+        "n_experts": st.sampled_from([0, -1, width - 1, width + 1, float(width), True, 2**62, None]),
+        "top_k": st.sampled_from([0, -1, width, width + 1, 1.0, True, None]),
+        "token_count": st.sampled_from([total - 1, total + 1, wrapped_total, float(total), True, False, None, "0"]),
+        "active_experts": st.sampled_from(
+            [
+                active[1:],
+                [*active, width - 1],
+                list(range(width)),
+                active[::-1],
+                [float(expert) for expert in active],
+                [str(expert) for expert in active],
+                None,
+            ]
+        ),
+        "router_prob_sums": st.lists(FLOATS, min_size=width - 1, max_size=width + 1) | st.just([2**64] * width),
+        "loss": FLOAT_FAULTS,
+        "aux_loss": FLOAT_FAULTS,
+        "expert_token_counts": st.sampled_from([None, "x" * width, width, {}, []]),
+        "extra": st.integers(),
+    }
+
+
+@st.composite
+def near_canonical_event_lines(draw) -> bytes:
+    """A line in the writer's form, plain or with a fault or two drawn from those the fast loader must catch.
+
+    Its token_count and active_experts are derived from its counts as Python reads them, so that a fault in the
+    counts is caught by the checks of the counts alone.
+    """
+    width = draw(st.integers(1, 5))
+    counts = draw(st.lists(draw(st.sampled_from([COUNTS, COUNTS, LARGE_COUNTS])), min_size=width, max_size=width))
+    if draw(st.integers(0, 3)) == 0:
+        counts[draw(st.integers(0, width - 1))] = draw(COUNT_FAULTS)
+    record = canonical_record(counts)
+    faults = field_faults(record)
+    for fault in draw(st.lists(st.sampled_from([*faults, "no key", "array"]), max_size=2)):
+        if fault == "no key":
+            # not the timestamp: the model stamps an event without one with the time it validates it
+            del record[draw(st.sampled_from(sorted(set(record) - {"timestamp"})))]
+        elif fault == "array":
+            return json_line(list(record.values()))
+        else:
+            record[fault] = draw(faults[fault])
+    return json_line(record)
+
+
+any_value_in_one_field = st.builds(
+    lambda field, value: [json_line({**canonical_record(), field: value})], st.sampled_from(EVENT_FIELDS), json_values
+)
+
+
+@settings(FUZZ, max_examples=500, derandomize=True)
+@given(st.lists(near_canonical_event_lines(), min_size=1, max_size=4) | any_value_in_one_field)
+@pytest.mark.parametrize("rows_bytes", [8, fast_events._ROWS_BYTES], ids=["a-row-per-matrix", "default"])
+def test_the_fast_event_loader_accepts_and_rejects_exactly_what_the_model_does(
+    tmp_path, monkeypatch, rows_bytes, lines
+):
+    monkeypatch.setattr(fast_events, "_ROWS_BYTES", rows_bytes)  # with one row, each canonical line is built alone
+    assert_loaded_as_the_model_reads(tmp_path / "routing_events.jsonl", lines)
 
 
 # -- recording ----------------------------------------------------------------------------------
@@ -202,8 +476,10 @@ def test_recording_out_of_range_ids_reads_no_tensor_value_on_the_host(monkeypatc
     monitor = Monitor("run", n_experts=[4], lens=None)
     monitor.record(0, indices=torch.tensor([[0, 1]]))  # makes the buffers
     for method in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__"):
+
         def refuse(*args, _method=method, **kwargs):
             raise AssertionError(f"host read: Tensor.{_method}")
+
         monkeypatch.setattr(torch.Tensor, method, refuse)
     monitor.record(0, indices=torch.tensor([[7, -2], [3, 99]]))
     monitor.step(0)
@@ -230,7 +506,9 @@ LOADERS = {"events": load_events, "snapshots": load_snapshots, "transitions": lo
 @FUZZ
 @given(st.lists(st.binary(max_size=40) | json_lines, max_size=6), st.booleans())
 @pytest.mark.parametrize("loader", LOADERS)
-def test_loaders_on_any_bytes_return_one_record_per_complete_line_or_raise_corrupt_record(tmp_path, loader, lines, torn):
+def test_loaders_on_any_bytes_return_one_record_per_complete_line_or_raise_corrupt_record(
+    tmp_path, loader, lines, torn
+):
     data = b"\n".join(lines) + (b"" if torn else b"\n")
     path = tmp_path / "file.jsonl"
     path.write_bytes(data)
@@ -281,20 +559,31 @@ def cli_paths(tmp_path_factory):
         handle.write(b'{"torn')
     (root / "rules.json").write_bytes(b'{"neff_ratio": 0.5}')
     return [
-        str(run), str(garbage), str(odd_manifest), str(root / "rules.json"), str(root / "absent"), "", ".",
-        "a\0b", "/", str(root / "out"),
+        str(run),
+        str(garbage),
+        str(odd_manifest),
+        str(root / "rules.json"),
+        str(root / "absent"),
+        "",
+        ".",
+        "a\0b",
+        "/",
+        str(root / "out"),
     ]
 
 
 @FUZZ
 @given(st.data())
-def test_the_cli_on_any_arguments_exits_with_a_code_and_one_line_error_never_a_traceback(capsys, monkeypatch, cli_paths, data):
+def test_the_cli_on_any_arguments_exits_with_a_code_and_one_line_error_never_a_traceback(
+    capsys, monkeypatch, cli_paths, data
+):
     import chronomoe.demo as demo
 
     monkeypatch.setattr(demo, "run_demo", lambda **options: 0, raising=False)
     words = st.sampled_from(cli_paths) | st.sampled_from(OPTIONS) | st.text(max_size=8)
     argv = [
-        data.draw(st.sampled_from(COMMANDS)), data.draw(st.sampled_from(cli_paths) | st.text(max_size=8)),
+        data.draw(st.sampled_from(COMMANDS)),
+        data.draw(st.sampled_from(cli_paths) | st.text(max_size=8)),
         *data.draw(st.lists(words, max_size=4)),
     ]
     capsys.readouterr()

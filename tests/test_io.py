@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-import chronomoe.io.jsonl as jsonl
 from chronomoe import (
     CorruptRecordError,
     RoutingEvent,
@@ -23,7 +22,10 @@ from chronomoe import (
     load_snapshots,
     load_transitions,
 )
-from chronomoe.io.jsonl import event_line
+from chronomoe.io import fast_events
+from chronomoe.io import writer as writer_module
+from chronomoe.io.lines import open_for_append
+from chronomoe.io.serialize import event_line
 
 
 @pytest.fixture
@@ -97,10 +99,12 @@ def test_event_line_equals_model_dump_json_as_parsed_json(events):
 
 @settings(max_examples=100)
 @given(
-    st.integers(1, 8).flatmap(lambda n: st.tuples(
-        st.lists(st.integers(0, 2**40), min_size=n, max_size=n),
-        st.none() | st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=n, max_size=n),
-    )),
+    st.integers(1, 8).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.integers(0, 2**40), min_size=n, max_size=n),
+            st.none() | st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=n, max_size=n),
+        )
+    ),
     st.none() | st.floats(allow_nan=False, allow_infinity=False),
     st.floats(0, 4e9),
 )
@@ -118,7 +122,10 @@ def test_manifest_is_written_and_loaded(tmp_path):
     loaded = load_manifest(tmp_path / "run")
     assert loaded == {**manifest, "model_name": "Renamed"}
     assert (loaded["run_id"], loaded["config"], loaded["git_commit"], loaded["n_layers"]) == (
-        "run", {"lr": 0.001, "layers": [1, 2]}, "abc1234", 4,
+        "run",
+        {"lr": 0.001, "layers": [1, 2]},
+        "abc1234",
+        4,
     )
     assert {"created_at", "chronomoe_version", "python_version"} <= set(loaded)
     assert [path.name for path in (tmp_path / "run").iterdir()] == ["run_manifest.json"]
@@ -165,13 +172,12 @@ def spied_writes(monkeypatch):
     """Every ``write`` the writer makes, as (file name, bytes), and every file it opens."""
     writes: list = []
     opened: list = []
-    real_open = jsonl._open_for_append
 
     def spying_open(path):
         opened.append(path.name)
-        return SpyFile(real_open(path), writes)
+        return SpyFile(open_for_append(path), writes)
 
-    monkeypatch.setattr(jsonl, "_open_for_append", spying_open)
+    monkeypatch.setattr(writer_module, "open_for_append", spying_open)
     return writes, opened
 
 
@@ -184,7 +190,11 @@ def test_each_batch_is_one_write_and_each_file_is_opened_once(tmp_path, events, 
         writer.write_snapshot(snapshots[3])
     files = [name.rsplit("/", 1)[-1] for name, _ in writes]
     assert files == [
-        "routing_events.jsonl", "routing_events.jsonl", "alerts.jsonl", "snapshots.jsonl", "snapshots.jsonl",
+        "routing_events.jsonl",
+        "routing_events.jsonl",
+        "alerts.jsonl",
+        "snapshots.jsonl",
+        "snapshots.jsonl",
     ]
     assert writes[0][1] == sum(len(event_line(e)) for e in events[:4])
     assert sorted(opened) == ["alerts.jsonl", "routing_events.jsonl", "snapshots.jsonl"]
@@ -198,7 +208,7 @@ def test_a_batch_of_events_is_written_as_their_event_lines_in_order(tmp_path, ev
 
 def test_fsync_true_syncs_after_every_snapshot(tmp_path, snapshots, monkeypatch):
     synced = []
-    monkeypatch.setattr(jsonl.os, "fsync", synced.append)
+    monkeypatch.setattr(writer_module.os, "fsync", synced.append)
     with TelemetryWriter("run", tmp_path, fsync=True) as writer:
         writer.write_snapshot(snapshots[0])
         writer.write_snapshot(snapshots[2])
@@ -224,7 +234,7 @@ def test_loaders_skip_a_torn_last_line_with_a_warning_and_keep_every_complete_re
             writer.write_snapshot(snapshot)
     for name in ("routing_events.jsonl", "snapshots.jsonl", "alerts.jsonl"):
         tear(tmp_path / "run" / name)
-    with caplog.at_level(logging.WARNING, logger="chronomoe.io.jsonl"):
+    with caplog.at_level(logging.WARNING, logger="chronomoe.io.lines"):
         assert load_events(tmp_path / "run") == events
         assert load_snapshots(tmp_path / "run") == snapshots
         assert len(load_transitions(tmp_path / "run")) == 2
@@ -237,7 +247,7 @@ def test_a_torn_last_line_is_warned_about_once_however_often_the_file_is_read(tm
     with TelemetryWriter("run", tmp_path) as writer:
         writer.write_events_batch(events)
     tear(tmp_path / "run" / "routing_events.jsonl")
-    with caplog.at_level(logging.WARNING, logger="chronomoe.io.jsonl"):
+    with caplog.at_level(logging.WARNING, logger="chronomoe.io.lines"):
         for _ in range(3):
             assert load_events(tmp_path / "run") == events
     assert sum("torn last line" in record.getMessage() for record in caplog.records) == 1
@@ -311,6 +321,8 @@ MIXED_RECORDS = [
     event_record([1.5, 2]),
     {**event_record([1, 2]), "expert_token_counts": ["1", 2]},
     event_record([2**63, 0]),
+    event_record([1, 2], step=2**64),  # orjson reads a float, the model an integer, which it accepts
+    event_record([1, 2], router_prob_sums=[2**64, 0]),  # the model reads integers (an object array) and rejects them
     event_record([2**63, -(2**63) + 3]),
     event_record([-1, 4]),
     event_record([0, 3], active_experts=[0, 1]),
@@ -321,9 +333,9 @@ MIXED_RECORDS = [
 ]
 
 
-@pytest.mark.parametrize("rows_bytes", [8, 48, jsonl._ROWS_BYTES], ids=["one-row", "few-rows", "default"])
+@pytest.mark.parametrize("rows_bytes", [8, 48, fast_events._ROWS_BYTES], ids=["one-row", "few-rows", "default"])
 def test_the_fast_event_loader_agrees_with_the_model_on_every_line_of_a_mixed_file(tmp_path, monkeypatch, rows_bytes):
-    monkeypatch.setattr(jsonl, "_ROWS_BYTES", rows_bytes)  # count matrices of that many bytes fill up
+    monkeypatch.setattr(fast_events, "_ROWS_BYTES", rows_bytes)  # count matrices of that many bytes fill up
     lines = [json.dumps(record).encode() + b"\n" for record in MIXED_RECORDS]
     expected = []
     for line in lines:
@@ -331,14 +343,14 @@ def test_the_fast_event_loader_agrees_with_the_model_on_every_line_of_a_mixed_fi
             expected.append(RoutingEvent.model_validate_json(line))
         except ValidationError:
             expected.append(None)
-    valid = [line for line, event in zip(lines, expected) if event is not None]
+    valid = [line for line, event in zip(lines, expected, strict=True) if event is not None]
     assert 0 < len(valid) < len(lines)
     path = tmp_path / "routing_events.jsonl"
     path.write_bytes(b"".join(valid))
     loaded = load_events(path)
     assert loaded == [event for event in expected if event is not None]
     assert all(type(e.active_experts) is tuple and not e.expert_token_counts.flags.writeable for e in loaded)
-    for line, event in zip(lines, expected):
+    for line, event in zip(lines, expected, strict=True):
         if event is None:  # after three valid lines, one of them of width 2 in plain integers
             path.write_bytes(b"".join(valid[:3]) + line + b"".join(valid[3:]))
             with pytest.raises(CorruptRecordError) as raised:
@@ -364,10 +376,9 @@ def test_a_new_writer_moves_a_torn_tail_aside_and_appends_cleanly(tmp_path, even
     path = tmp_path / "run" / "routing_events.jsonl"
     complete = path.read_bytes()
     tear(path, keep_bytes=40)
-    tail = path.read_bytes()[len(complete):]
-    with caplog.at_level(logging.WARNING, logger="chronomoe.io.jsonl"):
-        with TelemetryWriter("run", tmp_path) as writer:
-            writer.write_events_batch(events[3:])
+    tail = path.read_bytes()[len(complete) :]
+    with caplog.at_level(logging.WARNING, logger="chronomoe.io.lines"), TelemetryWriter("run", tmp_path) as writer:
+        writer.write_events_batch(events[3:])
     assert "torn line" in caplog.text
     assert (tmp_path / "run" / "routing_events.jsonl.torn").read_bytes() == tail + b"\n"
     assert path.read_bytes().startswith(complete)

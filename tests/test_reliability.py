@@ -19,11 +19,12 @@ import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import crash_writer
 import numpy as np
 import pytest
 import torch
+from crash_writer import N_LAYERS, RULES, STEPS_PER_WINDOW, window_events, window_step
 
-import chronomoe.io.jsonl as jsonl
 from chronomoe import (
     AlertTransition,
     CorruptRecordError,
@@ -38,11 +39,12 @@ from chronomoe import (
     load_transitions,
 )
 from chronomoe.cli import main
+from chronomoe.io import writer as writer_module
+from chronomoe.io.lines import MAX_LINE_BYTES, TORN_SUFFIX, open_for_append
+from chronomoe.io.paths import ALERTS_FILE, EVENTS_FILE, SNAPSHOTS_FILE
+from chronomoe.io.serialize import event_line
 
-import crash_writer
-from crash_writer import N_LAYERS, RULES, STEPS_PER_WINDOW, window_events, window_step
-
-FILES = (jsonl.EVENTS_FILE, jsonl.ALERTS_FILE, jsonl.SNAPSHOTS_FILE)
+FILES = (EVENTS_FILE, ALERTS_FILE, SNAPSHOTS_FILE)
 
 
 # == 1. crash safety: SIGKILL at random moments ======================================================
@@ -50,10 +52,13 @@ class ForkServer:
     """``tests/crash_writer.py`` running as a fork server (see its docstring); replies are read with a timeout."""
 
     def __init__(self, output_dir: Path, log_path: Path) -> None:
-        self.log = open(log_path, "wb")
+        self.log = open(log_path, "wb")  # noqa: SIM115 (open while the server runs; closed by close())
         self.process = subprocess.Popen(
             [sys.executable, crash_writer.__file__, str(output_dir)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=output_dir,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            cwd=output_dir,
         )
         self.pending = b""
         self.writer_pid: int | None = None
@@ -124,10 +129,10 @@ class SessionModel:
         writes = []
         for index in range(windows):
             events, snapshot = self.window(index)
-            writes.append((jsonl.EVENTS_FILE, events))
+            writes.append((EVENTS_FILE, events))
             if snapshot.transitions:
-                writes.append((jsonl.ALERTS_FILE, snapshot.transitions))
-            writes.append((jsonl.SNAPSHOTS_FILE, [snapshot]))
+                writes.append((ALERTS_FILE, snapshot.transitions))
+            writes.append((SNAPSHOTS_FILE, [snapshot]))
         return writes
 
 
@@ -141,9 +146,9 @@ class FileState:
 
 
 PARSERS = {
-    jsonl.EVENTS_FILE: RoutingEvent.model_validate_json,
-    jsonl.ALERTS_FILE: AlertTransition.model_validate_json,
-    jsonl.SNAPSHOTS_FILE: SystemSnapshot.model_validate_json,
+    EVENTS_FILE: RoutingEvent.model_validate_json,
+    ALERTS_FILE: AlertTransition.model_validate_json,
+    SNAPSHOTS_FILE: SystemSnapshot.model_validate_json,
 }
 
 
@@ -156,7 +161,9 @@ def record_key(record) -> tuple:
     return record.step, tuple(layer.alert_state for layer in record.layers)
 
 
-def check_after_kill(run_dir: Path, states: dict[str, FileState], model: SessionModel, reported: int) -> dict[str, list]:
+def check_after_kill(
+    run_dir: Path, states: dict[str, FileState], model: SessionModel, reported: int
+) -> dict[str, list]:
     """The files after a kill hold exactly a prefix of the session's writes, at least its reported windows,
     at most one window more, with at most the batch in flight torn; earlier bytes are unchanged.
 
@@ -171,17 +178,17 @@ def check_after_kill(run_dir: Path, states: dict[str, FileState], model: Session
             continue
         assert content.startswith(state.verified), f"{name}: bytes written before the kill changed"
         if state.torn is not None:
-            assert state.torn + b"\n" in (run_dir / (name + jsonl.TORN_SUFFIX)).read_bytes()
+            assert state.torn + b"\n" in (run_dir / (name + TORN_SUFFIX)).read_bytes()
             state.torn = None
-        new = content[len(state.verified):]
+        new = content[len(state.verified) :]
         complete = new[: new.rfind(b"\n") + 1]
         new_lines[name] = complete.splitlines(keepends=True)
-        if new[len(complete):]:
-            tails[name] = new[len(complete):]
+        if new[len(complete) :]:
+            tails[name] = new[len(complete) :]
         state.verified += complete
 
     writes = model.batches(reported + 1)
-    done = {name: 0 for name in FILES}
+    done = dict.fromkeys(FILES, 0)
     prefixes = [dict(done)]
     for name, records in writes:
         done[name] += len(records)
@@ -223,7 +230,9 @@ def test_sigkill_at_random_moments_loses_at_most_the_batch_in_flight_and_a_new_w
             time.sleep(rng.uniform(0.0, 0.05 if mode == "direct" else 0.12))
             os.kill(pid, signal.SIGKILL)
             status = server.exit_status()
-            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (tmp_path / "crash_writer.log").read_text()
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (
+                tmp_path / "crash_writer.log"
+            ).read_text()
             written = check_after_kill(run_dir, states, SessionModel(session), windows_completed(progress))
             for name in FILES:
                 survivors[name] += written[name]
@@ -237,11 +246,14 @@ def test_sigkill_at_random_moments_loses_at_most_the_batch_in_flight_and_a_new_w
             monitor.observe(window_events(kills, window), window_step(kills, window))
     for name, batch in final.batches(2):
         survivors[name] += batch
-    loaded = {jsonl.EVENTS_FILE: load_events(run_dir), jsonl.SNAPSHOTS_FILE: load_snapshots(run_dir),
-              jsonl.ALERTS_FILE: load_transitions(run_dir)}
+    loaded = {
+        EVENTS_FILE: load_events(run_dir),
+        SNAPSHOTS_FILE: load_snapshots(run_dir),
+        ALERTS_FILE: load_transitions(run_dir),
+    }
     for name in FILES:
         assert [record_key(r) for r in loaded[name]] == [record_key(r) for r in survivors[name]], name
-        torn = (run_dir / (name + jsonl.TORN_SUFFIX)).read_bytes() if states[name].fragments else b""
+        torn = (run_dir / (name + TORN_SUFFIX)).read_bytes() if states[name].fragments else b""
         assert all(fragment + b"\n" in torn for fragment in states[name].fragments)
     assert load_manifest(run_dir)["run_id"] == "crash"
 
@@ -313,14 +325,13 @@ class FlakyFile:
 @pytest.fixture
 def disk(monkeypatch) -> FlakyDisk:
     disk = FlakyDisk()
-    real_open = jsonl._open_for_append
 
     def flaky_open(path: Path):
         if disk.open_error is not None:
             raise disk.open_error
-        return FlakyFile(real_open(path), path, disk)
+        return FlakyFile(open_for_append(path), path, disk)
 
-    monkeypatch.setattr(jsonl, "_open_for_append", flaky_open)
+    monkeypatch.setattr(writer_module, "open_for_append", flaky_open)
     return disk
 
 
@@ -334,7 +345,9 @@ def record_windows(monitor: Monitor, windows, session: int = 0) -> list:
 
 def expected_records(snapshots: list) -> tuple[list[int], list[tuple[int, int]], list[int]]:
     """(event steps, transitions (step, layer), snapshot steps) of these windows, in write order."""
-    event_steps = [step for s in snapshots for step in range(s.step - STEPS_PER_WINDOW + 1, s.step + 1) for _ in range(N_LAYERS)]
+    event_steps = [
+        step for s in snapshots for step in range(s.step - STEPS_PER_WINDOW + 1, s.step + 1) for _ in range(N_LAYERS)
+    ]
     return event_steps, [(t.step, t.layer_id) for s in snapshots for t in s.transitions], [s.step for s in snapshots]
 
 
@@ -347,7 +360,9 @@ def on_disk_records(run_dir: Path) -> tuple[list[int], list[tuple[int, int]], li
 
 
 def io_error_logs(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "chronomoe.io.jsonl" and "cannot write" in r.getMessage()]
+    return [
+        r.getMessage() for r in caplog.records if r.name == "chronomoe.io.writer" and "cannot write" in r.getMessage()
+    ]
 
 
 def test_a_full_disk_does_not_stop_training_and_every_record_is_written_once_space_returns(tmp_path, disk, caplog):
@@ -363,7 +378,9 @@ def test_a_full_disk_does_not_stop_training_and_every_record_is_written_once_spa
     assert all(s.dropped_records == 0 for s in load_snapshots(tmp_path / "run"))
     logged = io_error_logs(caplog)
     assert len(logged) == 3  # once per file, not once per record or batch
-    assert sorted(name for name in FILES for message in logged if str(tmp_path / "run" / name) in message) == sorted(FILES)
+    assert sorted(name for name in FILES for message in logged if str(tmp_path / "run" / name) in message) == sorted(
+        FILES
+    )
     assert all("No space left on device" in message for message in logged)
     assert "works again" in caplog.text
 
@@ -387,7 +404,9 @@ def test_a_failed_cut_back_leaves_a_torn_tail_that_the_reopened_file_moves_aside
         writer.write_events_batch(events[:4])
         disk.error, disk.partial_bytes = DISK_FULL, 100
         with monkeypatch.context() as patch:
-            patch.setattr(jsonl.os, "ftruncate", lambda *args: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+            patch.setattr(
+                writer_module.os, "ftruncate", lambda *args: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error"))
+            )
             writer.write_events_batch(events[4:])
         disk.error = None
         writer.flush()
@@ -395,7 +414,9 @@ def test_a_failed_cut_back_leaves_a_torn_tail_that_the_reopened_file_moves_aside
     assert (tmp_path / "run" / "routing_events.jsonl.torn").read_bytes().count(b"\n") == 1
 
 
-def test_beyond_the_bound_the_oldest_records_are_dropped_counted_and_reported_in_the_next_snapshot(tmp_path, disk, caplog):
+def test_beyond_the_bound_the_oldest_records_are_dropped_counted_and_reported_in_the_next_snapshot(
+    tmp_path, disk, caplog
+):
     with Monitor("run", tmp_path, rules=RULES, lens=None) as monitor:
         monitor.writer.max_pending_bytes = 20_000
         disk.error = DISK_FULL
@@ -421,7 +442,7 @@ def test_summary_reports_the_dropped_records(tmp_path, disk, capsys):
         record_windows(monitor, range(2))
         disk.error = None
         record_windows(monitor, range(2, 3))
-    with open(tmp_path / "run" / jsonl.SNAPSHOTS_FILE, "ab") as snapshots:
+    with open(tmp_path / "run" / SNAPSHOTS_FILE, "ab") as snapshots:
         snapshots.write(b'{"step": 99, "torn')  # the count is read from the last complete snapshot
     main(["summary", str(tmp_path / "run")])
     assert f"warning: {monitor.dropped_records} records dropped after I/O errors" in capsys.readouterr().out
@@ -454,11 +475,11 @@ def test_a_removed_run_folder_is_recreated_with_its_manifest_and_the_run_goes_on
 def test_io_errors_raise_propagates_write_failures_even_from_the_snapshot_write(tmp_path, disk):
     with Monitor("run", tmp_path, rules=RULES, lens=None, io_errors="raise") as monitor:
         record_windows(monitor, range(1))
-        disk.error, disk.paths, disk.partial_bytes = DISK_FULL, {jsonl.SNAPSHOTS_FILE}, 50
+        disk.error, disk.paths, disk.partial_bytes = DISK_FULL, {SNAPSHOTS_FILE}, 50
         with pytest.raises(OSError, match="No space left"):
             record_windows(monitor, range(1, 2))
         assert monitor.bus.errors == 0
-    assert (tmp_path / "run" / jsonl.SNAPSHOTS_FILE).read_bytes().endswith(b"\n")
+    assert (tmp_path / "run" / SNAPSHOTS_FILE).read_bytes().endswith(b"\n")
     assert len(load_snapshots(tmp_path / "run")) == 1
 
 
@@ -530,6 +551,7 @@ def test_a_slow_handler_delays_but_never_reorders_delivery(tmp_path):
 def test_a_handler_unsubscribing_others_mid_delivery_skips_them_only_and_training_goes_on(tmp_path):
     calls = []
     with Monitor("run", tmp_path, rules=RULES, lens=None) as monitor:
+
         def remove_later(snapshot):
             calls.append(("remover", snapshot.step))
             later.unsubscribe()
@@ -572,7 +594,7 @@ def test_a_symlink_planted_in_a_run_folder_is_not_written_through(tmp_path, capl
     target.write_bytes(b"precious, no trailing newline")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / jsonl.EVENTS_FILE).symlink_to(target)
+    (run_dir / EVENTS_FILE).symlink_to(target)
     with TelemetryWriter("run", tmp_path) as writer:
         writer.write_events_batch(window_events(0, 0))
         assert writer.pending_records == STEPS_PER_WINDOW * N_LAYERS
@@ -595,7 +617,7 @@ def forbidden(*args, **kwargs):
 def test_loaders_never_unpickle_or_evaluate_their_input(tmp_path, monkeypatch, line):
     for module, name in [(pickle, "loads"), (pickle, "load"), (builtins, "eval"), (builtins, "exec")]:
         monkeypatch.setattr(module, name, forbidden)
-    for name, loader in [(jsonl.EVENTS_FILE, load_events), (jsonl.SNAPSHOTS_FILE, load_snapshots), (jsonl.ALERTS_FILE, load_transitions)]:
+    for name, loader in [(EVENTS_FILE, load_events), (SNAPSHOTS_FILE, load_snapshots), (ALERTS_FILE, load_transitions)]:
         (tmp_path / name).write_bytes(line)
         with pytest.raises(CorruptRecordError):
             loader(tmp_path / name)
@@ -620,9 +642,9 @@ def test_a_monitor_state_dict_loads_with_torch_weights_only(tmp_path):
 
 
 def test_a_line_over_the_size_limit_is_refused_naming_file_and_line_without_being_read_whole(tmp_path):
-    path = tmp_path / jsonl.EVENTS_FILE
+    path = tmp_path / EVENTS_FILE
     huge = b'{"run_id": "' + b"x" * 4_000_000 + b'"}\n'
-    path.write_bytes(jsonl.event_line(window_events(0, 0)[0]) + huge)
+    path.write_bytes(event_line(window_events(0, 0)[0]) + huge)
     tracemalloc.start()
     try:
         with pytest.raises(CorruptRecordError, match="max_line_bytes=65536") as raised:
@@ -635,7 +657,7 @@ def test_a_line_over_the_size_limit_is_refused_naming_file_and_line_without_bein
 
 
 def test_the_default_line_limit_is_64_mib():
-    assert jsonl.MAX_LINE_BYTES == 64 * 2**20
+    assert MAX_LINE_BYTES == 64 * 2**20
 
 
 def test_a_fifo_or_device_given_as_a_log_is_refused_instead_of_read_forever(tmp_path):
@@ -647,6 +669,6 @@ def test_a_fifo_or_device_given_as_a_log_is_refused_instead_of_read_forever(tmp_
 
 
 def test_validate_refuses_a_line_over_the_size_limit_naming_file_and_line(tmp_path, capsys):
-    (tmp_path / jsonl.SNAPSHOTS_FILE).write_bytes(b"{}\n" + b"x" * jsonl.MAX_LINE_BYTES + b"\n")
+    (tmp_path / SNAPSHOTS_FILE).write_bytes(b"{}\n" + b"x" * MAX_LINE_BYTES + b"\n")
     assert main(["validate", str(tmp_path)]) == 2
-    assert f"snapshots.jsonl:2: line longer than max_line_bytes={jsonl.MAX_LINE_BYTES}" in capsys.readouterr().err
+    assert f"snapshots.jsonl:2: line longer than max_line_bytes={MAX_LINE_BYTES}" in capsys.readouterr().err

@@ -1,20 +1,18 @@
-"""JSONL telemetry files and the run manifest."""
+"""JSONL telemetry files and the run manifest.
 
-from .jsonl import (
-    ALERTS_FILE,
-    EVENTS_FILE,
-    MANIFEST_FILE,
-    SNAPSHOTS_FILE,
-    TelemetryWriter,
-    check_run_id,
-    iter_events,
-    iter_records,
-    load_events,
-    load_manifest,
-    load_snapshots,
-    load_transitions,
-)
+Modules: :mod:`~chronomoe.io.paths` (a run folder's layout),
+:mod:`~chronomoe.io.lines` (bounded line reading, torn tails),
+:mod:`~chronomoe.io.serialize` (the JSONL line of each record),
+:mod:`~chronomoe.io.writer` (:class:`TelemetryWriter`),
+:mod:`~chronomoe.io.reader` (the loaders), :mod:`~chronomoe.io.fast_events`
+(the fast events loader), :mod:`~chronomoe.io.manifest` (the manifest's content).
+"""
+
+from .fast_events import iter_events
 from .manifest import create_run_manifest, get_git_commit
+from .paths import ALERTS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, check_run_id
+from .reader import iter_records, load_events, load_manifest, load_snapshots, load_transitions
+from .writer import TelemetryWriter
 
 __all__ = [
     "ALERTS_FILE",
