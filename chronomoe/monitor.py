@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chronomoe.controller import Controller, NoOpController
+from chronomoe.controller import Actuator, ControlDecision, Controller, NoOpController
 from chronomoe.lens import LensStateKeeper
 
 from .alerts import AlertRules, AlertState
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     from .capture import Attachment, CaptureSession
     from .capture.distributed import RankReduction
+    from .governance import RouterGovernance
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,10 @@ class Monitor:
             )
 
         self.bus = monitor_bus(strict=self.config.strict_handlers)
+        # First on "decision": every decision is kept for the run folder before any other handler sees it.
+        self._decisions_to_write: list[ControlDecision] = []
+        self.bus.subscribe("decision", self._decisions_to_write.append)
+        self._governance: RouterGovernance | None = None
         self.controller: Controller | None = None
         self.lens: LensStateKeeper | None = None
         self.controller_connection: Connection | None = None
@@ -178,6 +183,8 @@ class Monitor:
             self.controller_connection.disconnect()
         self.controller = controller
         self.controller_connection = None if controller is None else self.bus.connect(controller)
+        if self._governance is not None:
+            self._governance.set_controller(controller)
         return self.controller_connection
 
     def set_lens(self, lens: LensStateKeeper | None) -> Connection | None:
@@ -187,6 +194,8 @@ class Monitor:
             self.lens_connection.disconnect()
         self.lens = lens
         self.lens_connection = None if lens is None else self.bus.connect(lens)
+        if self._governance is not None:
+            self._governance.set_lens(lens)
         return self.lens_connection
 
     # -- stopping ------------------------------------------------------------------------
@@ -287,7 +296,8 @@ class Monitor:
         val_loss: float | None,
         out_of_range_expert_ids: int = 0,
     ) -> SystemSnapshot:
-        """Snapshot, write, then publish: transitions in layer order, then the snapshot."""
+        """Snapshot, write, then publish: transitions in layer order, then the snapshot; then write the decisions
+        the controller made on them (published on ``"decision"`` during that delivery)."""
         snapshot = self.snapshotter.take(
             mode,
             counts,
@@ -306,7 +316,13 @@ class Monitor:
         self.bus.publish("snapshot", snapshot)
         if mode == "TRAIN":
             self.last_snapshot = snapshot
+        self._write_decisions()
         return snapshot
+
+    def _write_decisions(self) -> None:
+        decisions, self._decisions_to_write[:] = list(self._decisions_to_write), []
+        if decisions and self.writer is not None:
+            self.writer.write_decisions(decisions)
 
     # -- path 2: sync-free capture ---------------------------------------------------------
     def configure_capture(
@@ -399,6 +415,8 @@ class Monitor:
         module filters). Returns the attachment (its ``layers`` say what was found).
         """
         from .capture import attach
+        from .capture.routers import find_routers
+        from .governance import RouterGovernance
 
         self.detach()
         attachment = attach(model, self.record, **options)
@@ -410,17 +428,28 @@ class Monitor:
                 [layer.top_k for layer in layers],
                 device=attachment.device,
             )
+            governance = RouterGovernance(find_routers(model, layers))
+            governance.set_lens(self.lens)
+            governance.set_controller(self.controller)
         except BaseException:
             attachment.remove()
             raise
-        self._attachment = attachment
+        self._attachment, self._governance = attachment, governance
         return attachment
 
+    @property
+    def actuator(self) -> Actuator | None:
+        """The router bias actuator on the attached model, when the controller acts on it."""
+        return None if self._governance is None else self._governance.actuator
+
     def detach(self) -> None:
-        """Remove the hooks installed by :meth:`attach` (idempotent)."""
+        """Remove the hooks, lens hooks and actuator installed by :meth:`attach` (idempotent)."""
         if self._attachment is not None:
             self._attachment.remove()
             self._attachment = None
+        if self._governance is not None:
+            self._governance.remove()
+            self._governance = None
 
     # -- checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -442,6 +471,7 @@ class Monitor:
             **self.snapshotter.state_dict(),
             "stop_reason": self.stop_reason,
             "dropped_records": self.dropped_records,
+            "controller": _participant_state(self.controller),
             **capture_state,
         }
 
@@ -463,10 +493,21 @@ class Monitor:
         if self.capture is not None:
             device = "cpu" if self._attachment is None else self._attachment.device
             self.capture.load_state_dict(state, device)
+        controller_state = state.get("controller")
+        if controller_state is not None:
+            load = getattr(self.controller, "load_state_dict", None)
+            if load is None:
+                raise InvalidInputError(
+                    "state.controller",
+                    type(self.controller).__name__,
+                    "the checkpoint holds a controller's state; set the same controller before loading it",
+                )
+            load(controller_state)
 
     def close(self) -> None:
-        """Remove hooks and close files."""
+        """Remove hooks, write the decisions still held, close files."""
         self.detach()
+        self._write_decisions()
         if self.writer is not None:
             self.writer.close()
 
@@ -475,6 +516,15 @@ class Monitor:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _participant_state(participant: object) -> dict[str, Any] | None:
+    """A controller's ``state_dict()`` when it has one (stateless controllers have none)."""
+    state_dict = getattr(participant, "state_dict", None)
+    if not callable(state_dict):
+        return None
+    state: dict[str, Any] = state_dict()
+    return state
 
 
 def _check_controller(controller: object) -> None:

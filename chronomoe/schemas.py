@@ -35,7 +35,7 @@ from .alerts import AlertRules, AlertTransition
 from .controller import ControlDecision
 from .errors import InvalidInputError
 from .events import RoutingEvent
-from .io import ALERTS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE
+from .io import ALERTS_FILE, DECISIONS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE
 from .io.lines import numbered_lines
 from .io.parse_errors import describe_parse_error
 from .lens import LensState
@@ -57,6 +57,7 @@ RUN_FILES: dict[str, str] = {
     EVENTS_FILE: "RoutingEvent",
     SNAPSHOTS_FILE: "SystemSnapshot",
     ALERTS_FILE: "AlertTransition",
+    DECISIONS_FILE: "ControlDecision",
 }
 """JSONL files of a run folder and the record type of their lines."""
 

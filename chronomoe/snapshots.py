@@ -363,9 +363,9 @@ def _aggregates(batch: LayerMetricsBatch, layer_ids: np.ndarray) -> CrossLayerAg
         name: cross_layer_summary(getattr(batch, name), layer_ids, worst)
         for name, worst in (("n_effective", "min"), ("top2_share", "max"), ("max_vio", "max"))
     }
-    if any(summary is None for summary in summaries.values()):
-        return None
-    return CrossLayerAggregates.trusted(**{name: LayerStats.trusted(**summary) for name, summary in summaries.items()})
+    stats = {name: LayerStats.trusted(**summary) for name, summary in summaries.items() if summary is not None}
+    # One metric is NaN exactly where the others are (no data), so either all are summarised or none.
+    return CrossLayerAggregates.trusted(**stats) if len(stats) == len(summaries) else None
 
 
 def _layer_snapshots(

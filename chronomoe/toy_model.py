@@ -144,9 +144,10 @@ class DemoExperts(nn.Module):
 class DemoRouter(nn.Module):
     """Linear router with bias: softmax over experts, the top-k experts, their probabilities as weights.
 
-    ``forward(hidden_states [T, H]) -> (probs [T, E] float32, top_k_weights [T, k]
-    float32, top_k_index [T, k] int64)``. Weights are not renormalised over the
-    top k (Switch), so the router learns from how much each chosen expert helps.
+    ``forward(hidden_states [T, H]) -> (router_logits [T, E] float32, top_k_weights [T, k]
+    float32, top_k_index [T, k] int64)``, the transformers 5 router convention.
+    Weights are not renormalised over the top k (Switch), so the router learns
+    from how much each chosen expert helps.
     """
 
     def __init__(self, config: DemoConfig) -> None:
@@ -157,9 +158,9 @@ class DemoRouter(nn.Module):
         self.bias = nn.Parameter(torch.zeros(config.n_experts))
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        probs = F.linear(hidden_states, self.weight, self.bias).float().softmax(dim=-1)
-        top_k_weights, top_k_index = probs.topk(self.top_k, dim=-1)
-        return probs, top_k_weights, top_k_index
+        router_logits = F.linear(hidden_states, self.weight, self.bias).float()
+        top_k_weights, top_k_index = router_logits.softmax(dim=-1).topk(self.top_k, dim=-1)
+        return router_logits, top_k_weights, top_k_index
 
 
 class DemoMoE(nn.Module):
@@ -184,7 +185,8 @@ class DemoMoE(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         batch, seq, hidden = hidden_states.shape
         flat = hidden_states.reshape(-1, hidden)
-        probs, top_k_weights, top_k_index = self.gate(flat)
+        router_logits, top_k_weights, top_k_index = self.gate(flat)
+        probs = router_logits.softmax(dim=-1)
         assignments = top_k_index.reshape(-1)
         assignment_share = torch.zeros_like(probs[0]).index_add(
             0, assignments, torch.full_like(assignments, 1.0 / assignments.numel(), dtype=probs.dtype)

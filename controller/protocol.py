@@ -7,6 +7,7 @@ from typing import Protocol, runtime_checkable
 from chronomoe.alerts import AlertTransition
 from chronomoe.snapshots import SystemSnapshot
 
+from .actuators import Actuator
 from .decisions import ControlDecision
 
 
@@ -24,3 +25,17 @@ class Controller(Protocol):
     def on_snapshot(self, snapshot: SystemSnapshot) -> ControlDecision | list[ControlDecision] | None: ...
 
     def on_transition(self, transition: AlertTransition) -> ControlDecision | list[ControlDecision] | None: ...
+
+
+@runtime_checkable
+class ActuatedController(Protocol):
+    """A controller that acts on the model: the Monitor binds it an actuator found on the attached model.
+
+    ``wants_actuator`` is read when the controller is set or the model attached;
+    a controller that only recommends (dry run) says ``False`` and is bound none.
+    """
+
+    @property
+    def wants_actuator(self) -> bool: ...
+
+    def bind(self, actuator: Actuator) -> None: ...

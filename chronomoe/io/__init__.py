@@ -10,12 +10,13 @@ Modules: :mod:`~chronomoe.io.paths` (a run folder's layout),
 
 from .fast_events import iter_events
 from .manifest import create_run_manifest, get_git_commit
-from .paths import ALERTS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, check_run_id
-from .reader import iter_records, load_events, load_manifest, load_snapshots, load_transitions
+from .paths import ALERTS_FILE, DECISIONS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, check_run_id
+from .reader import iter_records, load_decisions, load_events, load_manifest, load_snapshots, load_transitions
 from .writer import TelemetryWriter
 
 __all__ = [
     "ALERTS_FILE",
+    "DECISIONS_FILE",
     "EVENTS_FILE",
     "MANIFEST_FILE",
     "SNAPSHOTS_FILE",
@@ -25,6 +26,7 @@ __all__ = [
     "get_git_commit",
     "iter_events",
     "iter_records",
+    "load_decisions",
     "load_events",
     "load_manifest",
     "load_snapshots",

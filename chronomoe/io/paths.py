@@ -3,6 +3,7 @@
 * ``routing_events.jsonl``: one :class:`~chronomoe.events.RoutingEvent` a line;
 * ``snapshots.jsonl``: one :class:`~chronomoe.snapshots.SystemSnapshot` a line;
 * ``alerts.jsonl``: one :class:`~chronomoe.alerts.AlertTransition` a line;
+* ``decisions.jsonl``: one :class:`~chronomoe.controller.ControlDecision` a line (the audit trail);
 * ``run_manifest.json``: run metadata, replaced atomically.
 """
 
@@ -16,6 +17,7 @@ from ..errors import InvalidInputError
 EVENTS_FILE = "routing_events.jsonl"
 SNAPSHOTS_FILE = "snapshots.jsonl"
 ALERTS_FILE = "alerts.jsonl"
+DECISIONS_FILE = "decisions.jsonl"
 MANIFEST_FILE = "run_manifest.json"
 
 

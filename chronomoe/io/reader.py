@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel
 
+from chronomoe.controller import ControlDecision
+
 from ..alerts import AlertTransition
 from ..errors import CorruptRecordError
 from ..events import RoutingEvent
@@ -26,7 +28,7 @@ from ..snapshots import SystemSnapshot
 from .fast_events import iter_events
 from .lines import MAX_LINE_BYTES, iter_lines, open_regular_file
 from .parse_errors import PARSE_ERRORS, describe_parse_error
-from .paths import ALERTS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, file_in
+from .paths import ALERTS_FILE, DECISIONS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, file_in
 
 Record = TypeVar("Record", bound=BaseModel)
 
@@ -65,6 +67,13 @@ def load_transitions(path: str | os.PathLike[str], *, max_line_bytes: int = MAX_
     """Validated alert transitions from ``alerts.jsonl`` (a file path or a run folder)."""
     return list(
         iter_records(file_in(path, ALERTS_FILE), AlertTransition.model_validate_json, max_line_bytes=max_line_bytes)
+    )
+
+
+def load_decisions(path: str | os.PathLike[str], *, max_line_bytes: int = MAX_LINE_BYTES) -> list[ControlDecision]:
+    """Validated control decisions from ``decisions.jsonl`` (a file path or a run folder)."""
+    return list(
+        iter_records(file_in(path, DECISIONS_FILE), ControlDecision.model_validate_json, max_line_bytes=max_line_bytes)
     )
 
 

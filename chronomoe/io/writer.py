@@ -39,12 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chronomoe.controller import ControlDecision
+
 from ..alerts import AlertTransition
 from ..errors import InvalidInputError
 from ..events import RoutingEvent
 from ..snapshots import SystemSnapshot
 from .lines import open_for_append
-from .paths import ALERTS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, check_run_id
+from .paths import ALERTS_FILE, DECISIONS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, check_run_id
 from .serialize import event_line, manifest_bytes, record_line
 
 logger = logging.getLogger(__name__)
@@ -104,6 +106,7 @@ class TelemetryWriter:
         self.events_path = self.run_dir / EVENTS_FILE
         self.snapshots_path = self.run_dir / SNAPSHOTS_FILE
         self.alerts_path = self.run_dir / ALERTS_FILE
+        self.decisions_path = self.run_dir / DECISIONS_FILE
         self.manifest_path = self.run_dir / MANIFEST_FILE
         self.fsync = fsync
         self.on_error = on_error
@@ -146,6 +149,10 @@ class TelemetryWriter:
     def write_transitions(self, transitions: Iterable[AlertTransition]) -> int:
         """Append alert transitions to ``alerts.jsonl`` in one ``write()``."""
         return self._append_lines(self.alerts_path, map(record_line, transitions))
+
+    def write_decisions(self, decisions: Iterable[ControlDecision]) -> int:
+        """Append control decisions to ``decisions.jsonl`` in one ``write()``; return how many."""
+        return self._append_lines(self.decisions_path, map(record_line, decisions))
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write ``run_manifest.json`` atomically (temporary file, then rename)."""

@@ -1,0 +1,502 @@
+"""PressureController: a bounded, audited controller that moves a router bias towards balanced routing.
+
+Each TRAIN snapshot, for every layer it may act on, it computes a *pressure*
+from the layer's topology and moves a selection-only bias (auxiliary-loss-free
+balancing, Wang et al. 2024) towards the under-used experts:
+
+* **pressure** (dimensionless, 0..1) is the largest of the Neff deficit
+  ``(neff_ratio * n - Neff) / (neff_ratio * n - 1)``, the Top2 excess
+  ``(Top2 - pre_top2) / (1 - pre_top2)`` (layers of more than 2 experts), the
+  MaxVio excess ``(MaxVio - tolerance) / (n - 1 - tolerance)`` and the dead
+  fraction, each clipped to 0..1 (``neff_ratio`` and ``pre_top2`` from the
+  alert rules);
+* **direction**: ``1/n - share`` per expert, scaled so that its largest
+  component is 1: positive for under-used experts, negative for over-used
+  ones, summing to 0;
+* **update**: ``rate * step_scale * (0.5 + 0.5 * pressure) * direction``
+  (between half and the full rate: stronger pressure moves faster, weak
+  pressure near the thresholds still moves), then fitted into the box that
+  both bounds hold in: ``|change| <= max_step`` per expert and decision,
+  ``|bias| <= max_bias``. Anti-windup: an expert already at its
+  bound is not pushed further (it is held and the rest of the update is
+  re-centred), then the whole update is scaled down until it fits; so the
+  bias stays mean-centred (it sums to 0 over a layer's experts) and never
+  integrates while clamped.
+
+When it acts (mode ``"alert"``, the default): on layers whose alert state is
+``pre_collapse`` or ``collapse_confirmed``, and for ``hold_for`` snapshots
+after they leave it while their MaxVio is still above ``tolerance``; mode
+``"continuous"`` acts on every layer outside the tolerance band, as
+DeepSeek-V3's balancing does. Never: inside the tolerance band (MaxVio <=
+``tolerance``), on INFER snapshots, during ``warmup`` TRAIN snapshots, on layers
+outside the ``layers`` allow-list, on layers without data, while frozen.
+
+Safety beyond the bounds:
+
+* **harm guard**: when a layer's MaxVio rises by more than ``harm_margin``
+  after an adjustment (MaxVio, not pressure: pressure saturates at 1 in a
+  deep collapse, MaxVio keeps measuring), its step scale halves (back off); after
+  ``abstain_after`` such adjustments in a row it abstains from that layer for
+  the rest of the run (:meth:`PressureController.reset_abstention` lifts it),
+  and each decision says so. A good adjustment restores the step scale by
+  half again, up to 1;
+* **relaxation** (off by default, ``relax_rate > 0``): a nominal layer whose
+  MaxVio has stayed below ``relax_margin * tolerance`` for ``relax_after``
+  snapshots has its bias shrunk by ``relax_rate`` per snapshot; the first
+  snapshot above that margin stops it, long before the alert rules could
+  fire again, because the cause of a collapse usually persists;
+* **dry run** (``dry_run=True``): decides and records everything exactly as
+  if applying, on a host copy of the bias; the model is never touched;
+* **freeze**: :meth:`PressureController.freeze` / :meth:`~PressureController.unfreeze`
+  at run time, or the environment variable ``CHRONOMOE_CONTROLLER_FROZEN=1``:
+  decisions are still made and recorded, nothing is changed.
+
+Units: the bias is in the actuator's units. The bias the actuator installs
+on softmax routers is added to the router *logits* (the defaults, a step of
+0.2 and a bound of 4.0, are in logits: a bound of 4 lets an expert's odds of
+selection move by up to e^4 either way); a family's own bias is in that
+family's score units (DeepSeek-V3's ``e_score_correction_bias`` is added to
+sigmoid scores in 0..1, where bounds of about 0.5 and steps of about 0.01 to
+0.05 are the scale).
+
+Every decision, "none" included, is a :class:`~chronomoe.controller.ControlDecision`
+with the reason in words; decisions are a deterministic function of the
+snapshots (their timestamp is the snapshot's), the configuration and the
+controller's state, which :meth:`PressureController.state_dict` carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from chronomoe.alerts import AlertRules, AlertState, AlertTransition
+from chronomoe.errors import InvalidInputError
+from chronomoe.snapshots import SystemSnapshot
+
+from .actuators import Actuator, HostBiasActuator, check_layout, summarize_change
+from .decisions import ControlDecision
+
+FREEZE_VARIABLE = "CHRONOMOE_CONTROLLER_FROZEN"
+"""Set to ``1``, ``true`` or ``yes`` to freeze every PressureController of the process."""
+
+ALERTING = (AlertState.PRE_COLLAPSE, AlertState.COLLAPSE_CONFIRMED)
+
+
+class PressureConfig(BaseModel):
+    """The PressureController's policy; every field has a documented default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["alert", "continuous"] = Field(
+        "alert", description="alert: act on layers whose alert state warrants it; continuous: on every layer"
+    )
+    rate: float = Field(0.2, gt=0, description="bias change per decision at pressure 1 and full step scale")
+    max_step: float = Field(0.2, gt=0, description="largest change of one expert's bias per decision")
+    max_bias: float = Field(4.0, gt=0, description="largest absolute bias of any expert")
+    tolerance: float = Field(0.25, ge=0, description="MaxVio at or below which a layer is balanced enough")
+    hold_for: int = Field(3, ge=0, description="snapshots it keeps acting after a layer leaves its alert state")
+    warmup: int = Field(0, ge=0, description="TRAIN snapshots observed before the first action")
+    layers: list[int] | None = Field(None, description="layer ids it may act on (None: all)")
+    harm_margin: float = Field(0.1, ge=0, description="rise of MaxVio after an adjustment that counts as harm")
+    abstain_after: int = Field(3, ge=1, description="harmful adjustments in a row after which it abstains")
+    relax_rate: float = Field(
+        0.0, ge=0, lt=1, description="fraction of the bias removed per relaxing snapshot (0: off)"
+    )
+    relax_after: int = Field(5, ge=1, description="balanced snapshots before relaxation starts")
+    relax_margin: float = Field(0.5, gt=0, le=1, description="relax only while MaxVio < relax_margin * tolerance")
+    dry_run: bool = Field(False, description="decide and record as if applying; never touch the model")
+
+    def digest(self) -> str:
+        """A short hash of the configuration: the policy a decision came from."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+class PressureController:
+    """Bounded, audited balancing through a selection-only router bias (see the module docstring).
+
+    Args:
+        config: the policy (default: :class:`PressureConfig`'s defaults).
+        rules: the alert rules whose thresholds define pressure (default: the packaged rules).
+        overrides: fields of :class:`PressureConfig`, e.g. ``PressureController(dry_run=True)``.
+
+    A Monitor binds the actuator it found on the attached model
+    (:meth:`bind`); without one, the controller acts on a host copy of the
+    bias it makes from the first snapshot's layers.
+    """
+
+    name = "pressure"
+
+    def __init__(self, config: PressureConfig | None = None, rules: AlertRules | None = None, **overrides: Any) -> None:
+        base = config.model_dump() if config is not None else {}
+        try:
+            self.config = PressureConfig.model_validate({**base, **overrides})
+        except ValueError as error:
+            raise InvalidInputError("PressureConfig", overrides, str(error).splitlines()[0]) from None
+        self.rules = rules if rules is not None else AlertRules.default()
+        self.config_hash = self.config.digest()
+        self.actuator: Actuator | None = None
+        self._frozen_reason: str | None = None
+        self._snapshots_seen = 0
+        self._layer_state: dict[str, np.ndarray] = {}
+
+    # -- wiring and switches ---------------------------------------------------------------
+    @property
+    def wants_actuator(self) -> bool:
+        """Whether it needs a real actuator on the model (not in dry-run mode)."""
+        return not self.config.dry_run
+
+    def bind(self, actuator: Actuator) -> None:
+        """Act through ``actuator`` from now on (its current values are the starting bias)."""
+        self.actuator = actuator
+        self._layer_state = _fresh_layer_state(len(actuator.layer_ids))
+
+    def freeze(self, reason: str = "frozen by the operator") -> None:
+        """Stop changing the model (decisions go on being made and recorded) until :meth:`unfreeze`."""
+        self._frozen_reason = reason
+
+    def unfreeze(self) -> None:
+        self._frozen_reason = None
+
+    @property
+    def frozen(self) -> str | None:
+        """Why it is frozen (the method's reason, or the environment variable), or ``None``."""
+        if self._frozen_reason is not None:
+            return self._frozen_reason
+        if os.environ.get(FREEZE_VARIABLE, "").strip().lower() in ("1", "true", "yes"):
+            return f"frozen by {FREEZE_VARIABLE}"
+        return None
+
+    def reset_abstention(self, layer_id: int | None = None) -> None:
+        """Let it act again on ``layer_id`` (default: every layer) after it abstained."""
+        if self.actuator is None:
+            return
+        positions = self._positions([layer_id]) if layer_id is not None else slice(None)
+        self._layer_state["abstained"][positions] = False
+        self._layer_state["harm_streak"][positions] = 0
+        self._layer_state["step_scale"][positions] = 1.0
+
+    # -- the Controller protocol -------------------------------------------------------------
+    def on_transition(self, transition: AlertTransition) -> None:
+        """Transitions need no separate decision: the snapshot that carries them is decided on."""
+        return None
+
+    def on_snapshot(self, snapshot: SystemSnapshot) -> list[ControlDecision] | None:
+        """One decision per layer of a TRAIN snapshot (``None`` for INFER snapshots)."""
+        if snapshot.mode != "TRAIN":
+            return None
+        actuator = self._actuator_for(snapshot)
+        view = _SnapshotView.of(snapshot, actuator)
+        self._snapshots_seen += 1
+        return self._decide(snapshot, actuator, view)
+
+    def _actuator_for(self, snapshot: SystemSnapshot) -> Actuator:
+        """The bound actuator; without one, a host bias over the snapshot's layers (grown when new layers
+        appear, keeping what it holds for the others)."""
+        previous = self.actuator
+        layers = {layer.layer_id: layer.n_experts for layer in snapshot.layers}
+        if previous is not None and not (
+            isinstance(previous, HostBiasActuator) and set(layers) - set(previous.layer_ids)
+        ):
+            return previous
+        known = {} if previous is None else dict(zip(previous.layer_ids, previous.n_experts, strict=True))
+        ids = sorted({**known, **layers})
+        host = HostBiasActuator(ids, [layers.get(layer_id) or known[layer_id] for layer_id in ids])
+        old_state = self._layer_state
+        self.bind(host)
+        if previous is not None:
+            rows = [ids.index(layer_id) for layer_id in previous.layer_ids]
+            values, old = host.read(), previous.read()
+            values[rows, : old.shape[1]] = old
+            host.apply(values, np.isin(ids, list(previous.layer_ids)))
+            for key, column in old_state.items():
+                self._layer_state[key][rows] = column
+        return host
+
+    def _positions(self, layer_ids: list[int]) -> list[int]:
+        assert self.actuator is not None
+        return [self.actuator.layer_ids.index(layer_id) for layer_id in layer_ids]
+
+    # -- the policy -------------------------------------------------------------------------------
+    def _decide(self, snapshot: SystemSnapshot, actuator: Actuator, view: _SnapshotView) -> list[ControlDecision]:
+        config, state = self.config, self._layer_state
+        n = np.asarray(actuator.n_experts, dtype=np.float64)
+        pressure = self._pressure(view, n)
+        frozen = self.frozen
+        warming_up = self._snapshots_seen <= config.warmup
+
+        # Harm guard: judge the last adjustment of each layer by the pressure it led to.
+        judged = state["adjusted_last"] & view.has_data
+        harmed = judged & (view.max_vio > state["last_max_vio"] + config.harm_margin)
+        helped = judged & ~harmed
+        state["step_scale"] = np.where(harmed, state["step_scale"] * 0.5, state["step_scale"])
+        state["step_scale"] = np.where(helped, np.minimum(1.0, state["step_scale"] * 1.5), state["step_scale"])
+        state["harm_streak"] = np.where(harmed, state["harm_streak"] + 1, np.where(helped, 0, state["harm_streak"]))
+        newly_abstained = harmed & ~state["abstained"] & (state["harm_streak"] >= config.abstain_after)
+        state["abstained"] |= newly_abstained
+
+        alerting = np.isin(view.states, [state.value for state in ALERTING])
+        outside_band = view.has_data & (view.max_vio > config.tolerance)
+        held = state["hold"] > 0  # snapshots left to keep acting after the layer left its alert state
+        state["hold"] = np.where(alerting, config.hold_for, np.maximum(state["hold"] - 1, 0))
+        warranted = alerting | held if config.mode == "alert" else np.ones_like(alerting)
+        allowed = view.in_snapshot & (
+            np.ones_like(alerting) if config.layers is None else np.isin(actuator.layer_ids, config.layers)
+        )
+        acting = allowed & outside_band & warranted & ~state["abstained"] & (not warming_up) & (frozen is None)
+
+        balanced = view.has_data & ~alerting & (view.max_vio < config.relax_margin * config.tolerance)
+        state["relax_streak"] = np.where(balanced, state["relax_streak"] + 1, 0)
+        relaxing = (
+            allowed
+            & ~acting
+            & (config.relax_rate > 0)
+            & (state["relax_streak"] >= config.relax_after)
+            & (frozen is None)
+        )
+
+        before = actuator.read()
+        desired = np.zeros_like(before)
+        gain = config.rate * state["step_scale"] * (0.5 + 0.5 * pressure)
+        desired[acting] = gain[acting, None] * view.direction[acting]
+        desired[relaxing] = -config.relax_rate * before[relaxing]
+        change = fit_into_box(desired, before, n.astype(np.int64), config.max_step, config.max_bias)
+        moved = (acting | relaxing) & (np.abs(change).max(axis=1) > 0)
+        after = before + change
+        if moved.any():
+            actuator.apply(after, moved)
+
+        state["adjusted_last"] = acting & moved
+        state["last_max_vio"] = np.where(view.has_data, view.max_vio, state["last_max_vio"])
+        reasons = self._reasons(
+            view,
+            pressure,
+            acting,
+            relaxing,
+            moved,
+            harmed,
+            newly_abstained,
+            allowed,
+            outside_band,
+            warranted,
+            warming_up,
+            frozen,
+        )
+        return [
+            ControlDecision.trusted(
+                controller=self.name,
+                config_hash=self.config_hash,
+                trigger="snapshot",
+                step=snapshot.step,
+                mode=snapshot.mode,
+                layer_id=layer_id,
+                run_id=snapshot.run_id,
+                alert_state=AlertState(view.states[position]) if view.in_snapshot[position] else None,
+                metrics=view.metrics[position],
+                pressure=float(pressure[position]) if view.has_data[position] else None,
+                heat=None,
+                forgetting=None,
+                action=("adjust" if acting[position] else "relax")
+                if moved[position]
+                else ("abstain" if state["abstained"][position] and view.has_data[position] else "none"),
+                actuator=actuator.name,
+                change=summarize_change(
+                    before[position], after[position], actuator.n_experts[position], config.max_bias
+                ),
+                applied=bool(moved[position]) and actuator.changes_model and not config.dry_run,
+                dry_run=config.dry_run,
+                reason=reasons[position],
+                timestamp=snapshot.timestamp,
+            )
+            for position, layer_id in enumerate(actuator.layer_ids)
+            if view.in_snapshot[position]
+        ]
+
+    def _pressure(self, view: _SnapshotView, n: np.ndarray) -> np.ndarray:
+        rules, config = self.rules, self.config
+        with np.errstate(divide="ignore", invalid="ignore"):
+            target = rules.neff_ratio * n
+            neff_deficit = np.where(target > 1, (target - view.n_effective) / (target - 1), 0.0)
+            top2_excess = np.where(n > 2, (view.top2_share - rules.pre_top2) / (1 - rules.pre_top2), 0.0)
+            span = n - 1 - config.tolerance
+            vio_excess = np.where(span > 0, (view.max_vio - config.tolerance) / span, 0.0)
+            terms = np.stack([neff_deficit, top2_excess, vio_excess, view.dead_fraction])
+        pressure = np.nan_to_num(np.clip(terms, 0.0, 1.0), nan=0.0).max(axis=0)
+        return np.where(view.has_data, pressure, 0.0)
+
+    def _reasons(
+        self,
+        view: _SnapshotView,
+        pressure: np.ndarray,
+        acting: np.ndarray,
+        relaxing: np.ndarray,
+        moved: np.ndarray,
+        harmed: np.ndarray,
+        abstained_now: np.ndarray,
+        allowed: np.ndarray,
+        outside_band: np.ndarray,
+        warranted: np.ndarray,
+        warming_up: bool,
+        frozen: str | None,
+    ) -> list[str]:
+        config, state = self.config, self._layer_state
+        reasons = []
+        for position in range(len(pressure)):
+            vio = view.max_vio[position]
+            words: str
+            if not view.in_snapshot[position]:
+                words = ""
+            elif not view.has_data[position]:
+                words = "no data in this window"
+            elif not allowed[position]:
+                words = "layer not in the allow-list"
+            elif state["abstained"][position]:
+                words = (
+                    f"abstains: {config.abstain_after} adjustments in a row raised MaxVio (now {vio:.3f})"
+                    if abstained_now[position]
+                    else "abstaining since repeated adjustments made the layer worse"
+                )
+            elif frozen is not None and (outside_band[position] and warranted[position]):
+                words = f"{frozen}: would adjust (pressure {pressure[position]:.3f}, MaxVio {vio:.3f})"
+            elif warming_up and outside_band[position]:
+                words = f"warm-up: snapshot {self._snapshots_seen} of {config.warmup}"
+            elif acting[position]:
+                verb = "adjusted" if moved[position] else "at its bounds"
+                back_off = " (backed off: MaxVio rose after the last adjustment)" if harmed[position] else ""
+                mode = "continuous balancing" if config.mode == "continuous" else f"layer is {view.states[position]}"
+                words = (
+                    f"{verb} towards under-used experts: {mode}, pressure {pressure[position]:.3f}, "
+                    f"MaxVio {vio:.3f} > tolerance {config.tolerance}, step scale {state['step_scale'][position]:.2f}"
+                    f"{back_off}"
+                )
+            elif relaxing[position] and moved[position]:
+                words = f"relaxed the bias by {config.relax_rate:g}: balanced with margin (MaxVio {vio:.3f})"
+            elif not outside_band[position]:
+                words = f"within tolerance: MaxVio {vio:.3f} <= {config.tolerance}"
+            else:
+                words = f"layer is {view.states[position]}: no action warranted in {config.mode} mode"
+            if config.dry_run and moved[position]:
+                words = "dry run, not applied: " + words
+            reasons.append(words)
+        return reasons
+
+    # -- checkpointing ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything its future decisions depend on, as plain values."""
+        return {
+            "config": self.config.model_dump(),
+            "snapshots_seen": self._snapshots_seen,
+            "frozen_reason": self._frozen_reason,
+            "layer_state": {key: value.tolist() for key, value in self._layer_state.items()},
+            "actuator": None if self.actuator is None else self.actuator.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (bind the same actuator first when acting on a model)."""
+        if PressureConfig.model_validate(state["config"]) != self.config:
+            raise InvalidInputError("state.config", state["config"], "was saved by a controller of another policy")
+        actuator_state = state["actuator"]
+        if actuator_state is not None:
+            if self.actuator is None:
+                self.bind(HostBiasActuator(actuator_state["layer_ids"], actuator_state["n_experts"]))
+            assert self.actuator is not None
+            check_layout(self.actuator, actuator_state)
+            self.actuator.load_state_dict(actuator_state)
+        self._snapshots_seen = int(state["snapshots_seen"])
+        self._frozen_reason = state["frozen_reason"]
+        fresh = _fresh_layer_state(0 if self.actuator is None else len(self.actuator.layer_ids))
+        self._layer_state = {
+            key: np.asarray(state["layer_state"].get(key, template), dtype=template.dtype)
+            for key, template in fresh.items()
+        }
+
+
+def fit_into_box(
+    desired: np.ndarray, bias: np.ndarray, n_experts: np.ndarray, max_step: float, max_bias: float
+) -> np.ndarray:
+    """The change closest in direction to ``desired`` that keeps every bound (``[L, width]`` arrays).
+
+    ``desired`` sums to 0 over each layer's experts; the result does too, and
+    ``|change| <= max_step``, ``|bias + change| <= max_bias`` hold for every
+    expert (``bias`` must already be within ``max_bias``). Experts whose bias
+    is at the bound in the direction of their push are held (anti-windup) and
+    the rest re-centred, twice; then the whole row is scaled down to fit.
+    """
+    width = desired.shape[1]
+    real = np.arange(width)[None, :] < n_experts[:, None]
+    low = np.maximum(-max_step, -max_bias - bias)
+    high = np.minimum(max_step, max_bias - bias)
+    change = np.where(real, desired, 0.0)
+    for _ in range(2):
+        held = ((change > 0) & (high <= 0)) | ((change < 0) & (low >= 0))
+        free = real & ~held
+        change = np.where(free, change, 0.0)
+        free_count = np.maximum(free.sum(axis=1, keepdims=True), 1)
+        change = np.where(free, change - change.sum(axis=1, keepdims=True) / free_count, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        limits = np.where(change > 0, high / change, np.where(change < 0, low / change, np.inf))
+    scale = np.clip(np.nan_to_num(limits, nan=np.inf, posinf=np.inf).min(axis=1, initial=np.inf), 0.0, 1.0)
+    return np.where(real, change * scale[:, None], 0.0)
+
+
+class _SnapshotView:
+    """A snapshot's layers as arrays in the actuator's layer order (what the policy reads)."""
+
+    def __init__(self, n_layers: int, width: int) -> None:
+        nan = np.full(n_layers, np.nan)
+        self.in_snapshot = np.zeros(n_layers, dtype=bool)
+        self.has_data = np.zeros(n_layers, dtype=bool)
+        self.states = np.full(n_layers, AlertState.NOMINAL.value, dtype=object)
+        self.n_effective, self.top2_share, self.max_vio, self.dead_fraction = (
+            nan.copy(),
+            nan.copy(),
+            nan.copy(),
+            nan.copy(),
+        )
+        self.direction = np.zeros((n_layers, width))
+        self.metrics: list[dict[str, float | int | None]] = [{} for _ in range(n_layers)]
+
+    @classmethod
+    def of(cls, snapshot: SystemSnapshot, actuator: Actuator) -> _SnapshotView:
+        position_of = {layer_id: position for position, layer_id in enumerate(actuator.layer_ids)}
+        view = cls(len(actuator.layer_ids), max(actuator.n_experts))
+        for layer in snapshot.layers:
+            position = position_of.get(layer.layer_id)
+            if position is None:
+                continue
+            view.in_snapshot[position] = True
+            view.states[position] = layer.alert_state.value
+            view.metrics[position] = {
+                name: layer.metrics()[name] for name in ("n_effective", "top2_share", "max_vio", "dead_expert_count")
+            }
+            if layer.no_data:
+                continue
+            n = layer.n_experts
+            view.has_data[position] = True
+            view.n_effective[position] = layer.n_effective
+            view.top2_share[position] = layer.top2_share
+            view.max_vio[position] = (
+                layer.max_vio if layer.max_vio is not None else n * layer.utilization_shares.max() - 1
+            )
+            view.dead_fraction[position] = layer.dead_expert_count / n
+            deficit = 1.0 / n - layer.utilization_shares
+            largest = np.abs(deficit).max()
+            if largest > 0:
+                view.direction[position, :n] = deficit / largest
+        return view
+
+
+def _fresh_layer_state(n_layers: int) -> dict[str, np.ndarray]:
+    return {
+        "step_scale": np.ones(n_layers),
+        "harm_streak": np.zeros(n_layers, dtype=np.int64),
+        "abstained": np.zeros(n_layers, dtype=bool),
+        "adjusted_last": np.zeros(n_layers, dtype=bool),
+        "last_max_vio": np.zeros(n_layers),
+        "hold": np.zeros(n_layers, dtype=np.int64),
+        "relax_streak": np.zeros(n_layers, dtype=np.int64),
+    }
