@@ -1,4 +1,4 @@
-"""The ``chronomoe`` command: demo, summary, replay, report, validate, schema.
+"""The ``chronomoe`` command: demo, summary, replay, report, decisions, validate, schema.
 
 Exit codes: 0 success; 1 the answer is "no" (``summary``: a layer is
 collapse_confirmed; ``validate``: invalid records); 2 the command could not
@@ -22,7 +22,10 @@ from .errors import ChronoMoEError, InvalidInputError
 from .events import MODES
 
 if TYPE_CHECKING:
+    from chronomoe.controller import ControlDecision
+
     from .io import TelemetryWriter
+    from .snapshots import SystemSnapshot
 
 EXIT_OK = 0
 EXIT_NO = 1
@@ -36,7 +39,7 @@ PROGRESS_MIN_BYTES = 16 * 2**20
 def run_demo_command(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    options = {"output_dir": args.output_dir, "seed": args.seed, "quiet": args.quiet}
+    options = {"output_dir": args.output_dir, "seed": args.seed, "quiet": args.quiet, "as_json": args.json}
     if args.steps is not None:
         options["steps"] = args.steps
     return run_demo(**options)
@@ -89,13 +92,19 @@ def run_replay(args: argparse.Namespace) -> int:
                 "replay": {"source": str(run_dir.resolve()), "window": args.window or "recorded"},
             }
         )
+    evaluation = _ControllerEvaluation.of(args, rules)
+
+    def on_snapshot(snapshot: SystemSnapshot) -> None:
+        if writer is not None:
+            writer.write_snapshot(snapshot)
+        if evaluation is not None:
+            decisions = evaluation.decide(snapshot)
+            if writer is not None and decisions:
+                writer.write_decisions(decisions)
+
     with _progress_bar(run_dir / EVENTS_FILE, count_lines=True, unit="event") as bar:
         result = replay_run(
-            run_dir,
-            rules,
-            args.window,
-            on_snapshot=None if writer is None else writer.write_snapshot,
-            progress=None if bar is None else bar.update,
+            run_dir, rules, args.window, on_snapshot=on_snapshot, progress=None if bar is None else bar.update
         )
     if writer is not None:
         writer.close()
@@ -123,8 +132,80 @@ def run_replay(args: argparse.Namespace) -> int:
         print(f"{' ' * len(label)}replayed {format_transitions(change.replayed)}")
         if change.recorded_final != change.replayed_final:
             print(f"{' ' * len(label)}ends {change.replayed_final.value} (recorded: {change.recorded_final.value})")
+    if evaluation is not None:
+        evaluation.print_summary()
     if args.out is not None:
         print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+class _ControllerEvaluation:
+    """``replay --controller``: a controller in dry run over the replayed snapshots, and what it would have done."""
+
+    def __init__(self, controller: Any) -> None:
+        self.controller = controller
+        self.decisions: list[ControlDecision] = []
+
+    @classmethod
+    def of(cls, args: argparse.Namespace, rules: Any) -> _ControllerEvaluation | None:
+        if args.controller is None:
+            if args.controller_config is not None:
+                raise InvalidInputError("--controller-config", str(args.controller_config), "needs --controller")
+            return None
+        from pydantic import ValidationError
+
+        from chronomoe.controller import PressureConfig, PressureController
+
+        config = PressureConfig()
+        if args.controller_config is not None:
+            try:
+                config = PressureConfig.model_validate_json(args.controller_config.read_bytes())
+            except OSError as error:
+                raise InvalidInputError("--controller-config", str(args.controller_config), str(error)) from None
+            except ValidationError as error:
+                first = error.errors()[0]
+                where = ".".join(str(part) for part in first["loc"]) or "the document"
+                raise InvalidInputError(
+                    f"--controller-config {args.controller_config}: {where}", first.get("input"), first["msg"]
+                ) from None
+        return cls(PressureController(config, rules=rules, dry_run=True))
+
+    def decide(self, snapshot: SystemSnapshot) -> list[ControlDecision]:
+        decided = self.controller.on_snapshot(snapshot) or []
+        self.decisions.extend(decided)
+        return list(decided)
+
+    def print_summary(self) -> None:
+        from .audit import audit_by_layer, format_table, layer_rows
+
+        acted = [d for d in self.decisions if d.action != "none"]
+        print(
+            f"controller {self.controller.name} (config {self.controller.config_hash}, dry run): "
+            f"{len(self.decisions)} decisions, {len(acted)} would have acted"
+            + (f", the first at step {acted[0].step} on layer {acted[0].layer_id}" if acted else "")
+        )
+        print("(what it would have decided on the recorded routing, which did not respond to its bias)")
+        print(format_table(layer_rows(audit_by_layer(self.decisions))))
+
+
+def run_decisions(args: argparse.Namespace) -> int:
+    from .audit import audit_by_layer, decision_rows, format_table, layer_rows
+    from .io import DECISIONS_FILE, load_decisions
+    from .replay import require_file, require_run_dir
+
+    run_dir = require_run_dir(args.run_dir)
+    decisions = load_decisions(require_file(run_dir, DECISIONS_FILE, " (the run had no controller?)"))
+    shown = [
+        d
+        for d in decisions
+        if (args.layer is None or d.layer_id == args.layer) and (args.action is None or d.action == args.action)
+    ]
+    if args.last is not None:
+        shown = shown[-args.last :]
+    if args.all or args.action is not None or args.layer is not None or args.last is not None:
+        print(format_table(decision_rows(shown)))
+        print()
+    print(format_table(layer_rows(audit_by_layer(shown))))
     return EXIT_OK
 
 
@@ -281,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
     demo.add_argument("--quiet", action="store_true", help="print only the final verdict")
+    demo.add_argument("--json", action="store_true", help="print only every arm's final layers and loss, as JSON")
 
     summary = command(
         "summary",
@@ -320,8 +402,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         metavar="DIR",
-        help="write the replayed snapshots.jsonl, alerts.jsonl and run_manifest.json to this new folder",
+        help="write the replayed snapshots.jsonl, alerts.jsonl, run_manifest.json (and decisions.jsonl with "
+        "--controller) to this new folder",
     )
+    replay.add_argument(
+        "--controller",
+        choices=["pressure"],
+        help="run this controller in dry run over the replayed snapshots and show what it would have decided, "
+        "and when (judge a policy on past runs before enabling it)",
+    )
+    replay.add_argument(
+        "--controller-config",
+        type=Path,
+        metavar="CONFIG.json",
+        help="the controller's policy as JSON (fields of chronomoe.controller.PressureConfig; missing fields take "
+        "the defaults)",
+    )
+
+    decisions = command(
+        "decisions",
+        run_decisions,
+        "the controller's audit trail: decisions per layer, or one row per decision",
+        "Summarise decisions.jsonl per layer (decisions, actions, how many changed the model, the first and "
+        "last action, the largest pressure, the bias magnitude). With --all, --layer, --action or --last, also "
+        "print one row per decision: step, layer, alert state, pressure, action, max |bias| after, applied, reason.",
+    )
+    decisions.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
+    decisions.add_argument("--all", action="store_true", help="one row per decision")
+    decisions.add_argument("--layer", type=int, metavar="L", help="only the decisions of layer L")
+    decisions.add_argument("--action", metavar="ACTION", help="only decisions with this action (adjust, none, ...)")
+    decisions.add_argument("--last", type=_positive_int, metavar="N", help="only the last N decisions shown")
 
     report = command(
         "report",
