@@ -254,4 +254,4 @@ def test_a_cuda_training_step_with_the_bias_actuator_acting_never_synchronises()
     finally:
         torch.cuda.set_sync_debug_mode(0)
     snapshot = monitor.snapshot(2)
-    assert all(layer.token_count == config.batch_size * config.seq_len * 2 * 2 for layer in snapshot.layers)
+    assert all(layer.token_count == config.batch_size * config.seq_len * config.top_k for layer in snapshot.layers)
