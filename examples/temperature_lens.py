@@ -49,7 +49,13 @@ def main(steps: int = 200) -> None:
         if step % 10 == 0:
             snapshot = monitor.snapshot(step)
             pressures = monitor.lens.state.layer_pressure
-            print(step, " ".join(f"L{layer.layer_id} {layer.alert_state.value[:3]} p={pressures.get(layer.layer_id, 0):.2f}" for layer in snapshot.layers))
+            print(
+                step,
+                " ".join(
+                    f"L{layer.layer_id} {layer.alert_state.value[:3]} p={pressures.get(layer.layer_id, 0):.2f}"
+                    for layer in snapshot.layers
+                ),
+            )
     monitor.close()
 
 
