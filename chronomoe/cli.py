@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit codes: 0 success; 1 a collapsed layer (summary) or invalid records (validate); "
         "2 an error (missing run folder or file, no events, bad rules file, bad arguments).",
     )
-    from . import __version__
+    from ._version import __version__
 
     parser.add_argument("--version", action="version", version=f"chronomoe {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
