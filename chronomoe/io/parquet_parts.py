@@ -129,7 +129,7 @@ def sealing_bytes(footers: Sequence[bytes]) -> bytes:
     """What sealing appends to a part whose complete frames have ``footers``: its footer, length and magic."""
     sink = pa.BufferOutputStream()
     combine(footers).write_metadata_file(sink)
-    metadata_file = sink.getvalue().to_pybytes()  # PAR1, footer, length, PAR1
+    metadata_file: bytes = sink.getvalue().to_pybytes()  # PAR1, footer, length, PAR1
     return metadata_file[len(MAGIC) :]
 
 
