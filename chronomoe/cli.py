@@ -1,4 +1,4 @@
-"""The ``chronomoe`` command: demo, summary, replay, report, decisions, validate, schema.
+"""The ``chronomoe`` command: demo, summary, replay, report, decisions, validate, export, schema.
 
 Exit codes: 0 success; 1 the answer is "no" (``summary``: a layer is
 collapse_confirmed; ``validate``: invalid records); 2 the command could not
@@ -46,29 +46,22 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 
 def run_summary(args: argparse.Namespace) -> int:
+    from .io.run_reader import open_run
     from .report import format_summary, summarize_run
 
     summary = summarize_run(args.run_dir, args.mode)
     print(format_summary(summary))
-    dropped = _dropped_records(summary.run_dir)
+    last = open_run(summary.run_dir).last_snapshot()
+    dropped = 0 if last is None else last.dropped_records
     if dropped:
         print(f"warning: {dropped} records dropped after I/O errors while recording (the run's log names the files)")
     return EXIT_NO if summary.collapsed_layers else EXIT_OK
 
 
-def _dropped_records(run_dir: Path) -> int:
-    """Records the run's writers dropped after I/O errors, as the last snapshot counts them (read from the end)."""
-    from .io import SNAPSHOTS_FILE
-    from .io.lines import last_line
-    from .snapshots import SystemSnapshot
-
-    line = last_line(run_dir / SNAPSHOTS_FILE)
-    return 0 if line is None else SystemSnapshot.model_validate_json(line).dropped_records
-
-
 def run_replay(args: argparse.Namespace) -> int:
     from .alerts import AlertRules
     from .io import EVENTS_FILE, MANIFEST_FILE, load_manifest
+    from .io.run_reader import open_run
     from .replay import changed_layers, format_transitions, recorded_rules, replay_run, require_run_dir
 
     run_dir = require_run_dir(args.run_dir)
@@ -83,7 +76,7 @@ def run_replay(args: argparse.Namespace) -> int:
     writer = None
     if args.out is not None:
         with _output_option("--out", args.out):
-            writer = _replay_writer(args.out.resolve(), run_dir.resolve())
+            writer = _replay_writer(args.out.resolve(), run_dir.resolve(), open_run(run_dir).storage)
         manifest = load_manifest(run_dir) if (run_dir / MANIFEST_FILE).is_file() else {}
         writer.write_manifest(
             {
@@ -190,11 +183,12 @@ class _ControllerEvaluation:
 
 def run_decisions(args: argparse.Namespace) -> int:
     from .audit import audit_by_layer, decision_rows, format_table, layer_rows
-    from .io import DECISIONS_FILE, load_decisions
-    from .replay import require_file, require_run_dir
+    from .io.run_reader import open_run
+    from .replay import require_run_dir
 
-    run_dir = require_run_dir(args.run_dir)
-    decisions = load_decisions(require_file(run_dir, DECISIONS_FILE, " (the run had no controller?)"))
+    run = open_run(require_run_dir(args.run_dir))
+    run.require("decisions", " (the run had no controller?)")
+    decisions = list(run.decisions())
     shown = [
         d
         for d in decisions
@@ -209,13 +203,18 @@ def run_decisions(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _replay_writer(out: Path, run_dir: Path) -> TelemetryWriter:
+def _replay_writer(out: Path, run_dir: Path, storage: str) -> TelemetryWriter:
+    """The writer of ``replay --out``, in the recording's storage."""
     from .io import SNAPSHOTS_FILE, TelemetryWriter
 
     if out == run_dir:
         raise InvalidInputError("--out", str(out), "must differ from RUN_DIR (replay never changes the recording)")
-    if (out / SNAPSHOTS_FILE).exists():
-        raise InvalidInputError("--out", str(out), f"already holds {SNAPSHOTS_FILE}; choose a new folder")
+    if (out / SNAPSHOTS_FILE).exists() or (out / "snapshots").exists():
+        raise InvalidInputError("--out", str(out), "already holds snapshots; choose a new folder")
+    if storage == "parquet":
+        from .io.parquet_writer import ParquetRunWriter
+
+        return ParquetRunWriter(out.name, out.parent)
     return TelemetryWriter(out.name, out.parent)
 
 
@@ -239,7 +238,7 @@ def run_validate(args: argparse.Namespace) -> int:
     with _progress_bar(run_dir, total=total, unit="B") as bar:
         check = validate_run(run_dir, progress=None if bar is None else bar.update)
     for file_check in check.files:
-        name = file_check.path.name
+        name = str(file_check.path.relative_to(run_dir))
         status = "ok" if not file_check.error_count else f"{file_check.error_count} invalid"
         print(f"{name}: {file_check.records} record{'' if file_check.records == 1 else 's'}, {status}")
         for error in file_check.errors:
@@ -248,8 +247,23 @@ def run_validate(args: argparse.Namespace) -> int:
             print(f"  ... and {file_check.error_count - len(file_check.errors)} more")
         if file_check.torn_line is not None:
             print(f"  {name}:{file_check.torn_line}: torn last line (a crash mid-write; loaders skip it)")
+        if file_check.note is not None:
+            print(f"  {name}: {file_check.note}")
     print("valid" if check.ok else f"invalid: {check.error_count} records fail their schema or model")
     return EXIT_OK if check.ok else EXIT_NO
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .io.export import export_run
+    from .replay import require_run_dir
+
+    run_dir = require_run_dir(args.run_dir)
+    out = args.out if args.out is not None else run_dir.with_name(f"{run_dir.name}-{args.to}")
+    with _output_option("--out", out):
+        result = export_run(run_dir, out, args.to)
+    tables = ", ".join(f"{records} {table}" for table, records in result.records.items())
+    print(f"wrote {result.out_dir} ({args.to}): {tables}")
+    return EXIT_OK
 
 
 def run_schema(args: argparse.Namespace) -> int:
@@ -460,6 +474,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(the first 20 per file) and a torn last line. Exit code 0 when valid, 1 on invalid records.",
     )
     validate.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
+
+    export = command(
+        "export",
+        run_export,
+        "convert a run folder to the other storage (JSONL <-> Parquet)",
+        "Write every record of RUN_DIR (events, snapshots, transitions, decisions, the manifest) into a new run "
+        "folder in the other storage, each record validated and written once; RUN_DIR is not changed. Parquet "
+        "needs pyarrow: pip install 'chronomoe[parquet]'.",
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
+    export.add_argument("--to", choices=("parquet", "jsonl"), required=True, help="the storage to write")
+    export.add_argument(
+        "--out", type=Path, metavar="DIR", help="the new run folder (default: RUN_DIR-parquet or RUN_DIR-jsonl)"
+    )
 
     schema = command(
         "schema",
