@@ -53,6 +53,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -227,7 +228,7 @@ def train_arm(
     }
     outcome = ArmOutcome(arm, run_dir)
     controller = PressureController() if arm.controlled else None
-    options = {"controller": controller} if controller is not None else {}
+    options: dict[str, Any] = {"controller": controller} if controller is not None else {}
     with Monitor(arm.run_id, output_dir, model_name=MODEL_NAME, training_config=run_config, **options) as monitor:
         monitor.attach(model)
         monitor.bus.subscribe("transition", outcome.transitions.append)

@@ -445,7 +445,8 @@ def fit_into_box(
     np.divide(high, change, out=limits, where=change > 0)
     np.divide(low, change, out=limits, where=change < 0)
     scale = np.clip(limits.min(axis=1), 0.0, 1.0)
-    return change * scale[:, None]  # zero in padding: padding is never free
+    fitted: np.ndarray = change * scale[:, None]  # zero in padding: padding is never free
+    return fitted
 
 
 class _SnapshotView:

@@ -113,7 +113,10 @@ class ParquetRunReader(RunReader):
         last = groups[-1]
         rows = last.file.read_row_group(last.index)
         tail = rows.slice(rows.num_rows - 1)
-        return next(records_from_table(SNAPSHOTS_TABLE, tail, str(last.path), last.first_row + rows.num_rows - 1))
+        snapshot: SystemSnapshot = next(
+            records_from_table(SNAPSHOTS_TABLE, tail, str(last.path), last.first_row + rows.num_rows - 1)
+        )
+        return snapshot
 
     def counts(self, mode: str = "TRAIN") -> RunCounts:
         """The ``mode`` events' counts as one array, read column-wise (no event objects)."""

@@ -112,11 +112,13 @@ def _good_rows(table: pa.Table, counts: np.ndarray, width: int) -> list[bool]:
     """Which rows hold what the model accepts as they are (False: the model decides)."""
 
     def column(name: str) -> np.ndarray:
-        return table.column(name).to_numpy(zero_copy_only=False)
+        values: np.ndarray = table.column(name).to_numpy(zero_copy_only=False)
+        return values
 
     def finite_or_null(name: str) -> np.ndarray:
         values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)  # null -> nan
-        return np.isfinite(values) | table.column(name).is_null().to_numpy(zero_copy_only=False)
+        usable: np.ndarray = np.isfinite(values) | table.column(name).is_null().to_numpy(zero_copy_only=False)
+        return usable
 
     token_count = table.column("token_count")
     top_k = column("top_k")
@@ -139,7 +141,7 @@ def _good_rows(table: pa.Table, counts: np.ndarray, width: int) -> list[bool]:
     return result
 
 
-def records_from_table(table: str, rows: pa.Table, path: str, first_row: int = 1) -> Iterator[BaseModel]:
+def records_from_table(table: str, rows: pa.Table, path: str, first_row: int = 1) -> Iterator[Any]:
     """The records of rows of a table other than events, each validated by its model.
 
     Raises :class:`~chronomoe.errors.CorruptRecordError` naming ``path`` and the row the model rejects.
