@@ -12,6 +12,8 @@ subcommand runs, so ``chronomoe --help`` starts fast.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,10 +25,15 @@ from .events import MODES
 
 if TYPE_CHECKING:
     from .io import TelemetryWriter
+    from .report import RunSummary
+    from .schemas import RunCheck
 
 EXIT_OK = 0
 EXIT_NO = 1
 EXIT_ERROR = 2
+EXIT_BROKEN_PIPE = 128 + 13
+"""The status of a process ended by SIGPIPE, as shells report it: what ``chronomoe`` returns when the reader of
+its output goes away."""
 
 PROGRESS_MIN_BYTES = 16 * 2**20
 """Logs at least this large get a progress bar (on a terminal)."""
@@ -50,7 +57,19 @@ def run_summary(args: argparse.Namespace) -> int:
     dropped = _dropped_records(summary.run_dir)
     if dropped:
         print(f"warning: {dropped} records dropped after I/O errors while recording (the run's log names the files)")
+    if _warn_about(summary):
+        return EXIT_ERROR
     return EXIT_NO if summary.collapsed_layers else EXIT_OK
+
+
+def _warn_about(summary: RunSummary) -> bool:
+    """Print what the summary left out of ``snapshots.jsonl`` on stderr; whether it skipped corrupt lines (then
+    what it shows cannot be trusted, and the command exits 2)."""
+    from .report import summary_warnings
+
+    for warning in summary_warnings(summary):
+        print(f"chronomoe: warning: {warning}", file=sys.stderr)
+    return bool(summary.corrupt_lines)
 
 
 def _dropped_records(run_dir: Path) -> int:
@@ -139,14 +158,14 @@ def _replay_writer(out: Path, run_dir: Path) -> TelemetryWriter:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .report import summarize_run, write_report
 
     if args.output_dir is not None:
         with _output_option("--output-dir", args.output_dir):
             args.output_dir.mkdir(parents=True, exist_ok=True)
     for path in write_report(args.run_dir, args.output_dir, args.mode, args.steps):
         print(path)
-    return EXIT_OK
+    return EXIT_ERROR if _warn_about(summarize_run(args.run_dir, args.mode)) else EXIT_OK
 
 
 def run_validate(args: argparse.Namespace) -> int:
@@ -167,8 +186,24 @@ def run_validate(args: argparse.Namespace) -> int:
             print(f"  ... and {file_check.error_count - len(file_check.errors)} more")
         if file_check.torn_line is not None:
             print(f"  {name}:{file_check.torn_line}: torn last line (a crash mid-write; loaders skip it)")
-    print("valid" if check.ok else f"invalid: {check.error_count} records fail their schema or model")
+    for note in check.notes:
+        print(f"note: {note}")
+    print(_validation_verdict(check))
     return EXIT_OK if check.ok else EXIT_NO
+
+
+def _validation_verdict(check: RunCheck) -> str:
+    if not check.records:
+        return "invalid: nothing recorded (no routing event, snapshot, transition or decision)"
+    if not check.error_count:
+        return "valid"
+    out_of_order = sum(file_check.out_of_order for file_check in check.files)
+    counts = {
+        "fail their schema or model": check.error_count - out_of_order,
+        "repeat or precede an earlier step of their sequence": out_of_order,
+    }
+    reasons = ", ".join(f"{count} {reason}" for reason, count in counts.items() if count)
+    return f"invalid: {check.error_count} records: {reasons}"
 
 
 def run_schema(args: argparse.Namespace) -> int:
@@ -236,6 +271,16 @@ def _steps(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"must be comma-separated steps such as 100,500,1000, got {text!r}") from None
 
 
+def _mode_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode",
+        type=str.upper,  # the records say TRAIN and INFER; --mode infer means the same
+        choices=MODES,
+        default="TRAIN",
+        help="which snapshots: TRAIN or INFER, in any case (default: TRAIN)",
+    )
+
+
 def _schema_name(text: str) -> str:
     from .schemas import RECORD_MODELS
 
@@ -291,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         "collapse_confirmed, 1 when any is (usable in scripts and CI of training jobs).",
     )
     summary.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
-    summary.add_argument("--mode", choices=MODES, default="TRAIN", help="which snapshots (default: TRAIN)")
+    _mode_option(summary)
 
     replay = command(
         "replay",
@@ -333,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
     report.add_argument("-o", "--output-dir", type=Path, metavar="DIR", help="where to write (default: RUN_DIR/report)")
-    report.add_argument("--mode", choices=MODES, default="TRAIN", help="which snapshots (default: TRAIN)")
+    _mode_option(report)
     report.add_argument(
         "--steps",
         type=_steps,
@@ -370,7 +415,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         status: int = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, rather than at exit
         return status
+    except BrokenPipeError:
+        return _reader_went_away()
     except (ChronoMoEError, OSError, ValueError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"chronomoe {args.command}: error: {message}", file=sys.stderr)
@@ -379,6 +427,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"chronomoe {args.command}: interrupted", file=sys.stderr)
     return EXIT_ERROR
+
+
+def command_line() -> str:
+    """How to call this installation's ``chronomoe`` command from the current shell, for hints printed to users.
+
+    ``chronomoe`` when that name on the PATH is this installation's; else the
+    path of its script (relative to the working folder when under it, as
+    ``.venv/bin/chronomoe``); else ``python -m chronomoe.cli``.
+    """
+    script = Path(sys.executable).parent / "chronomoe"  # not resolved: a virtualenv's python is a link
+    if not script.is_file():
+        return f"{Path(sys.executable).name} -m chronomoe.cli"
+    on_path = shutil.which("chronomoe")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "chronomoe"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
+def _reader_went_away() -> int:
+    """Exit as a Unix tool does when the reader of its output goes away (``chronomoe summary RUN | head -n 1``):
+    no message, the status of a process ended by SIGPIPE (128 + 13), and nothing more written to the pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush at exit must not fail again
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

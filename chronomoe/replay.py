@@ -37,7 +37,7 @@ import numpy as np
 import orjson
 
 from .alerts import AlertBank, AlertRules, AlertState, AlertTransition
-from .errors import InvalidInputError
+from .errors import CorruptRecordError, InvalidInputError
 from .events import MODES, RoutingEvent
 from .io import ALERTS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, iter_events, iter_records, load_manifest
 from .metrics import UNDERUSE_RATIO
@@ -78,14 +78,20 @@ def recorded_rules(run_dir: str | os.PathLike[str]) -> AlertRules | None:
         raise InvalidInputError(f"{path}:rules", rules, str(error).splitlines()[0]) from None
 
 
-def iter_snapshots(run_dir: str | os.PathLike[str], mode: str | None = None) -> Iterator[SystemSnapshot]:
+def iter_snapshots(
+    run_dir: str | os.PathLike[str],
+    mode: str | None = None,
+    on_corrupt: Callable[[CorruptRecordError], None] | None = None,
+) -> Iterator[SystemSnapshot]:
     """Stream the recorded snapshots (of ``mode`` only, when given) from ``snapshots.jsonl``.
 
-    Lines of another mode are parsed as JSON but not validated.
+    Lines of another mode are parsed as JSON but not validated. A corrupt
+    line raises :class:`~chronomoe.errors.CorruptRecordError`, or is handed
+    to ``on_corrupt`` and skipped (see :func:`~chronomoe.io.iter_records`).
     """
     path = require_file(Path(run_dir), SNAPSHOTS_FILE)
     if mode is None:
-        return iter_records(path, SystemSnapshot.model_validate_json)
+        return iter_records(path, SystemSnapshot.model_validate_json, on_corrupt=on_corrupt)
 
     def parse_if_mode(line: bytes) -> SystemSnapshot:
         record = orjson.loads(line)
@@ -93,7 +99,8 @@ def iter_snapshots(run_dir: str | os.PathLike[str], mode: str | None = None) -> 
             return _OTHER_MODE
         return SystemSnapshot.model_validate(record)
 
-    return (snapshot for snapshot in iter_records(path, parse_if_mode) if snapshot is not _OTHER_MODE)
+    records = iter_records(path, parse_if_mode, on_corrupt=on_corrupt)
+    return (snapshot for snapshot in records if snapshot is not _OTHER_MODE)
 
 
 _OTHER_MODE = SystemSnapshot.trusted(

@@ -128,7 +128,16 @@ def write_continuously(output_dir: str, session: int, mode: str, progress_path: 
             SelfKillingFile(open_for_append(path)) if path.name == SNAPSHOTS_FILE else open_for_append(path)
         )
     progress = os.open(progress_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    monitor = Monitor(RUN_ID, output_dir, model_name="crash-writer", rules=RULES, lens=None, controller=None)
+    # Every session appends to the one run folder, after the steps of the sessions before it.
+    monitor = Monitor(
+        RUN_ID,
+        output_dir,
+        model_name="crash-writer",
+        rules=RULES,
+        lens=None,
+        controller=None,
+        on_existing_run="resume",
+    )
     deadline = time.monotonic() + MAX_SESSION_S
     for window in count():
         if time.monotonic() > deadline:

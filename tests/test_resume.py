@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chronomoe import AlertRules, Monitor
+from chronomoe.schemas import validate_run
 from chronomoe.toy_model import DemoConfig, DemoMoEModel, make_corpus
 
 CONFIG = DemoConfig(seq_len=16, batch_size=8, hidden_size=32, n_heads=2, n_layers=2, n_experts=4, expert_hidden_size=32)
@@ -62,7 +63,7 @@ def train(output_dir: Path, corpus: torch.Tensor, checkpoint: Path, *, resume: b
     torch.manual_seed(0)
     model = DemoMoEModel(CONFIG)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-2)
-    monitor = Monitor("run", output_dir, rules=RULES, lens=None)
+    monitor = Monitor("run", output_dir, rules=RULES, lens=None, on_existing_run="resume" if resume else "refuse")
     monitor.attach(model)
     first_step = 1
     if resume:
@@ -122,3 +123,4 @@ def test_a_run_killed_at_any_step_and_resumed_from_its_checkpoint_alerts_as_if_n
     resumed = [s for s in before_kill if s.step <= checkpoint_step] + after_resume
     assert [published(s) for s in resumed] == [published(s) for s in expected_snapshots]
     assert final_state["banks"] == expected_state["banks"]
+    assert validate_run(folder / "run").ok  # the killed attempt's records after the checkpoint are moved aside
