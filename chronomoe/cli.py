@@ -1,9 +1,11 @@
 """The ``chronomoe`` command: demo, summary, replay, report, validate, schema.
 
 Exit codes: 0 success; 1 the answer is "no" (``summary``: a layer is
-collapse_confirmed; ``validate``: invalid records); 2 the command could not
-run (missing run folder or file, no events, bad rules file, bad arguments).
-Errors are one line on stderr, never a traceback.
+collapse_confirmed; ``validate``: invalid or repeated records, or nothing
+recorded); 2 the command could not run (missing run folder or file, no
+events, bad rules file, bad arguments) or ``summary``/``report`` skipped
+corrupt lines; 141 the reader of the output went away (as a Unix tool ended
+by SIGPIPE). Errors are one line on stderr, never a traceback.
 
 The subcommands' modules (and torch, for ``demo`` only) are imported when a
 subcommand runs, so ``chronomoe --help`` starts fast.
@@ -26,7 +28,6 @@ from .events import MODES
 if TYPE_CHECKING:
     from .io import TelemetryWriter
     from .report import RunSummary
-    from .schemas import RunCheck
 
 EXIT_OK = 0
 EXIT_NO = 1
@@ -188,22 +189,8 @@ def run_validate(args: argparse.Namespace) -> int:
             print(f"  {name}:{file_check.torn_line}: torn last line (a crash mid-write; loaders skip it)")
     for note in check.notes:
         print(f"note: {note}")
-    print(_validation_verdict(check))
+    print(check.verdict())
     return EXIT_OK if check.ok else EXIT_NO
-
-
-def _validation_verdict(check: RunCheck) -> str:
-    if not check.records:
-        return "invalid: nothing recorded (no routing event, snapshot, transition or decision)"
-    if not check.error_count:
-        return "valid"
-    out_of_order = sum(file_check.out_of_order for file_check in check.files)
-    counts = {
-        "fail their schema or model": check.error_count - out_of_order,
-        "repeat or precede an earlier step of their sequence": out_of_order,
-    }
-    reasons = ", ".join(f"{count} {reason}" for reason, count in counts.items() if count)
-    return f"invalid: {check.error_count} records: {reasons}"
 
 
 def run_schema(args: argparse.Namespace) -> int:
@@ -297,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="RUN_DIR is a run folder written by chronomoe.Monitor or TelemetryWriter "
         "(routing_events.jsonl, snapshots.jsonl, alerts.jsonl, run_manifest.json). "
         "Exit codes: 0 success; 1 a collapsed layer (summary) or invalid records (validate); "
-        "2 an error (missing run folder or file, no events, bad rules file, bad arguments).",
+        "2 an error (missing run folder or file, no events, bad rules file, bad arguments) or corrupt lines "
+        "skipped (summary, report).",
     )
     from . import __version__
 
@@ -333,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
         "per-layer table of the run's last metrics, states and transitions",
         "Print one row per MoE layer: last Neff / n_experts, Top2 share, dead and nearly dead experts, "
         "alert state, and the step of each alert transition. Exit code 0 when no layer is "
-        "collapse_confirmed, 1 when any is (usable in scripts and CI of training jobs).",
+        "collapse_confirmed, 1 when any is (usable in scripts and CI of training jobs), 2 when corrupt lines "
+        "of snapshots.jsonl were skipped (counted on stderr).",
     )
     summary.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
     _mode_option(summary)
@@ -390,9 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
         "validate",
         run_validate,
         "check every record against the JSON Schemas in specs/",
-        "Check each line of routing_events.jsonl, snapshots.jsonl and alerts.jsonl against its record "
-        "type's JSON Schema and model, and the manifest's rules; list invalid lines with their numbers "
-        "(the first 20 per file) and a torn last line. Exit code 0 when valid, 1 on invalid records.",
+        "Check each line of routing_events.jsonl, snapshots.jsonl, alerts.jsonl and decisions.jsonl against "
+        "its record type's JSON Schema and model, that each sequence of records comes in step order with "
+        "each step once, and the manifest's rules; list invalid lines with their numbers (the first 20 per "
+        "file), a torn last line and the files readers need that are missing. Exit code 0 when valid, 1 on "
+        "invalid or repeated records or when nothing is recorded.",
     )
     validate.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
 

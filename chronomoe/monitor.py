@@ -86,7 +86,16 @@ class Monitor:
 
     Every argument is validated before anything is created on disk: an
     unknown option or a bad value raises
-    :class:`~chronomoe.errors.InvalidInputError` naming it.
+    :class:`~chronomoe.errors.InvalidInputError` naming it, and so does an
+    ``output_dir/run_id`` that already holds a recorded run, unless
+    ``on_existing_run`` is ``"resume"`` or ``"new"`` (see
+    :mod:`chronomoe.io.run_folder`).
+
+    Attributes:
+        run_id: the run's id, stamped on its records (``run_id-N`` when
+            ``on_existing_run="new"`` picked a new folder).
+        run_dir: the run folder written, or ``None`` without ``output_dir``
+            (and on the ranks that do not write, under torch.distributed).
     """
 
     def __init__(

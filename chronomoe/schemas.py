@@ -192,6 +192,20 @@ class RunCheck:
     def ok(self) -> bool:
         return self.error_count == 0
 
+    def verdict(self) -> str:
+        """The last line ``chronomoe validate`` prints: ``valid``, or why not."""
+        if not self.records:
+            return "invalid: nothing recorded (no routing event, snapshot, transition or decision)"
+        if self.ok:
+            return "valid"
+        out_of_order = sum(check.out_of_order for check in self.files)
+        counts = {
+            "fail their schema or model": self.error_count - out_of_order,
+            "repeat or precede an earlier step of their sequence": out_of_order,
+        }
+        reasons = ", ".join(f"{count} {reason}" for reason, count in counts.items() if count)
+        return f"invalid: {self.error_count} records: {reasons}"
+
 
 def validate_run(run_dir: str | os.PathLike[str], progress: Callable[[int], None] | None = None) -> RunCheck:
     """Check every record of a run folder against the committed schemas and the models.
