@@ -130,15 +130,7 @@ class Monitor:
             output = self._collective.output_dir_of_rank(output, self.config.distributed.write_on_all_ranks)
         if output is not None:
             self.writer = TelemetryWriter(run_id, output, fsync=self.config.fsync, on_error=self.config.io_errors)
-            self.writer.write_manifest(
-                create_run_manifest(
-                    run_id,
-                    self.config.model_name,
-                    self.config.training_config,
-                    rules=self.rules.model_dump(),
-                    monitor_config=self.config.resolved(),
-                )
-            )
+            self.writer.write_manifest(self.manifest())
 
         self.bus = monitor_bus(strict=self.config.strict_handlers)
         # First on "decision": every decision is kept for the run folder before any other handler sees it.
@@ -170,6 +162,20 @@ class Monitor:
             expert_ids=distributed.expert_ids,
             count_tokens=distributed.count_tokens,
             on_stop=self._stop,
+        )
+
+    def manifest(self) -> dict[str, Any]:
+        """The run manifest: run id, model, your training config, rules, the resolved MonitorConfig, versions.
+
+        What ``run_manifest.json`` holds, and what the tracker sinks log as their run config. Each call makes
+        a new one (``created_at`` is the call's time).
+        """
+        return create_run_manifest(
+            self.run_id,
+            self.config.model_name,
+            self.config.training_config,
+            rules=self.rules.model_dump(),
+            monitor_config=self.config.resolved(),
         )
 
     # -- participants ----------------------------------------------------------------
