@@ -40,7 +40,7 @@ from .config import MonitorConfig
 from .errors import InvalidInputError
 from .events import RoutingEvent
 from .io import EVENTS_FILE, SNAPSHOTS_FILE, TelemetryWriter, check_run_id
-from .run_recording import RunRecording
+from .run_recording import RunRecording, run_manifest
 from .snapshots import SystemSnapshot
 from .snapshotter import Snapshotter
 from .topics import monitor_bus
@@ -175,6 +175,17 @@ class Monitor:
             count_tokens=distributed.count_tokens,
             on_stop=self._stop,
         )
+
+    def manifest(self) -> dict[str, Any]:
+        """The run manifest: run id, model, your training config, rules, the resolved MonitorConfig, versions.
+
+        What ``run_manifest.json`` holds (for a resumed run, the folder's own, with its ``resumes``), and what
+        the tracker sinks log as their run config. Without a run folder each call makes a new one
+        (``created_at`` is the call's time).
+        """
+        if self.recording is not None:
+            return dict(self.recording.manifest)
+        return run_manifest(self.run_id, self.config)
 
     # -- participants ----------------------------------------------------------------
     def set_controller(self, controller: Controller | None) -> Connection | None:

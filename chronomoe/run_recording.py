@@ -19,6 +19,7 @@ Made by the :class:`~chronomoe.Monitor` when it has an ``output_dir``:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .config import MonitorConfig
 from .errors import InvalidInputError
@@ -50,17 +51,12 @@ class RunRecording:
         folder = claim_run_folder(output_dir, run_id, config.on_existing_run)
         self.run_id = folder.run_id
         self.run_dir = folder.run_dir
-        manifest = create_run_manifest(
-            self.run_id,
-            config.model_name,
-            config.training_config,
-            rules=config.rules.model_dump(),
-            monitor_config=config.resolved(),
-        )
+        manifest = run_manifest(self.run_id, config)
         if folder.resumed:
             manifest = resumed_manifest(folder.run_dir, manifest)
         self.writer = _writer(self.run_id, output_dir, config, rank)
         self.writer.write_manifest(manifest)
+        self.manifest = manifest
         self._recorded_steps = dict(folder.recorded_steps)  # the floor new steps must be above
         self._written_steps = dict(folder.recorded_steps)  # what the folder holds, growing as events are written
 
@@ -103,6 +99,17 @@ class RunRecording:
         move_records_after(self.run_dir, written_steps)
         self._recorded_steps = dict(written_steps)
         self._written_steps = dict(written_steps)
+
+
+def run_manifest(run_id: str, config: MonitorConfig) -> dict[str, Any]:
+    """A new manifest of run ``run_id`` recorded under ``config`` (see :func:`~chronomoe.io.create_run_manifest`)."""
+    return create_run_manifest(
+        run_id,
+        config.model_name,
+        config.training_config,
+        rules=config.rules.model_dump(),
+        monitor_config=config.resolved(),
+    )
 
 
 def _writer(run_id: str, output_dir: Path, config: MonitorConfig, rank: int) -> TelemetryWriter:
