@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from chronomoe.controller import ControlDecision
 
 from ..alerts import AlertTransition
@@ -153,6 +155,13 @@ class TelemetryWriter:
     def write_decisions(self, decisions: Iterable[ControlDecision]) -> int:
         """Append control decisions to ``decisions.jsonl`` in one ``write()``; return how many."""
         return self._append_lines(self.decisions_path, map(record_line, decisions))
+
+    def write_records(self, file_name: str, records: Iterable[BaseModel]) -> int:
+        """Append records of another kind (``expert_health.jsonl``) to ``file_name`` in the run folder, in one
+        ``write()``, with the same durability and error handling as the run's own files; return how many."""
+        if Path(file_name).name != file_name or file_name in ("", ".", ".."):
+            raise InvalidInputError("file_name", file_name, "must be a file name in the run folder")
+        return self._append_lines(self.run_dir / file_name, map(record_line, records))
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write ``run_manifest.json`` atomically (temporary file, then rename)."""
