@@ -181,33 +181,6 @@ def run_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_import_megatron(args: argparse.Namespace) -> int:
-    from .alerts import AlertRules
-    from .importers.megatron import MegatronLayout, import_megatron
-
-    layout = MegatronLayout(
-        expert_parallel=args.expert_parallel, expert_tensor_parallel=args.expert_tensor_parallel, top_k=args.top_k
-    )
-    rules = AlertRules.from_file(args.rules) if args.rules is not None else None
-    run_id = args.run_id or f"megatron-{args.source.resolve().name}"
-    with _output_option("--output-dir", args.output_dir):
-        result = import_megatron(args.source, args.output_dir, run_id, layout=layout, rules=rules)
-    steps = f"steps {result.iterations[0]}..{result.iterations[-1]}" if result.iterations else "no step"
-    print(
-        f"imported {result.lines} lines of {len(result.rank_files)} rank files: {len(result.iterations)} "
-        f"snapshots ({steps}), {len(result.n_experts)} layers"
-    )
-    print("layers: " + ", ".join(f"{name} -> {layer_id}" for name, layer_id in result.layer_ids.items()))
-    for reason, count in sorted(result.skipped.items()):
-        print(f"skipped {count} lines: {reason}")
-    for example in result.examples:
-        print(f"  {example}")
-    if result.collapsed_layers:
-        print(f"collapse_confirmed at the last snapshot: layers {', '.join(map(str, result.collapsed_layers))}")
-    print(f"wrote {result.run_dir}")
-    return EXIT_OK
-
-
 # -- helpers ---------------------------------------------------------------------------------
 @contextmanager
 def _progress_bar(path: Path, *, unit: str, total: int | None = None, count_lines: bool = False) -> Iterator[Any]:
@@ -387,51 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("name", nargs="?", type=_schema_name, metavar="NAME", help="record type (default: all)")
 
-    formats = command(
-        "import",
-        _missing_format,
-        "turn a training framework's own routing dumps into a run folder",
-        "Write a ChronoMoE run folder (events, snapshots through the alert machines, manifest) from routing "
-        "a framework recorded itself, so summary, replay, report and validate work on it.",
-    ).add_subparsers(dest="format", metavar="FORMAT")
-    megatron = formats.add_parser(
-        "megatron",
-        help="Megatron's tokens_per_expert/rank*.jsonl (--save-tokens-per-expert-interval)",
-        description="Sum each iteration's microbatches and ranks per layer and write one snapshot per dumped "
-        "iteration. Lines that cannot be counted are skipped and reported by reason with file and line. "
-        "Pipeline-parallel dumps: import one stage's rank files at a time (stages number their layers from 0).",
-    )
-    megatron.set_defaults(handler=run_import_megatron)
-    megatron.add_argument(
-        "source", metavar="DIR", type=Path, help="Megatron's --save folder, or its tokens_per_expert folder"
-    )
-    megatron.add_argument("--run-id", metavar="ID", help="run folder name (default: megatron-<DIR's name>)")
-    megatron.add_argument(
-        "--output-dir", type=Path, default=Path("runs"), metavar="DIR", help="parent of the run folder (default: runs)"
-    )
-    megatron.add_argument(
-        "--expert-parallel", type=_positive_int, default=1, metavar="N", help="--expert-model-parallel-size (default 1)"
-    )
-    megatron.add_argument(
-        "--expert-tensor-parallel",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="--expert-tensor-parallel-size (default 1)",
-    )
-    megatron.add_argument(
-        "--top-k",
-        type=_positive_int,
-        default=1,
-        metavar="K",
-        help="--moe-router-topk, stored in the events (default 1)",
-    )
-    megatron.add_argument("--rules", type=Path, metavar="RULES.json", help="alert rules (default: the defaults)")
+    from .importers.command import add_import_command
+
+    add_import_command(commands)
     return parser
-
-
-def _missing_format(args: argparse.Namespace) -> int:
-    raise InvalidInputError("FORMAT", None, "name the format to import: chronomoe import megatron DIR")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
