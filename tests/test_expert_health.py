@@ -188,11 +188,33 @@ def test_experts_held_as_a_list_of_modules_or_as_numbered_weights_are_found():
     model = nn.ModuleDict({"0": ListExperts(), "1": NumberedExperts()})
     tracker = ExpertHealthTracker(model, Monitor("found", lens=None).attach(model).layers)
     record = tracker.measure("found", 0, {})
-    expected = [
-        model["0"].local_experts[e].weight.norm() ** 2 + model["0"].local_experts[e].bias.norm() ** 2 for e in range(4)
-    ]
-    np.testing.assert_allclose(record.layers[0].weight_norm, np.sqrt([float(v) for v in expected]), rtol=1e-5)
+    with torch.no_grad():
+        expected = [torch.cat([p.flatten() for p in model["0"].local_experts[e].parameters()]).norm() for e in range(4)]
+    np.testing.assert_allclose(record.layers[0].weight_norm, [float(v) for v in expected], rtol=1e-5)
     assert record.layers[1].weight_norm == [0.0, 2.0, 4.0, 6.0]
+
+
+def test_a_frozen_expert_in_a_list_of_experts_has_a_zero_gradient_norm_and_is_silent():
+    class ListExperts(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.num_local_experts = 4
+            self.local_experts = nn.ModuleList([nn.Linear(HIDDEN, HIDDEN) for _ in range(4)])
+
+        def forward(self, hidden, top_k_index, weights):
+            outputs = torch.stack([expert(hidden) for expert in self.local_experts], dim=1)
+            return (outputs.gather(1, top_k_index[..., None].expand(-1, -1, HIDDEN)) * weights[..., None]).sum(1)
+
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"0": ListExperts()})
+    model["0"].local_experts[1].requires_grad_(False)
+    tracker = ExpertHealthTracker(model, Monitor("frozen", lens=None).attach(model).layers)
+    hidden = torch.randn(64, HIDDEN)
+    model["0"](hidden, torch.arange(64)[:, None] % 4, torch.ones(64, 1)).square().sum().backward()
+    tracker.accumulate_gradients()
+    (layer,) = tracker.measure("frozen", 1, {0: np.full(4, 16)}).layers
+    assert layer.grad_norm[1] == 0.0 and all(norm > 0 for norm in layer.grad_norm[:1] + layer.grad_norm[2:])
+    assert layer.silent_experts == [1]
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,12 @@ class ExpertHealthTracker:
         layers: the attached layers (``monitor.attach(model).layers``).
         config: thresholds of the silent-expert signal.
 
+    Attributes:
+        layers: the tracked layers, in the order of the records.
+        tensors: each tracked layer's :class:`ExpertTensors`.
+        untracked: ids of the layers without per-expert parameters found.
+        last_record: the record of the last snapshot followed (None before the first).
+
     Raises:
         InvalidInputError: no per-expert parameter found in any layer.
     """
@@ -92,21 +98,21 @@ class ExpertHealthTracker:
     ) -> None:
         self.config = config or ExpertHealthConfig()
         named = dict(model.named_modules())
-        found = {layer.layer_id: find_expert_tensors(layer, named) for layer in layers}
-        self.layers = tuple(layer for layer in layers if found[layer.layer_id] is not None)
-        self.untracked = tuple(layer.layer_id for layer in layers if found[layer.layer_id] is None)
-        if not self.layers:
+        found = [(layer, find_expert_tensors(layer, named)) for layer in layers]
+        tracked = [(layer, tensors) for layer, tensors in found if tensors is not None]
+        self.untracked = tuple(layer.layer_id for layer, tensors in found if tensors is None)
+        if not tracked:
             raise InvalidInputError(
                 "layers", [layer.path for layer in layers], "no per-expert parameter found in any layer"
             )
-        self.tensors = tuple(found[layer.layer_id] for layer in self.layers)
-        first = next(iter(self.tensors[0].stacked + self.tensors[0].indexed))  # type: ignore[union-attr]
-        self.device = first.device
+        self.layers = tuple(layer for layer, _ in tracked)
+        self.tensors = tuple(tensors for _, tensors in tracked)
+        self.device = (self.tensors[0].stacked + self.tensors[0].indexed)[0].device
         width = max(layer.n_experts for layer in self.layers)
         self._grad_squares = torch.zeros(len(self.layers), width, dtype=torch.float32, device=self.device)
         self._grad_steps = [0] * len(self.layers)
         self._index = [
-            torch.tensor(tensors.expert_of, dtype=torch.int64, device=self.device) + tensors.offset  # type: ignore[union-attr]
+            torch.tensor(tensors.expert_of, dtype=torch.int64, device=self.device) + tensors.offset
             for tensors in self.tensors
         ]
         self._handles: list[RemovableHandle] = []
@@ -118,7 +124,6 @@ class ExpertHealthTracker:
         """``[width]`` squared norms of a layer's experts' weights or gradients, and whether any tensor had one
         (a parameter without a gradient is skipped: ``grad is None`` is host metadata)."""
         tensors = self.tensors[position]
-        assert tensors is not None
         total = self._grad_squares.new_zeros(self._grad_squares.shape[1])
         seen = False
         for parameter in tensors.stacked:
@@ -130,14 +135,12 @@ class ExpertHealthTracker:
             total.narrow(0, tensors.offset, tensors.n_local).add_(norms.float().square())
             seen = True
         values = [_local(parameter.grad if gradients else parameter) for parameter in tensors.indexed]
-        present = [i for i, value in enumerate(values) if value is not None]
-        if present:
-            norms = torch.stack(
-                [torch.linalg.vector_norm(values[i].detach(), dtype=torch.float32) for i in present]  # type: ignore[union-attr]
-            )
-            # Some gradients missing (frozen experts): rare, so the index is cut here rather than kept per subset.
-            index = self._index[position] if len(present) == len(values) else self._index[position][present]
-            total.index_add_(0, index, norms.square())
+        if any(value is not None for value in values):
+            # A parameter without a gradient (a frozen expert) counts as a zero, which keeps the index whole.
+            zero = total.new_zeros(())
+            present = [zero if value is None else value.detach() for value in values]
+            norms = torch.stack(torch._foreach_norm(present, 2, dtype=torch.float32))
+            total.index_add_(0, self._index[position], norms.square())
             seen = True
         return total, seen
 
