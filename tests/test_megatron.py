@@ -19,7 +19,7 @@ from torch import nn
 
 from chronomoe import InvalidInputError, Monitor, load_events, load_snapshots
 from chronomoe.cli import main
-from chronomoe.importers.megatron import COPY, MALFORMED, REPEATED, TORN, MegatronLayout, import_megatron
+from chronomoe.importers.megatron import COPY, MALFORMED, REPEATED, TORN, WIDTH, MegatronLayout, import_megatron
 
 E, TOP_K, HIDDEN = 8, 2, 16
 
@@ -169,6 +169,24 @@ def test_lines_that_cannot_be_counted_are_skipped_counted_by_reason_and_named_by
     assert result.examples[0].startswith("rank0.jsonl:2: malformed: not JSON")
     assert result.examples[-1].startswith("rank0.jsonl:8: torn last line")
     assert [event.expert_token_counts.tolist() for event in load_events(result.run_dir)] == [[1, 1], [2, 2]]
+
+
+def test_a_rank_whose_expert_count_disagrees_with_the_layers_is_skipped_and_reported(tmp_path):
+    dump(tmp_path, 0, [line(1, 0, [1, 1, 1, 1]), line(2, 0, [2, 2, 2, 2])])
+    dump(tmp_path, 1, [line(1, 0, [1, 1, 1, 1]), line(2, 0, [5, 5])])  # an expert-parallel dump imported without EP
+    result = import_megatron(tmp_path, tmp_path / "runs", "width")
+    assert dict(result.skipped) == {WIDTH: 1}
+    assert result.examples == [
+        "rank1.jsonl iter 2: expert count differs from the layer's: decoder.0 has 2 experts, earlier 4"
+    ]
+    assert [event.expert_token_counts.tolist() for event in load_events(result.run_dir)] == [[2, 2, 2, 2], [2, 2, 2, 2]]
+    assert result.lines == 3
+
+
+def test_a_top_k_above_a_layers_experts_is_refused(tmp_path):
+    dump(tmp_path, 0, [line(1, 0, [1, 1])])
+    with pytest.raises(InvalidInputError, match="top_k"):
+        import_megatron(tmp_path, tmp_path / "runs", "k", layout=MegatronLayout(top_k=4))
 
 
 def test_a_folder_without_rank_files_is_refused(tmp_path):
