@@ -104,6 +104,20 @@ def test_an_expert_parallel_ranks_local_experts_are_counted_at_their_global_ids(
     assert counts.tolist() == [0, 0, 0, 0, *routing_map.sum(0)[4:].tolist()]
 
 
+def test_expert_health_places_an_expert_parallel_ranks_local_experts_at_their_global_ids():
+    from chronomoe.capture.expert_norms import ExpertHealthTracker
+
+    torch.manual_seed(0)
+    model = GPTModel(ep_rank=1, ep_size=2)
+    tracker = ExpertHealthTracker(model, Monitor("ep-health", lens=None).attach(model).layers)
+    norms = tracker.measure("ep-health", 0, {}).layers[0].weight_norm
+    local = model.decoder.layers[0].mlp.experts.local_experts
+    with torch.no_grad():
+        expected = [torch.cat([p.flatten() for p in expert.parameters()]).norm().item() for expert in local]
+    assert norms[:4] == [0.0] * 4
+    np.testing.assert_allclose(norms[4:], expected, rtol=1e-5)
+
+
 # -- import ---------------------------------------------------------------------------------------
 def dump(folder, rank: int, lines) -> None:
     path = folder / "tokens_per_expert" / f"rank{rank}.jsonl"
