@@ -62,7 +62,7 @@ def build(dispatcher: str, capacity_factor: float | None) -> GPTModel:
         moe_token_dispatcher_type=dispatcher,
         moe_expert_capacity_factor=capacity_factor,
         moe_token_drop_policy="probs",
-        moe_router_load_balancing_type="none" if capacity_factor is None else "aux_loss",
+        moe_router_load_balancing_type="none",
         add_bias_linear=False,
         use_cpu_initialization=True,
         bf16=False,
