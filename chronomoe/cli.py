@@ -1,4 +1,4 @@
-"""The ``chronomoe`` command: demo, summary, replay, report, decisions, validate, export, schema.
+"""The ``chronomoe`` command: demo, summary, replay, report, decisions, validate, export, import, schema.
 
 Exit codes: 0 success; 1 the answer is "no" (``summary``: a layer is
 collapse_confirmed; ``validate``: invalid or repeated records, or nothing
@@ -533,6 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
         "AlertRules, AlertTransition, ControlDecision, LensState, RoutingEvent, SystemSnapshot.",
     )
     schema.add_argument("name", nargs="?", type=_schema_name, metavar="NAME", help="record type (default: all)")
+
+    from .importers.command import add_import_command
+
+    add_import_command(commands)
     return parser
 
 
