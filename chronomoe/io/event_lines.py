@@ -52,6 +52,10 @@ _COMMA, _ZERO, _BRACE = 0x2C, 0x30, 0x7B
 
 _EVENT_KEYS = frozenset(RoutingEvent.model_fields)
 
+BATCH_LINES = 256
+"""Lines read together by default: at 256 experts a batch's lines, joined counts and parsed counts (about 1.5 MB)
+stay in cache; 4096 lines read about a third slower (measured on a loaded 2-core machine)."""
+
 SAFE_TOTAL = 2**62
 """Bound on the fast path's token counts: ``n_experts`` counts of at most ``SAFE_TOTAL // n_experts`` sum
 without wrapping int64, and their float64 sum is surely below RoutingEvent's ``INT64_LIMIT``; larger counts
@@ -80,7 +84,7 @@ class EventBatch:
 
 
 def event_batches(
-    path: str | os.PathLike[str], batch_lines: int = 4096, *, max_line_bytes: int = MAX_LINE_BYTES
+    path: str | os.PathLike[str], batch_lines: int = BATCH_LINES, *, max_line_bytes: int = MAX_LINE_BYTES
 ) -> Iterator[EventBatch]:
     """The lines of an events file (read by :func:`~chronomoe.io.lines.iter_lines`: torn last line skipped with a
     warning, overlong line refused) in batches of ``batch_lines``, each read by :func:`read_batch`."""
@@ -240,10 +244,10 @@ class _Candidates:
     def _keep(self, keep: list[bool], unaccepted: list[int]) -> None:
         """Keep the lines marked in ``keep``; append the indices of the others to ``unaccepted``."""
         unaccepted.extend(index for index, kept in zip(self.indices, keep, strict=True) if not kept)
-        self.indices, self.fields, self.counts, self.active = (
-            [item for item, kept in zip(items, keep, strict=True) if kept]
-            for items in (self.indices, self.fields, self.counts, self.active)
-        )
+        self.indices = [index for index, kept in zip(self.indices, keep, strict=True) if kept]
+        self.fields = [fields for fields, kept in zip(self.fields, keep, strict=True) if kept]
+        self.counts = [counts for counts, kept in zip(self.counts, keep, strict=True) if kept]
+        self.active = [active for active, kept in zip(self.active, keep, strict=True) if kept]
 
 
 def _numbers_only(counts: bytes) -> bool:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 from ..errors import CorruptRecordError
 from ..events import RoutingEvent
-from .event_lines import EventBatch, event_batches
+from .event_lines import BATCH_LINES, EventBatch, event_batches
 from .lines import MAX_LINE_BYTES
 from .parse_errors import PARSE_ERRORS, describe_parse_error
 
 
 def iter_events(
-    path: str | os.PathLike[str], batch_lines: int = 4096, *, max_line_bytes: int = MAX_LINE_BYTES
+    path: str | os.PathLike[str], batch_lines: int = BATCH_LINES, *, max_line_bytes: int = MAX_LINE_BYTES
 ) -> Iterator[RoutingEvent]:
     """Stream validated events from a JSONL file, ``batch_lines`` lines at a time.
 
