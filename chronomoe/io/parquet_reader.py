@@ -11,7 +11,7 @@ row group by row group in step order within a session.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,7 +93,9 @@ class ParquetRunReader(RunReader):
             rows = group.file.read_row_group(group.index)
             yield from records_from_table(table, rows, str(group.path), group.first_row)
 
-    def snapshots(self, mode: str | None = None) -> Iterator[SystemSnapshot]:
+    def snapshots(
+        self, mode: str | None = None, on_corrupt: Callable[[CorruptRecordError], None] | None = None
+    ) -> Iterator[SystemSnapshot]:
         for group in self._row_groups(SNAPSHOTS_TABLE):
             rows = group.file.read_row_group(group.index)
             if mode is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -26,7 +26,7 @@ import orjson
 from chronomoe.controller import ControlDecision
 
 from ..alerts import AlertTransition
-from ..errors import InvalidInputError
+from ..errors import CorruptRecordError, InvalidInputError
 from ..events import RoutingEvent
 from ..snapshots import SystemSnapshot
 from .event_lines import event_batches
@@ -78,8 +78,14 @@ class RunReader(ABC):
         """Every routing event, in the order written (per rank, then per writing session)."""
 
     @abstractmethod
-    def snapshots(self, mode: str | None = None) -> Iterator[SystemSnapshot]:
-        """The snapshots (of ``mode`` only, when given), in the order written."""
+    def snapshots(
+        self, mode: str | None = None, on_corrupt: Callable[[CorruptRecordError], None] | None = None
+    ) -> Iterator[SystemSnapshot]:
+        """The snapshots (of ``mode`` only, when given), in the order written.
+
+        ``on_corrupt`` (JSONL): a line the model rejects is handed to it and skipped instead of raising (a
+        summary counts them). Parquet rows were validated when written; a rejected row always raises.
+        """
 
     @abstractmethod
     def transitions(self) -> Iterator[AlertTransition]:
@@ -192,10 +198,12 @@ class JsonlRunReader(RunReader):
         sequence = np.concatenate(order) if order else np.zeros(0, np.int64)
         return stack_counts(np.asarray(steps, np.int64), np.asarray(layers, np.int64), rows, sequence)
 
-    def snapshots(self, mode: str | None = None) -> Iterator[SystemSnapshot]:
+    def snapshots(
+        self, mode: str | None = None, on_corrupt: Callable[[CorruptRecordError], None] | None = None
+    ) -> Iterator[SystemSnapshot]:
         path = self._path("snapshots")
         if mode is None:
-            return iter_records(path, SystemSnapshot.model_validate_json)
+            return iter_records(path, SystemSnapshot.model_validate_json, on_corrupt=on_corrupt)
 
         def parse_if_mode(line: bytes) -> SystemSnapshot | None:
             record = orjson.loads(line)
@@ -203,7 +211,8 @@ class JsonlRunReader(RunReader):
                 return None  # another mode's line: parsed as JSON, not validated
             return SystemSnapshot.model_validate(record)
 
-        return (snapshot for snapshot in iter_records(path, parse_if_mode) if snapshot is not None)  # type: ignore[type-var]
+        records = iter_records(path, parse_if_mode, on_corrupt=on_corrupt)  # type: ignore[type-var]
+        return (snapshot for snapshot in records if snapshot is not None)
 
     def transitions(self) -> Iterator[AlertTransition]:
         return iter_records(self._path("alerts"), AlertTransition.model_validate_json)

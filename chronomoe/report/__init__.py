@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from .page import report_html
 from .series import LayerSeries, RunSeries, collect_series, heatmap_steps, shares_at
-from .summary import LayerSummary, RunSummary, format_summary, summarize_run, summary_rows
+from .summary import LayerSummary, RunSummary, format_summary, summarize_run, summary_rows, summary_warnings
 from .write import write_report
 
 __all__ = [
@@ -32,5 +32,6 @@ __all__ = [
     "shares_at",
     "summarize_run",
     "summary_rows",
+    "summary_warnings",
     "write_report",
 ]

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..alerts import AlertState
+from ..errors import CorruptRecordError
 from ..replay import iter_snapshots
 from ..snapshots import LayerSnapshot
 
@@ -63,7 +64,12 @@ def collect_series(run_dir: Path, mode: str) -> RunSeries:
     """Stream the snapshots of ``mode`` into per-layer arrays (a layer missing from a snapshot is no data)."""
     steps: list[int] = []
     points: dict[int, dict[int, _LayerPoint]] = {}
-    for position, snapshot in enumerate(iter_snapshots(run_dir, mode)):
+    for snapshot in iter_snapshots(run_dir, mode, on_corrupt=_counted_by_the_summary):
+        while steps and steps[-1] >= snapshot.step:  # a later recording of these steps supersedes them
+            steps.pop()
+            for layer_points in points.values():
+                layer_points.pop(len(steps), None)
+        position = len(steps)
         steps.append(snapshot.step)
         for layer in snapshot.layers:
             points.setdefault(layer.layer_id, {})[position] = _point(layer)
@@ -88,8 +94,8 @@ def shares_at(run_dir: Path, mode: str, steps: Sequence[int]) -> dict[int, np.nd
     """Share matrices ``[n_layers, max_experts]`` (NaN padding) at the snapshots of ``steps``."""
     wanted = set(steps)
     matrices = {}
-    for snapshot in iter_snapshots(run_dir, mode):
-        if snapshot.step in wanted:
+    for snapshot in iter_snapshots(run_dir, mode, on_corrupt=_counted_by_the_summary):
+        if snapshot.step in wanted:  # a later recording of a step replaces the earlier one
             width = max(layer.n_experts for layer in snapshot.layers)
             matrix = np.full((max(layer.layer_id for layer in snapshot.layers) + 1, width), np.nan)
             for layer in snapshot.layers:
@@ -97,6 +103,10 @@ def shares_at(run_dir: Path, mode: str, steps: Sequence[int]) -> dict[int, np.nd
                     matrix[layer.layer_id, : layer.n_experts] = layer.utilization_shares
             matrices[snapshot.step] = matrix
     return matrices
+
+
+def _counted_by_the_summary(error: CorruptRecordError) -> None:
+    """Skip a corrupt line: the report's summary, read from the same file, counts and reports each one."""
 
 
 def heatmap_steps(steps: np.ndarray, chosen: Sequence[int] | None) -> list[int]:
