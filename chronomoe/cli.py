@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import ChronoMoEError, InvalidInputError
 from .events import MODES
@@ -27,9 +27,6 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_NO = 1
 EXIT_ERROR = 2
-
-PROGRESS_MIN_BYTES = 16 * 2**20
-"""Logs at least this large get a progress bar (on a terminal)."""
 
 
 # -- subcommands -----------------------------------------------------------------------------
@@ -66,6 +63,7 @@ def _dropped_records(run_dir: Path) -> int:
 def run_replay(args: argparse.Namespace) -> int:
     from .alerts import AlertRules
     from .io import EVENTS_FILE, MANIFEST_FILE, load_manifest
+    from .progress import count_lines, progress_bar, show_progress
     from .replay import changed_layers, format_transitions, recorded_rules, replay_run, require_run_dir
 
     run_dir = require_run_dir(args.run_dir)
@@ -89,13 +87,15 @@ def run_replay(args: argparse.Namespace) -> int:
                 "replay": {"source": str(run_dir.resolve()), "window": args.window or "recorded"},
             }
         )
-    with _progress_bar(run_dir / EVENTS_FILE, count_lines=True, unit="event") as bar:
+    events = run_dir / EVENTS_FILE
+    shown = events.is_file() and show_progress(events.stat().st_size)
+    with progress_bar(count_lines(events) if shown else 0, unit="event", description=EVENTS_FILE, enabled=shown) as bar:
         result = replay_run(
             run_dir,
             rules,
             args.window,
             on_snapshot=None if writer is None else writer.write_snapshot,
-            progress=None if bar is None else bar.update,
+            progress=bar.update,
         )
     if writer is not None:
         writer.close()
@@ -139,24 +139,40 @@ def _replay_writer(out: Path, run_dir: Path) -> TelemetryWriter:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from .progress import progress_bar, show_progress
+    from .replay import require_run_dir
     from .report import write_report
+    from .report.load import run_bytes
 
+    run_dirs = [require_run_dir(path) for path in args.run_dirs]
     if args.output_dir is not None:
         with _output_option("--output-dir", args.output_dir):
             args.output_dir.mkdir(parents=True, exist_ok=True)
-    for path in write_report(args.run_dir, args.output_dir, args.mode, args.steps):
+    total = sum(run_bytes(path) for path in run_dirs)
+    with progress_bar(total, unit="B", description="reading", enabled=show_progress(total)) as bar:
+        written = write_report(
+            run_dirs,
+            args.output_dir,
+            args.mode,
+            layers=args.layers,
+            max_columns=args.max_columns,
+            figures=not args.no_figures,
+            progress=bar.update,
+        )
+    for path in written:
         print(path)
     return EXIT_OK
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    from .progress import progress_bar, show_progress
     from .replay import require_run_dir
     from .schemas import RUN_FILES, validate_run
 
     run_dir = require_run_dir(args.run_dir)
     total = sum((run_dir / name).stat().st_size for name in RUN_FILES if (run_dir / name).is_file())
-    with _progress_bar(run_dir, total=total, unit="B") as bar:
-        check = validate_run(run_dir, progress=None if bar is None else bar.update)
+    with progress_bar(total, unit="B", description=run_dir.name, enabled=show_progress(total)) as bar:
+        check = validate_run(run_dir, progress=bar.update)
     for file_check in check.files:
         name = file_check.path.name
         status = "ok" if not file_check.error_count else f"{file_check.error_count} invalid"
@@ -182,27 +198,6 @@ def run_schema(args: argparse.Namespace) -> int:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-@contextmanager
-def _progress_bar(path: Path, *, unit: str, total: int | None = None, count_lines: bool = False) -> Iterator[Any]:
-    """A tqdm bar for reading ``path`` (``total`` bytes, default its size) when that is large and
-    stderr is a terminal; ``None`` otherwise. ``count_lines`` counts in lines instead of bytes."""
-    size = total if total is not None else (path.stat().st_size if path.is_file() else 0)
-    if size < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(
-        total=_count_lines(path) if count_lines else size, unit=unit, unit_scale=True, desc=path.name, file=sys.stderr
-    ) as bar:
-        yield bar
-
-
-def _count_lines(path: Path) -> int:
-    with open(path, "rb") as handle:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -229,11 +224,21 @@ def _output_option(option: str, path: Path) -> Iterator[None]:
         raise InvalidInputError(option, str(path), error.strerror or str(error)) from None
 
 
-def _steps(text: str) -> list[int]:
+def _integers(text: str) -> list[int]:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated steps such as 100,500,1000, got {text!r}") from None
+        values = []
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"must be comma-separated layer ids such as 0,5,17, got {text!r}")
+    return values
+
+
+def _even_columns(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2 or value % 2:
+        raise argparse.ArgumentTypeError(f"must be an even integer >= 2, got {text!r}")
+    return value
 
 
 def _schema_name(text: str) -> str:
@@ -326,20 +331,38 @@ def build_parser() -> argparse.ArgumentParser:
     report = command(
         "report",
         run_report,
-        "PNG figures and a self-contained HTML page of the run",
-        "Draw Neff per layer with the alert states shaded, Top2 per layer, layer x expert share heatmaps "
-        "and the alert-state timeline as PNG files, and report.html embedding them with the summary and "
-        "transitions tables. Needs matplotlib: pip install 'chronomoe[report]'.",
+        "interactive HTML page and PNG figures of one or several runs",
+        "Write report.html, one self-contained page that works offline (heatmaps of the alert state, Neff/n, "
+        "Top2 and MaxVio per layer over the steps; each layer's expert loads; the loss with alert transitions "
+        "and controller actions; the controller's pressure and bias from decisions.jsonl; tables), and PNG "
+        "figures for papers (overview, experts, loss, controller; needs matplotlib: pip install "
+        "'chronomoe[report]'). Several runs are aligned on their steps and compared in one table. Long runs "
+        "are drawn in columns of several snapshots, as the page says. Progress bar on large runs.",
     )
-    report.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
-    report.add_argument("-o", "--output-dir", type=Path, metavar="DIR", help="where to write (default: RUN_DIR/report)")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", type=Path, help="the run folder(s)")
+    report.add_argument(
+        "-o",
+        "--output-dir",
+        type=Path,
+        metavar="DIR",
+        help="where to write (default: RUN_DIR/report; with several runs FIRST_RUN_DIR/report-compare)",
+    )
     report.add_argument("--mode", choices=MODES, default="TRAIN", help="which snapshots (default: TRAIN)")
     report.add_argument(
-        "--steps",
-        type=_steps,
-        metavar="S1,S2,...",
-        help="steps of the share heatmaps (the snapshot at or after each); default: 4 evenly spaced snapshots",
+        "--layers",
+        type=_integers,
+        metavar="L1,L2,...",
+        help="layers of the experts figure (default: the 4 in the worst shape)",
     )
+    report.add_argument(
+        "--max-columns",
+        type=_even_columns,
+        default=512,
+        metavar="N",
+        help="most time columns of the heatmaps, an even number (default: 512); longer runs are drawn in "
+        "columns of several snapshots",
+    )
+    report.add_argument("--no-figures", action="store_true", help="write report.html only (no matplotlib needed)")
 
     validate = command(
         "validate",
