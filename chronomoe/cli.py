@@ -1,4 +1,4 @@
-"""The ``chronomoe`` command: demo, summary, replay, report, validate, schema.
+"""The ``chronomoe`` command: demo, summary, replay, report, watch, validate, schema.
 
 Exit codes: 0 success; 1 the answer is "no" (``summary``: a layer is
 collapse_confirmed; ``validate``: invalid records); 2 the command could not
@@ -164,6 +164,12 @@ def run_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_watch(args: argparse.Namespace) -> int:
+    from .watch import watch_run
+
+    return watch_run(args.run_dir, mode=args.mode, interval=args.interval, history=args.history, plain=args.plain)
+
+
 def run_validate(args: argparse.Namespace) -> int:
     from .progress import progress_bar, show_progress
     from .replay import require_run_dir
@@ -238,6 +244,16 @@ def _even_columns(text: str) -> int:
     value = _positive_int(text)
     if value < 2 or value % 2:
         raise argparse.ArgumentTypeError(f"must be an even integer >= 2, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
 
 
@@ -363,6 +379,26 @@ def build_parser() -> argparse.ArgumentParser:
         "columns of several snapshots",
     )
     report.add_argument("--no-figures", action="store_true", help="write report.html only (no matplotlib needed)")
+
+    watch = command(
+        "watch",
+        run_watch,
+        "follow a run folder while training writes it",
+        "Follow RUN_DIR like tail -f: each layer's alert state, Neff/n and Top2 sparklines over the last "
+        "snapshots, the latest transitions and controller decisions, refreshed as records arrive. Starts from "
+        "the end of the files (however long the run), skips a torn last line until it is complete, ends on "
+        "Ctrl-C (exit code 0). On a terminal it redraws one screen (needs rich: pip install 'chronomoe[watch]'); "
+        "otherwise, or with --plain, it prints one line per snapshot and per transition.",
+    )
+    watch.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
+    watch.add_argument("--mode", choices=MODES, default="TRAIN", help="which snapshots (default: TRAIN)")
+    watch.add_argument(
+        "--interval", type=_positive_float, default=1.0, metavar="SECONDS", help="how often to look (default: 1)"
+    )
+    watch.add_argument(
+        "--history", type=_positive_int, default=60, metavar="N", help="snapshots in the sparklines (default: 60)"
+    )
+    watch.add_argument("--plain", action="store_true", help="print lines instead of redrawing a screen")
 
     validate = command(
         "validate",

@@ -30,6 +30,7 @@ SUBCOMMAND_OPTIONS = {
     "summary": ["RUN_DIR", "--mode", "collapse_confirmed"],
     "replay": ["RUN_DIR", "--rules", "--window", "--out"],
     "report": ["RUN_DIR", "--output-dir", "--mode", "--layers", "--max-columns", "--no-figures", "chronomoe[report]"],
+    "watch": ["RUN_DIR", "--interval", "--history", "--plain", "Ctrl-C", "chronomoe[watch]"],
     "validate": ["RUN_DIR", "JSON Schema", "Exit code"],
     "schema": ["NAME", "RoutingEvent", "SystemSnapshot"],
 }
