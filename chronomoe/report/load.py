@@ -184,6 +184,7 @@ class DecisionBuilder:
 
     def __init__(self, steps: np.ndarray, layer_ids: np.ndarray) -> None:
         self._steps = steps
+        self._positions = {int(step): position for position, step in enumerate(steps.tolist())}
         self._layer_rows = {int(layer_id): row for row, layer_id in enumerate(layer_ids)}
         shape = (len(steps), len(layer_ids))
         self._pressure = np.full(shape, math.nan)
@@ -199,9 +200,11 @@ class DecisionBuilder:
         self._totals[decision.action] += 1
         self._applied += decision.applied
         self._dry_run |= decision.dry_run
-        position = int(np.searchsorted(self._steps, decision.step, side="left"))
-        if position == len(self._steps):
-            return
+        position = self._positions.get(decision.step)
+        if position is None:  # not a snapshot's step: the window of the next snapshot, if any
+            position = int(np.searchsorted(self._steps, decision.step, side="left"))
+            if position == len(self._steps):
+                return
         if decision.action != "none":
             counts = self._actions.setdefault(decision.action, np.zeros(len(self._steps), dtype=np.int64))
             counts[position] += 1
@@ -209,7 +212,9 @@ class DecisionBuilder:
         if row is None:
             return
         if decision.pressure is not None:
-            self._pressure[position, row] = np.fmax(self._pressure[position, row], decision.pressure)
+            current = self._pressure[position, row]
+            if not current >= decision.pressure:  # NaN (no pressure yet) compares False
+                self._pressure[position, row] = decision.pressure
         if decision.bias_after is not None:
             self._bias[position, row] = decision.bias_after
 
