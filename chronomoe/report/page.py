@@ -191,6 +191,10 @@ def _legends(max_vio_top: int, load_range: float) -> dict[str, str]:
         "loads": swatch.format(DEAD_EXPERT_COLOR, "dead (no token)")
         + f" 1/{2**load_range:g} {_gradient(LOAD_STOPS)} {2**load_range:g}x the balanced load (log scale)",
         "controller": f"0 {_gradient(VIRIDIS_STOPS)} 1 (pressure) or the run's largest |bias|",
+        "marks": "transitions to: "
+        + " ".join(swatch.format(TRANSITION_COLORS[state], state.value) for state in AlertState)
+        + " &nbsp; actions: "
+        + " ".join(swatch.format(color, name) for name, color in ACTION_COLORS.items()),
     }
 
 
@@ -301,6 +305,14 @@ def report_html(runs: Sequence[RunData], columns: Sequence[RunColumns], labels: 
             )
     tables = "\n".join(_layer_table(run) + _transitions_table(run) for run in runs)
     title = " vs ".join(labels)
+    swatch = '<span><span class="swatch" style="background:{}"></span> {}</span>'
+    run_legend = (
+        '<div class="legend">'
+        + " ".join(swatch.format(c, escape(label)) for c, label in zip(colors, labels, strict=True))
+        + "</div>"
+        if several
+        else ""
+    )
     payload_json = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY).replace(b"</", b"<\\/").decode()
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -338,6 +350,7 @@ a collapse shows as a few red rows over a dark band of dead experts.
 <label class="toggle"><input type="checkbox" id="sort-experts" checked> busiest experts first</label></p>
 <div class="legend">{legends["loads"]}</div>
 {"".join(experts)}
+{run_legend}
 <h3>Neff / n</h3><svg class="chart" data-panel="layer-diversity" data-kind="layer-diversity"></svg>
 <h3>Top2 share</h3><svg class="chart" data-panel="layer-top2" data-kind="layer-top2"></svg>
 {layer_bias}
@@ -345,6 +358,7 @@ a collapse shows as a few red rows over a dark band of dead experts.
 <section class="card" id="loss"><h2>Loss, alerts and controller actions</h2>
 <p class="caption">Train loss solid, validation loss dashed; above the plot, each alert transition coloured by the
 state it entered; below, the controller's actions per snapshot window (adjust, relax, abstain), over all layers.</p>
+{run_legend}<div class="legend">{legends["marks"]}</div>
 {loss}
 </section>
 <section class="card" id="controller"><h2>Controller</h2>
