@@ -252,6 +252,8 @@ class PageCheck:
     panels: dict[str, dict[str, float]] = field(default_factory=dict)
     layer_selection: str | None = None
     screenshot: Path | None = None
+    sections: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """``(top, height)`` in the screenshot's pixels of each ``section`` element with an id."""
 
     @property
     def empty_panels(self) -> list[str]:
@@ -332,6 +334,13 @@ def check_report_page(
                 break
             time.sleep(0.05)
         check.panels = browser.evaluate(_PANELS_SCRIPT) or {}
+        check.sections = {
+            name: (int(top), int(height))
+            for name, top, height in browser.evaluate(
+                "[...document.querySelectorAll('section[id]')].map((s) => "
+                "[s.id, s.getBoundingClientRect().top + window.scrollY, s.getBoundingClientRect().height])"
+            )
+        }
         if screenshot is not None:
             full_height = int(browser.evaluate("document.documentElement.scrollHeight"))
             height = min(full_height, screenshot_height or full_height)
@@ -344,3 +353,36 @@ def check_report_page(
             check.layer_selection = _select_layer_and_compare(browser)
         check.errors.extend(page_errors(browser.events))
     return check
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m chronomoe.report.browser PAGE [--screenshot PNG] [--width W] [--height H]``: check a report
+    page in headless Chromium; print what was found; exit code 0 when it passes, 1 when not, 2 on an error."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m chronomoe.report.browser", description=main.__doc__)
+    parser.add_argument("page", type=Path)
+    parser.add_argument("--screenshot", type=Path, help="write a PNG screenshot of the page here")
+    parser.add_argument("--width", type=int, default=1280, help="viewport width in pixels (default: 1280)")
+    parser.add_argument("--height", type=int, help="screenshot only the first HEIGHT pixels (default: the whole page)")
+    args = parser.parse_args(argv)
+    try:
+        check = check_report_page(args.page, args.screenshot, width=args.width, screenshot_height=args.height)
+    except (BrowserError, InvalidInputError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"panels drawn: {len(check.panels) - len(check.empty_panels)} of {len(check.panels)}")
+    for name in check.empty_panels:
+        print(f"empty panel: {name}")
+    for message in check.errors:
+        print(f"page error: {message}")
+    print(f"layer selection: {check.layer_selection or 'works'}")
+    if check.screenshot is not None:
+        print(f"screenshot: {check.screenshot}")
+    print("ok" if check.ok else "FAILED")
+    return 0 if check.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
