@@ -15,19 +15,26 @@ sample is one 10-step window, CUDA-synchronised at both ends; medians per step:
   module feeding ``Monitor.record``, sync-free), ``monitor.step`` after each
   step, ``monitor.snapshot`` at the window's end (its one device-to-host
   copy), writing the run folder to a temporary directory;
+* ``controlled``: ``recorder`` with a :class:`~chronomoe.controller.PressureController`
+  acting at every snapshot (continuous mode, tolerance 0): the router bias
+  actuator's selection hook runs in every router forward (top-k of logits +
+  bias, gates from the unbiased softmax) and every snapshot applies a new bias;
 * ``seed_style``: the seed's pattern: a forward pre-hook per experts module
   builds ``RoutingEvent.from_router_output(..., used_capacity.cpu().tolist(), ...)``
   (a host-device sync per layer and forward); at the window's end the events
   are written and ``SystemSnapshot.from_events(..., alert_history=...)`` is built.
 
 ``--sync-check``: after warm-up, full training steps with the recorder
-attached and ``torch.cuda.set_sync_debug_mode("error")`` switched on only
-around the capture code path: from a forward pre-hook placed before the
-capture hook to one placed after it, and around ``monitor.step``. The
-model's own code and the window's snapshot (the one intended copy) run
-outside it. Two controls prove the guard is live: a ``.item()`` under it must
-raise, and so must the seed-style hook under the same guard. Exit code 0 when
-the recorder passes and both controls raise, else 1.
+attached, a PressureController acting through the router bias actuator, and
+``torch.cuda.set_sync_debug_mode("error")`` switched on only around
+ChronoMoE's code on the step's path: from a forward pre-hook placed before
+the capture hook to one placed after it on each experts module, from a hook
+before the lens pre-hook to one after the bias selection hook on each
+router, and around ``monitor.step``; then around one ``actuator.apply`` of a
+new bias. The model's own code and the window's snapshot (the one intended
+copy) run outside it. Two controls prove the guard is live: a ``.item()``
+under it must raise, and so must the seed-style hook under the same guard.
+Exit code 0 when ChronoMoE's code passes and both controls raise, else 1.
 
 Run on a GPU machine (torch + chronomoe only)::
 
@@ -53,6 +60,7 @@ import torch
 from _common import emit
 
 from chronomoe import Monitor, RoutingEvent, SystemSnapshot, TelemetryWriter
+from chronomoe.controller import PressureController
 from chronomoe.demo import BALANCED, training_loss
 from chronomoe.toy_model import DemoConfig, DemoExperts, DemoMoEModel, make_optimizer
 
@@ -122,6 +130,9 @@ class Bench:
 
     def experts_modules(self) -> list[tuple[int, DemoExperts]]:
         return [(layer_id, layer.mlp.experts) for layer_id, layer in enumerate(self.model.layers)]
+
+    def routers(self) -> list[torch.nn.Module]:
+        return [layer.mlp.gate for layer in self.model.layers]
 
 
 # -- the variants: each returns (enter, run one window, leave) --------------------------------
@@ -238,13 +249,23 @@ def sync_errors() -> Iterator[None]:
 
 
 def guard_capture_hooks(bench: Bench) -> list[torch.utils.hooks.RemovableHandle]:
-    """Forward pre-hooks turning sync errors on before every other pre-hook of each experts module and off after."""
+    """Hooks turning sync errors on before ChronoMoE's hooks and off after them: around the pre-hooks of each
+    experts module (capture), and from before the pre-hooks to after the forward hooks of each router (lens,
+    bias selection; the router's own forward runs in between, under the guard too)."""
     handles = []
+
+    def on(*_: object) -> None:
+        torch.cuda.set_sync_debug_mode("error")
+
+    def off(*_: object) -> None:
+        torch.cuda.set_sync_debug_mode(0)
+
     for _, experts in bench.experts_modules():
-        handles.append(
-            experts.register_forward_pre_hook(lambda *_: torch.cuda.set_sync_debug_mode("error"), prepend=True)
-        )
-        handles.append(experts.register_forward_pre_hook(lambda *_: torch.cuda.set_sync_debug_mode(0)))
+        handles.append(experts.register_forward_pre_hook(on, prepend=True))
+        handles.append(experts.register_forward_pre_hook(off))
+    for router in bench.routers():
+        handles.append(router.register_forward_pre_hook(on, prepend=True))
+        handles.append(router.register_forward_hook(off))
     return handles
 
 
@@ -272,13 +293,26 @@ def guarded_steps(bench: Bench, steps: int, after_step: Callable[[int], None]) -
 
 
 def sync_check(bench: Bench, output_dir: str, steps: int = 3) -> dict[str, object]:
-    monitor = Monitor("sync-check", output_dir)
+    controller = PressureController(mode="continuous", tolerance=0.0)
+    monitor = Monitor("sync-check", output_dir, controller=controller)
     monitor.attach(bench.model)
-    for _ in range(2):  # warm-up: recorder buffers, allocator, kernels
+    for _ in range(2):  # warm-up: recorder buffers, allocator, kernels, a first bias applied
         monitor.step(bench.train_step())
     monitor.snapshot(bench.step)
     recorder = guarded_steps(bench, steps, monitor.step)
     monitor.snapshot(bench.step)
+    actuator = monitor.actuator
+    assert actuator is not None
+    acted = float(abs(actuator.read()).max()) > 0
+    new_bias = actuator.read()
+    new_bias[:, :2] += [0.01, -0.01]
+    try:
+        with sync_errors():
+            actuator.apply(new_bias, new_bias.any(axis=1))
+        apply = "pass"
+    except RuntimeError as error:
+        apply = f"raised: {first_line(error)}"
+    bench.synchronize()
     monitor.close()
 
     events: list[RoutingEvent] = []
@@ -295,9 +329,11 @@ def sync_check(bench: Bench, output_dir: str, steps: int = 3) -> dict[str, objec
     except RuntimeError:
         item_control = "caught"
 
-    passed = recorder == "pass" and seed_style.startswith("raised") and item_control == "caught"
+    passed = recorder == "pass" and apply == "pass" and seed_style.startswith("raised") and item_control == "caught"
     return {
-        "recorder_hooks": recorder,
+        "recorder_lens_and_bias_hooks": recorder,
+        "actuator_apply": apply,
+        "controller_acted": acted,
         "seed_style_hooks_control": seed_style,
         "item_control": item_control,
         "guarded_steps": steps,
@@ -341,14 +377,17 @@ def main(argv: list[str] | None = None) -> int:
             emit({"benchmark": name, **described, **result})
             return 0 if result["verdict"] == "pass" else 1
         monitor = Monitor("recorder", output_dir)
+        controlled = Monitor("controlled", output_dir, controller=PressureController(mode="continuous", tolerance=0.0))
         writer = TelemetryWriter("seed-style", output_dir)
         variants = {
             "baseline": baseline_variant(bench, args.window),
             "recorder": recorder_variant(bench, args.window, monitor),
+            "controlled": recorder_variant(bench, args.window, controlled),
             "seed_style": seed_style_variant(bench, args.window, writer),
         }
         medians = time_variants(bench, variants, args.repeats, args.warmup, args.window)
         monitor.close()
+        controlled.close()
         writer.close()
     emit(
         {
@@ -358,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             "samples_per_variant": args.repeats,
             "ms_per_step": {variant: seconds * 1e3 for variant, seconds in medians.items()},
             "ratio_to_baseline": {
-                variant: medians[variant] / medians["baseline"] for variant in ("recorder", "seed_style")
+                variant: medians[variant] / medians["baseline"] for variant in ("recorder", "controlled", "seed_style")
             },
         }
     )

@@ -17,6 +17,7 @@ find_sibling_subpackages(Path(__file__).parent)
 from chronomoe.controller import ControlDecision, Controller, NoOpController  # noqa: E402
 from chronomoe.lens import LensState  # noqa: E402
 
+from ._version import __version__ as __version__  # noqa: E402
 from .alerts import AlertRules, AlertState, AlertTransition  # noqa: E402
 from .bus import Connection, EventBus, Subscription, Topic  # noqa: E402
 from .config import DistributedConfig, MonitorConfig  # noqa: E402
@@ -48,7 +49,6 @@ from .snapshots import LayerSnapshot, SystemSnapshot  # noqa: E402
 if TYPE_CHECKING:
     from chronomoe.lens import ChronoLens, IdentityLens
 
-__version__ = "0.1.0"
 
 __all__ = [
     "AlertRules",

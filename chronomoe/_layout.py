@@ -47,7 +47,9 @@ def find_sibling_subpackages(package_dir: Path) -> None:
     """Make the sibling folders importable when ``package_dir`` is a checkout's ``chronomoe/``.
 
     Does nothing for an installed package (the subpackages are inside it)
-    or when the finder is already registered for this checkout.
+    or when the finder is already registered for this checkout. In a
+    checkout the siblings are always the right answer (an editable install
+    maps to the same folders), so the finder goes first.
     """
     if all((package_dir / name / "__init__.py").is_file() for name in SIBLING_SUBPACKAGES):
         return
@@ -56,5 +58,6 @@ def find_sibling_subpackages(package_dir: Path) -> None:
         return
     if any(isinstance(finder, _SiblingFinder) and finder.checkout == checkout for finder in sys.meta_path):
         return
-    # Appended: an editable install's own hook, ahead of it, keeps answering where it is installed.
-    sys.meta_path.append(_SiblingFinder(checkout))
+    # First on the path: a folder left behind in chronomoe/ by an older checkout (a __pycache__ once
+    # chronomoe/controller/ held) would otherwise be found first, as an empty namespace package.
+    sys.meta_path.insert(0, _SiblingFinder(checkout))

@@ -1,4 +1,4 @@
-"""The ``chronomoe`` command: demo, summary, replay, report, watch, validate, schema.
+"""The ``chronomoe`` command: demo, summary, replay, report, watch, decisions, validate, export, schema.
 
 Exit codes: 0 success; 1 the answer is "no" (``summary``: a layer is
 collapse_confirmed; ``validate``: invalid records); 2 the command could not
@@ -16,13 +16,16 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import ChronoMoEError, InvalidInputError
 from .events import MODES
 
 if TYPE_CHECKING:
+    from chronomoe.controller import ControlDecision
+
     from .io import TelemetryWriter
+    from .snapshots import SystemSnapshot
 
 EXIT_OK = 0
 EXIT_NO = 1
@@ -33,36 +36,29 @@ EXIT_ERROR = 2
 def run_demo_command(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    options = {"output_dir": args.output_dir, "seed": args.seed, "quiet": args.quiet}
+    options = {"output_dir": args.output_dir, "seed": args.seed, "quiet": args.quiet, "as_json": args.json}
     if args.steps is not None:
         options["steps"] = args.steps
     return run_demo(**options)
 
 
 def run_summary(args: argparse.Namespace) -> int:
+    from .io.run_reader import open_run
     from .report import format_summary, summarize_run
 
     summary = summarize_run(args.run_dir, args.mode)
     print(format_summary(summary))
-    dropped = _dropped_records(summary.run_dir)
+    last = open_run(summary.run_dir).last_snapshot()
+    dropped = 0 if last is None else last.dropped_records
     if dropped:
         print(f"warning: {dropped} records dropped after I/O errors while recording (the run's log names the files)")
     return EXIT_NO if summary.collapsed_layers else EXIT_OK
 
 
-def _dropped_records(run_dir: Path) -> int:
-    """Records the run's writers dropped after I/O errors, as the last snapshot counts them (read from the end)."""
-    from .io import SNAPSHOTS_FILE
-    from .io.lines import last_line
-    from .snapshots import SystemSnapshot
-
-    line = last_line(run_dir / SNAPSHOTS_FILE)
-    return 0 if line is None else SystemSnapshot.model_validate_json(line).dropped_records
-
-
 def run_replay(args: argparse.Namespace) -> int:
     from .alerts import AlertRules
     from .io import EVENTS_FILE, MANIFEST_FILE, load_manifest
+    from .io.run_reader import open_run
     from .progress import count_lines, progress_bar, show_progress
     from .replay import changed_layers, format_transitions, recorded_rules, replay_run, require_run_dir
 
@@ -78,7 +74,7 @@ def run_replay(args: argparse.Namespace) -> int:
     writer = None
     if args.out is not None:
         with _output_option("--out", args.out):
-            writer = _replay_writer(args.out.resolve(), run_dir.resolve())
+            writer = _replay_writer(args.out.resolve(), run_dir.resolve(), open_run(run_dir).storage)
         manifest = load_manifest(run_dir) if (run_dir / MANIFEST_FILE).is_file() else {}
         writer.write_manifest(
             {
@@ -87,16 +83,20 @@ def run_replay(args: argparse.Namespace) -> int:
                 "replay": {"source": str(run_dir.resolve()), "window": args.window or "recorded"},
             }
         )
+    evaluation = _ControllerEvaluation.of(args, rules)
+
+    def on_snapshot(snapshot: SystemSnapshot) -> None:
+        if writer is not None:
+            writer.write_snapshot(snapshot)
+        if evaluation is not None:
+            decisions = evaluation.decide(snapshot)
+            if writer is not None and decisions:
+                writer.write_decisions(decisions)
+
     events = run_dir / EVENTS_FILE
     shown = events.is_file() and show_progress(events.stat().st_size)
     with progress_bar(count_lines(events) if shown else 0, unit="event", description=EVENTS_FILE, enabled=shown) as bar:
-        result = replay_run(
-            run_dir,
-            rules,
-            args.window,
-            on_snapshot=None if writer is None else writer.write_snapshot,
-            progress=bar.update,
-        )
+        result = replay_run(run_dir, rules, args.window, on_snapshot=on_snapshot, progress=bar.update)
     if writer is not None:
         writer.close()
 
@@ -123,18 +123,96 @@ def run_replay(args: argparse.Namespace) -> int:
         print(f"{' ' * len(label)}replayed {format_transitions(change.replayed)}")
         if change.recorded_final != change.replayed_final:
             print(f"{' ' * len(label)}ends {change.replayed_final.value} (recorded: {change.recorded_final.value})")
+    if evaluation is not None:
+        evaluation.print_summary()
     if args.out is not None:
         print(f"wrote {args.out}")
     return EXIT_OK
 
 
-def _replay_writer(out: Path, run_dir: Path) -> TelemetryWriter:
+class _ControllerEvaluation:
+    """``replay --controller``: a controller in dry run over the replayed snapshots, and what it would have done."""
+
+    def __init__(self, controller: Any) -> None:
+        self.controller = controller
+        self.decisions: list[ControlDecision] = []
+
+    @classmethod
+    def of(cls, args: argparse.Namespace, rules: Any) -> _ControllerEvaluation | None:
+        if args.controller is None:
+            if args.controller_config is not None:
+                raise InvalidInputError("--controller-config", str(args.controller_config), "needs --controller")
+            return None
+        from pydantic import ValidationError
+
+        from chronomoe.controller import PressureConfig, PressureController
+
+        config = PressureConfig()
+        if args.controller_config is not None:
+            try:
+                config = PressureConfig.model_validate_json(args.controller_config.read_bytes())
+            except OSError as error:
+                raise InvalidInputError("--controller-config", str(args.controller_config), str(error)) from None
+            except ValidationError as error:
+                first = error.errors()[0]
+                where = ".".join(str(part) for part in first["loc"]) or "the document"
+                raise InvalidInputError(
+                    f"--controller-config {args.controller_config}: {where}", first.get("input"), first["msg"]
+                ) from None
+        return cls(PressureController(config, rules=rules, dry_run=True))
+
+    def decide(self, snapshot: SystemSnapshot) -> list[ControlDecision]:
+        decided = self.controller.on_snapshot(snapshot) or []
+        self.decisions.extend(decided)
+        return list(decided)
+
+    def print_summary(self) -> None:
+        from .audit import audit_by_layer, format_table, layer_rows
+
+        acted = [d for d in self.decisions if d.action != "none"]
+        print(
+            f"controller {self.controller.name} (config {self.controller.config_hash}, dry run): "
+            f"{len(self.decisions)} decisions, {len(acted)} would have acted"
+            + (f", the first at step {acted[0].step} on layer {acted[0].layer_id}" if acted else "")
+        )
+        print("(what it would have decided on the recorded routing, which did not respond to its bias)")
+        print(format_table(layer_rows(audit_by_layer(self.decisions))))
+
+
+def run_decisions(args: argparse.Namespace) -> int:
+    from .audit import audit_by_layer, decision_rows, format_table, layer_rows
+    from .io.run_reader import open_run
+    from .replay import require_run_dir
+
+    run = open_run(require_run_dir(args.run_dir))
+    run.require("decisions", " (the run had no controller?)")
+    decisions = list(run.decisions())
+    shown = [
+        d
+        for d in decisions
+        if (args.layer is None or d.layer_id == args.layer) and (args.action is None or d.action == args.action)
+    ]
+    if args.last is not None:
+        shown = shown[-args.last :]
+    if args.all or args.action is not None or args.layer is not None or args.last is not None:
+        print(format_table(decision_rows(shown)))
+        print()
+    print(format_table(layer_rows(audit_by_layer(shown))))
+    return EXIT_OK
+
+
+def _replay_writer(out: Path, run_dir: Path, storage: str) -> TelemetryWriter:
+    """The writer of ``replay --out``, in the recording's storage."""
     from .io import SNAPSHOTS_FILE, TelemetryWriter
 
     if out == run_dir:
         raise InvalidInputError("--out", str(out), "must differ from RUN_DIR (replay never changes the recording)")
-    if (out / SNAPSHOTS_FILE).exists():
-        raise InvalidInputError("--out", str(out), f"already holds {SNAPSHOTS_FILE}; choose a new folder")
+    if (out / SNAPSHOTS_FILE).exists() or (out / "snapshots").exists():
+        raise InvalidInputError("--out", str(out), "already holds snapshots; choose a new folder")
+    if storage == "parquet":
+        from .io.parquet_writer import ParquetRunWriter
+
+        return ParquetRunWriter(out.name, out.parent)
     return TelemetryWriter(out.name, out.parent)
 
 
@@ -180,7 +258,7 @@ def run_validate(args: argparse.Namespace) -> int:
     with progress_bar(total, unit="B", description=run_dir.name, enabled=show_progress(total)) as bar:
         check = validate_run(run_dir, progress=bar.update)
     for file_check in check.files:
-        name = file_check.path.name
+        name = str(file_check.path.relative_to(run_dir))
         status = "ok" if not file_check.error_count else f"{file_check.error_count} invalid"
         print(f"{name}: {file_check.records} record{'' if file_check.records == 1 else 's'}, {status}")
         for error in file_check.errors:
@@ -189,8 +267,23 @@ def run_validate(args: argparse.Namespace) -> int:
             print(f"  ... and {file_check.error_count - len(file_check.errors)} more")
         if file_check.torn_line is not None:
             print(f"  {name}:{file_check.torn_line}: torn last line (a crash mid-write; loaders skip it)")
+        if file_check.note is not None:
+            print(f"  {name}: {file_check.note}")
     print("valid" if check.ok else f"invalid: {check.error_count} records fail their schema or model")
     return EXIT_OK if check.ok else EXIT_NO
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .io.export import export_run
+    from .replay import require_run_dir
+
+    run_dir = require_run_dir(args.run_dir)
+    out = args.out if args.out is not None else run_dir.with_name(f"{run_dir.name}-{args.to}")
+    with _output_option("--out", out):
+        result = export_run(run_dir, out, args.to)
+    tables = ", ".join(f"{records} {table}" for table, records in result.records.items())
+    print(f"wrote {result.out_dir} ({args.to}): {tables}")
+    return EXIT_OK
 
 
 def run_schema(args: argparse.Namespace) -> int:
@@ -275,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit codes: 0 success; 1 a collapsed layer (summary) or invalid records (validate); "
         "2 an error (missing run folder or file, no events, bad rules file, bad arguments).",
     )
-    from . import __version__
+    from ._version import __version__
 
     parser.add_argument("--version", action="version", version=f"chronomoe {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -302,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default: 0)")
     demo.add_argument("--quiet", action="store_true", help="print only the final verdict")
+    demo.add_argument("--json", action="store_true", help="print only every arm's final layers and loss, as JSON")
 
     summary = command(
         "summary",
@@ -341,8 +435,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         metavar="DIR",
-        help="write the replayed snapshots.jsonl, alerts.jsonl and run_manifest.json to this new folder",
+        help="write the replayed snapshots.jsonl, alerts.jsonl, run_manifest.json (and decisions.jsonl with "
+        "--controller) to this new folder",
     )
+    replay.add_argument(
+        "--controller",
+        choices=["pressure"],
+        help="run this controller in dry run over the replayed snapshots and show what it would have decided, "
+        "and when (judge a policy on past runs before enabling it)",
+    )
+    replay.add_argument(
+        "--controller-config",
+        type=Path,
+        metavar="CONFIG.json",
+        help="the controller's policy as JSON (fields of chronomoe.controller.PressureConfig; missing fields take "
+        "the defaults)",
+    )
+
+    decisions = command(
+        "decisions",
+        run_decisions,
+        "the controller's audit trail: decisions per layer, or one row per decision",
+        "Summarise decisions.jsonl per layer (decisions, actions, how many changed the model, the first and "
+        "last action, the largest pressure, the bias magnitude). With --all, --layer, --action or --last, also "
+        "print one row per decision: step, layer, alert state, pressure, action, max |bias| after, applied, reason.",
+    )
+    decisions.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
+    decisions.add_argument("--all", action="store_true", help="one row per decision")
+    decisions.add_argument("--layer", type=int, metavar="L", help="only the decisions of layer L")
+    decisions.add_argument("--action", metavar="ACTION", help="only decisions with this action (adjust, none, ...)")
+    decisions.add_argument("--last", type=_positive_int, metavar="N", help="only the last N decisions shown")
 
     report = command(
         "report",
@@ -409,6 +531,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(the first 20 per file) and a torn last line. Exit code 0 when valid, 1 on invalid records.",
     )
     validate.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
+
+    export = command(
+        "export",
+        run_export,
+        "convert a run folder to the other storage (JSONL <-> Parquet)",
+        "Write every record of RUN_DIR (events, snapshots, transitions, decisions, the manifest) into a new run "
+        "folder in the other storage, each record validated and written once; RUN_DIR is not changed. Parquet "
+        "needs pyarrow: pip install 'chronomoe[parquet]'.",
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
+    export.add_argument("--to", choices=("parquet", "jsonl"), required=True, help="the storage to write")
+    export.add_argument(
+        "--out", type=Path, metavar="DIR", help="the new run folder (default: RUN_DIR-parquet or RUN_DIR-jsonl)"
+    )
 
     schema = command(
         "schema",

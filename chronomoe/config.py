@@ -68,6 +68,10 @@ class MonitorConfig(BaseModel):
     )
     top_k: int | list[int] = Field(1, description="experts per token (one for all layers, or per layer)")
     write_events: bool = Field(True, description="write routing_events.jsonl (one event per step and layer)")
+    storage: Literal["jsonl", "parquet"] = Field(
+        "jsonl",
+        description="how the run folder is written: JSONL files, or Parquet tables (needs chronomoe[parquet])",
+    )
     fsync: bool = Field(False, description="fsync the run's files after every snapshot (durable on power loss)")
     io_errors: Literal["log", "raise"] = Field(
         "log", description="log: an I/O error is logged once and the run goes on; raise: it propagates"

@@ -1,11 +1,12 @@
-"""``chronomoe demo``: a Mixture-of-Experts model's routing collapsing, recorded live, on a CPU.
+"""``chronomoe demo``: a Mixture-of-Experts model's routing collapsing, recorded live, and rescued, on a CPU.
 
-The demo trains one small MoE language model (pure torch) twice, from the same
-initial weights on the same synthetic data, each time with a
+The demo trains one small MoE language model (pure torch) three times, from
+the same initial weights on the same synthetic data, each time with a
 :class:`~chronomoe.Monitor` attached by ``monitor.attach(model)``. It shows a
 progress bar per run, prints every alert transition the moment the alert
 machines make it, then each run folder's per-layer summary (Neff, Top2, dead
-experts, state, the step of each transition) and the folders' paths:
+experts, state, the step of each transition), a table of every arm's final
+state per layer (Neff, Top2, MaxVio) and loss, and the folders' paths:
 
 * ``demo-balanced``: trained with the Switch Transformer load-balancing loss
   (``alpha = 0.01`` per MoE layer). Its routing stays balanced: no alert at all.
@@ -15,6 +16,11 @@ experts, state, the step of each transition) and the folders' paths:
   ``nominal -> pre_collapse -> collapse_confirmed``; later windows may see a
   starved expert get a token again and the layer step back down (the table
   lists every transition).
+* ``demo-controlled``: the collapsing run again, with a
+  :class:`~chronomoe.controller.PressureController` (its defaults) acting on a
+  selection-only router bias through the Monitor's actuator: it answers the
+  alerts by moving tokens towards the under-used experts, within its bounds,
+  and records every decision in ``decisions.jsonl``.
 
 No nudge is needed and none is applied: no expert is switched off, no logit,
 temperature or learning rate is changed. What drives it is the rich-get-richer
@@ -26,12 +32,12 @@ as in Switch) sends them still more.
 
 The model and its data are :mod:`chronomoe.toy_model`'s (:class:`DemoMoEModel`
 at the default :class:`DemoConfig`: 4 layers of 8 experts, top-1 routing, on
-synthetic Zipf-Markov text); the two runs differ only in their :class:`Arm`.
+synthetic Zipf-Markov text); the runs differ only in their :class:`Arm`.
 
 Repeatable: ``torch.manual_seed(seed)`` before each run's model, the corpus
 from ``torch.Generator().manual_seed(seed)``; on CPU a run repeats bit for bit
-for a given number of threads. A previous demo's files in the two run folders
-are replaced.
+for a given number of threads. A previous demo's files in the run folders are
+replaced.
 
 Run it as ``chronomoe demo`` or ``python -m chronomoe.demo``.
 """
@@ -39,22 +45,28 @@ Run it as ``chronomoe demo`` or ``python -m chronomoe.demo``.
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
 import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from chronomoe.controller import PressureController
+
 from .alerts import AlertState, AlertTransition
 from .errors import InvalidInputError
-from .io import ALERTS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE
+from .io import ALERTS_FILE, DECISIONS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE
 from .monitor import Monitor
 from .report import format_summary, summarize_run
+from .snapshots import SystemSnapshot
 
 # Also importable from here: the README's training-loop example imports the model with the arms.
 from .toy_model import LEARNING_RATE, DemoConfig, DemoMoEModel, batch_at, make_corpus, make_optimizer
@@ -73,11 +85,13 @@ class Arm:
         run_id: the run folder's name.
         balance_coefficient: weight of the Switch load-balancing loss of each MoE layer.
         description: what the run is, as printed.
+        controlled: run a :class:`~chronomoe.controller.PressureController` on the router bias.
     """
 
     run_id: str
     balance_coefficient: float
     description: str
+    controlled: bool = False
 
 
 BALANCED = Arm("demo-balanced", 0.01, "with the Switch load-balancing loss (alpha 0.01 per MoE layer)")
@@ -86,7 +100,15 @@ COLLAPSE = Arm(
     0.0,
     "without it; nothing else differs (no nudge: no expert switched off, no logit or learning rate changed)",
 )
-ARMS = (BALANCED, COLLAPSE)
+CONTROLLED = Arm(
+    "demo-controlled",
+    0.0,
+    "as demo-collapse, with a PressureController moving a selection-only router bias towards under-used experts",
+    controlled=True,
+)
+ARMS = (BALANCED, COLLAPSE, CONTROLLED)
+LOSS_WINDOWS = 5
+"""Snapshot windows averaged for an arm's final loss (the last 50 steps at the default cadence)."""
 
 
 def training_loss(model: DemoMoEModel, batch: torch.Tensor, arm: Arm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,11 +127,42 @@ def training_loss(model: DemoMoEModel, batch: torch.Tensor, arm: Arm) -> tuple[t
 # -- one run -------------------------------------------------------------------------------
 @dataclass
 class ArmOutcome:
-    """What one run did: its folder and every alert transition, in order."""
+    """What one run did: its folder, every alert transition and every TRAIN snapshot, in order."""
 
     arm: Arm
     run_dir: Path
     transitions: list[AlertTransition] = field(default_factory=list)
+    snapshots: list[SystemSnapshot] = field(default_factory=list)
+
+    @property
+    def final_loss(self) -> float:
+        """Mean language-model loss of the last :data:`LOSS_WINDOWS` snapshot windows (nats)."""
+        losses = [snapshot.train_loss for snapshot in self.snapshots[-LOSS_WINDOWS:] if snapshot.train_loss is not None]
+        return statistics.fmean(losses)
+
+    @property
+    def nominal_from(self) -> int | None:
+        """The first snapshot step from which every layer stays nominal to the end; ``None`` if it ends alerting."""
+        step = None
+        for snapshot in reversed(self.snapshots):
+            if any(layer.alert_state is not AlertState.NOMINAL for layer in snapshot.layers):
+                break
+            step = snapshot.step
+        return step
+
+    def final_layers(self) -> list[dict[str, object]]:
+        """Each layer's state, Neff, Top2 and MaxVio at the last snapshot."""
+        return [
+            {
+                "layer": layer.layer_id,
+                "state": layer.alert_state.value,
+                "n_effective": layer.n_effective,
+                "n_experts": layer.n_experts,
+                "top2_share": layer.top2_share,
+                "max_vio": layer.max_vio,
+            }
+            for layer in self.snapshots[-1].layers
+        ]
 
     @property
     def confirmed_layers(self) -> list[int]:
@@ -135,7 +188,7 @@ def describe_transition(run_id: str, transition: AlertTransition) -> str:
 
 def _remove_previous_run(run_dir: Path) -> None:
     """Delete the files a previous demo wrote in ``run_dir`` (the writer appends otherwise)."""
-    for name in (EVENTS_FILE, SNAPSHOTS_FILE, ALERTS_FILE, MANIFEST_FILE):
+    for name in (EVENTS_FILE, SNAPSHOTS_FILE, ALERTS_FILE, DECISIONS_FILE, MANIFEST_FILE):
         for path in (run_dir / name, run_dir / f"{name}.torn"):
             path.unlink(missing_ok=True)
 
@@ -169,13 +222,17 @@ def train_arm(
         "steps": steps,
         "learning_rate": LEARNING_RATE,
         "balance_coefficient": arm.balance_coefficient,
+        "controlled": arm.controlled,
         "snapshot_every": SNAPSHOT_EVERY,
         **asdict(config),
     }
     outcome = ArmOutcome(arm, run_dir)
-    with Monitor(arm.run_id, output_dir, model_name=MODEL_NAME, training_config=run_config) as monitor:
+    controller = PressureController() if arm.controlled else None
+    options: dict[str, Any] = {"controller": controller} if controller is not None else {}
+    with Monitor(arm.run_id, output_dir, model_name=MODEL_NAME, training_config=run_config, **options) as monitor:
         monitor.attach(model)
         monitor.bus.subscribe("transition", outcome.transitions.append)
+        monitor.bus.subscribe("snapshot", outcome.snapshots.append, mode="TRAIN")
         if on_transition is not None:
             monitor.bus.subscribe("transition", on_transition)
         window_loss = torch.zeros(())
@@ -200,7 +257,7 @@ def train_arm(
 
 
 # -- the demo --------------------------------------------------------------------------------
-def _verdict(balanced: ArmOutcome, collapse: ArmOutcome, steps: int) -> tuple[bool, list[str]]:
+def _verdict(balanced: ArmOutcome, collapse: ArmOutcome, controlled: ArmOutcome, steps: int) -> tuple[bool, list[str]]:
     """Whether the runs show what the demo promises, and the lines that say so."""
     lines = []
     healthy = not balanced.transitions
@@ -222,35 +279,89 @@ def _verdict(balanced: ArmOutcome, collapse: ArmOutcome, steps: int) -> tuple[bo
             f"{collapse.arm.run_id}: did not reach COLLAPSE_CONFIRMED in {steps} steps "
             f"(the default, {DEFAULT_STEPS}, does for seeds 0-9)."
         )
-    return healthy and bool(layers), lines
+    rescued = controlled.nominal_from
+    if rescued is not None:
+        lines.append(
+            f"{controlled.arm.run_id}: every layer nominal from step {rescued} to the end; loss "
+            f"{controlled.final_loss:.3f} against {collapse.final_loss:.3f} without the controller "
+            f"(mean of the last {LOSS_WINDOWS} windows)."
+        )
+    else:
+        alerting = [layer["layer"] for layer in controlled.final_layers() if layer["state"] != "nominal"]
+        lines.append(f"{controlled.arm.run_id}: ends with layers {alerting} in an alert state.")
+    return healthy and bool(layers) and rescued is not None, lines
 
 
-def run_demo(output_dir: str = "runs", steps: int = DEFAULT_STEPS, seed: int = 0, quiet: bool = False) -> int:
-    """Train both runs, print what the monitors saw, return 0 when the demo showed its point, else 1.
+def arms_table(outcomes: Sequence[ArmOutcome]) -> str:
+    """Every arm's final state per layer (Neff, Top2, MaxVio) and its final loss, as aligned text."""
+    rows = [["arm", "layer", "state", "Neff/n", "Top2", "MaxVio", "loss"]]
+    for outcome in outcomes:
+        for position, layer in enumerate(outcome.final_layers()):
+            rows.append(
+                [
+                    outcome.arm.run_id if position == 0 else "",
+                    str(layer["layer"]),
+                    str(layer["state"]),
+                    f"{layer['n_effective']:.2f}/{layer['n_experts']}",
+                    f"{layer['top2_share']:.3f}",
+                    f"{layer['max_vio']:.2f}",
+                    f"{outcome.final_loss:.3f}" if position == 0 else "",
+                ]
+            )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def arms_json(outcomes: Sequence[ArmOutcome], shown: bool) -> str:
+    """What :func:`arms_table` shows, and the verdict, as JSON."""
+    return json.dumps(
+        {
+            "verdict": "shown" if shown else "not shown",
+            "arms": {
+                outcome.arm.run_id: {
+                    "run_dir": str(outcome.run_dir),
+                    "final_loss": outcome.final_loss,
+                    "nominal_from": outcome.nominal_from,
+                    "layers": outcome.final_layers(),
+                }
+                for outcome in outcomes
+            },
+        },
+        indent=2,
+    )
+
+
+def run_demo(
+    output_dir: str = "runs", steps: int = DEFAULT_STEPS, seed: int = 0, quiet: bool = False, as_json: bool = False
+) -> int:
+    """Train the three runs, print what the monitors saw, return 0 when the demo showed its point, else 1.
 
     Args:
-        output_dir: parent folder of the run folders ``demo-balanced`` and ``demo-collapse``.
+        output_dir: parent folder of the run folders ``demo-balanced``, ``demo-collapse`` and ``demo-controlled``.
         steps: training steps of each run.
-        seed: seeds the initial weights (the same for both runs) and the corpus.
+        seed: seeds the initial weights (the same for every run) and the corpus.
         quiet: print only the verdict and the run folders (no progress bars,
             live transitions or tables).
+        as_json: print only the arms' table and the verdict as JSON.
     """
     if not isinstance(steps, int) or steps < 1:
         raise InvalidInputError("steps", steps, "must be a positive integer")
     if not isinstance(seed, int) or seed < 0:
         raise InvalidInputError("seed", seed, "must be a non-negative integer")
     config = DemoConfig()
-    say = (lambda text: None) if quiet else print
+    say = (lambda text: None) if quiet or as_json else print
     say(
         textwrap.fill(
             f"ChronoMoE demo: one small MoE language model ({config.n_layers} layers x {config.n_experts} experts, "
-            f"top-{config.top_k} routing), trained twice on CPU from the same weights and data (seed {seed}): "
-            f"{steps} steps each, a snapshot every {SNAPSHOT_EVERY} steps.",
+            f"top-{config.top_k} routing), trained {len(ARMS)} times on CPU from the same weights and data "
+            f"(seed {seed}): {steps} steps each, a snapshot every {SNAPSHOT_EVERY} steps.",
             width=100,
         )
     )
     for arm in ARMS:
-        say(textwrap.fill(arm.description, width=100, initial_indent=f"  {arm.run_id}: ", subsequent_indent=" " * 17))
+        say(textwrap.fill(arm.description, width=100, initial_indent=f"  {arm.run_id}: ", subsequent_indent=" " * 19))
     say("Progress bars end with each layer's alert state: N nominal, P pre_collapse, C collapse_confirmed.\n")
     corpus = make_corpus(config, seed)
     outcomes = []
@@ -258,25 +369,38 @@ def run_demo(output_dir: str = "runs", steps: int = DEFAULT_STEPS, seed: int = 0
         started = time.perf_counter()
         announce = (
             None
-            if quiet
+            if quiet or as_json
             else (lambda transition, run_id=arm.run_id: tqdm.write(describe_transition(run_id, transition)))
         )
         outcomes.append(
-            train_arm(arm, config, corpus, steps, seed, output_dir, show_progress=not quiet, on_transition=announce)
+            train_arm(
+                arm,
+                config,
+                corpus,
+                steps,
+                seed,
+                output_dir,
+                show_progress=not (quiet or as_json),
+                on_transition=announce,
+            )
         )
         say(f"{arm.run_id}: {steps} steps in {time.perf_counter() - started:.1f} s\n")
     for outcome in outcomes:
         say(format_summary(summarize_run(outcome.run_dir)) + "\n")
-    balanced, collapse = outcomes
-    shown, lines = _verdict(balanced, collapse, steps)
+    balanced, collapse, controlled = outcomes
+    shown, lines = _verdict(balanced, collapse, controlled, steps)
+    if as_json:
+        print(arms_json(outcomes, shown))
+        return 0 if shown else 1
+    say(arms_table(outcomes) + "\n")
     print("\n".join(lines))
     print("Run folders: " + "  ".join(str(outcome.run_dir) for outcome in outcomes))
-    say(f"Look again: chronomoe summary {collapse.run_dir}   chronomoe report {collapse.run_dir}")
+    say(f"Look again: chronomoe summary {collapse.run_dir}   chronomoe decisions {controlled.run_dir}")
     return 0 if shown else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m chronomoe.demo [--output-dir DIR] [--steps N] [--seed S] [--quiet]``."""
+    """``python -m chronomoe.demo [--output-dir DIR] [--steps N] [--seed S] [--quiet] [--json]``."""
     parser = argparse.ArgumentParser(prog="python -m chronomoe.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="runs", help="parent folder of the run folders (default: runs)")
     parser.add_argument(
@@ -284,9 +408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the data (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="print only the verdict and the run folders")
+    parser.add_argument("--json", action="store_true", help="print only the arms' final table and verdict, as JSON")
     args = parser.parse_args(argv)
     try:
-        return run_demo(args.output_dir, args.steps, args.seed, args.quiet)
+        return run_demo(args.output_dir, args.steps, args.seed, args.quiet, args.json)
     except InvalidInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -129,7 +129,7 @@ class Monitor:
         if self._collective is not None:
             output = self._collective.output_dir_of_rank(output, self.config.distributed.write_on_all_ranks)
         if output is not None:
-            self.writer = TelemetryWriter(run_id, output, fsync=self.config.fsync, on_error=self.config.io_errors)
+            self.writer = self._make_writer(output)
             self.writer.write_manifest(
                 create_run_manifest(
                     run_id,
@@ -155,6 +155,16 @@ class Monitor:
 
             lens = IdentityLens()
         self.set_lens(lens)
+
+    def _make_writer(self, output: Any) -> TelemetryWriter:
+        """The run folder's writer for ``config.storage`` (Parquet parts are named by the global rank)."""
+        options: dict[str, Any] = {"fsync": self.config.fsync, "on_error": self.config.io_errors}
+        if self.config.storage == "parquet":
+            from .io.parquet_writer import ParquetRunWriter
+
+            rank = 0 if self._collective is None else self._collective.global_rank
+            return ParquetRunWriter(self.run_id, output, rank=rank, **options)
+        return TelemetryWriter(self.run_id, output, **options)
 
     def _rank_reduction(self) -> RankReduction | None:
         """The cross-rank reduction under torch.distributed, else ``None``."""

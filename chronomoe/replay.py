@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 from .alerts import AlertBank, AlertRules, AlertState, AlertTransition
 from .errors import InvalidInputError
 from .events import MODES, RoutingEvent
-from .io import ALERTS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, iter_events, iter_records, load_manifest
+from .io import MANIFEST_FILE, load_manifest
+from .io.run_reader import RunReader, open_run
 from .metrics import UNDERUSE_RATIO
 from .snapshots import SystemSnapshot, build_snapshot
 from .windows import window_counts
@@ -53,14 +53,6 @@ def require_run_dir(run_dir: str | os.PathLike[str]) -> Path:
     path = Path(run_dir)
     if not path.is_dir():
         raise InvalidInputError("RUN_DIR", str(path), "is not a folder")
-    return path
-
-
-def require_file(run_dir: Path, name: str, why: str = "") -> Path:
-    """``run_dir / name``; :class:`~chronomoe.errors.InvalidInputError` when it is missing."""
-    path = run_dir / name
-    if not path.is_file():
-        raise InvalidInputError("RUN_DIR", str(run_dir), f"has no {name}{why}")
     return path
 
 
@@ -79,38 +71,14 @@ def recorded_rules(run_dir: str | os.PathLike[str]) -> AlertRules | None:
 
 
 def iter_snapshots(run_dir: str | os.PathLike[str], mode: str | None = None) -> Iterator[SystemSnapshot]:
-    """Stream the recorded snapshots (of ``mode`` only, when given) from ``snapshots.jsonl``.
+    """Stream the recorded snapshots (of ``mode`` only, when given), whatever the run's storage.
 
-    Lines of another mode are parsed as JSON but not validated.
+    Raises :class:`~chronomoe.errors.InvalidInputError` when the run has no snapshots.
     """
-    path = require_file(Path(run_dir), SNAPSHOTS_FILE)
-    if mode is None:
-        return iter_records(path, SystemSnapshot.model_validate_json)
+    run = open_run(run_dir)
+    run.require("snapshots")
+    return run.snapshots(mode)
 
-    def parse_if_mode(line: bytes) -> SystemSnapshot:
-        record = orjson.loads(line)
-        if isinstance(record, dict) and record.get("mode", "TRAIN") != mode:
-            return _OTHER_MODE
-        return SystemSnapshot.model_validate(record)
-
-    return (snapshot for snapshot in iter_records(path, parse_if_mode) if snapshot is not _OTHER_MODE)
-
-
-_OTHER_MODE = SystemSnapshot.trusted(
-    step=0,
-    timestamp=0.0,
-    mode="TRAIN",
-    train_loss=None,
-    val_loss=None,
-    run_id="-",
-    model_name="",
-    layers=[],
-    alerts=[],
-    transitions=[],
-    dropped_records=0,
-    out_of_range_expert_ids=0,
-)
-"""Stands for a snapshot line of another mode, skipped unvalidated by :func:`iter_snapshots`."""
 
 Emit = Callable[[SystemSnapshot], None]
 """Receives each replayed snapshot, in the order built."""
@@ -160,19 +128,20 @@ def replay_run(
     :class:`~chronomoe.errors.CorruptRecordError` for a corrupt line.
     """
     run_dir = require_run_dir(run_dir)
-    events_path = require_file(run_dir, EVENTS_FILE, " (the run was recorded without events?)")
+    run = open_run(run_dir)
+    run.require("routing_events", " (the run was recorded without events?)")
     if window is not None and window < 1:
         raise InvalidInputError("window", window, "must be a positive number of steps")
     if rules is None:
         rules = recorded_rules(run_dir) or AlertRules.default()
-    events = iter_events(events_path)
+    events = run.events()
     first_event = next(events, None)
     if first_event is None:
-        raise InvalidInputError("RUN_DIR", str(run_dir), f"holds no routing events ({EVENTS_FILE} is empty)")
+        raise InvalidInputError("RUN_DIR", str(run_dir), f"holds no routing events ({run.describe('routing_events')})")
     result = ReplayResult(rules=rules, window=window)
     emit = _collector(result, on_snapshot)
     if window is None:
-        replayer: _RecordedWindows | _FixedWindows = _RecordedWindows(run_dir, rules, emit, result)
+        replayer: _RecordedWindows | _FixedWindows = _RecordedWindows(run, rules, emit, result)
     else:
         replayer = _FixedWindows(window, rules, emit, _model_name(run_dir))
 
@@ -188,9 +157,8 @@ def replay_run(
         progress(since_progress)
     replayer.finish()
 
-    alerts_path = run_dir / ALERTS_FILE
-    if alerts_path.is_file():
-        result.recorded_transitions = list(iter_records(alerts_path, AlertTransition.model_validate_json))
+    if run.has("alerts"):
+        result.recorded_transitions = list(run.transitions())
     return result
 
 
@@ -250,11 +218,12 @@ def _out_of_order(event: RoutingEvent, closed_step: int) -> InvalidInputError:
 class _RecordedWindows:
     """Windows ending at the recorded snapshots' steps; each replayed snapshot is compared with its recording."""
 
-    def __init__(self, run_dir: Path, rules: AlertRules, emit: Emit, result: ReplayResult) -> None:
+    def __init__(self, run: RunReader, rules: AlertRules, emit: Emit, result: ReplayResult) -> None:
         self.emit = emit
         self.result = result
         self.banks: dict[str, AlertBank] = {mode: AlertBank(rules) for mode in MODES}
-        self.pending: dict[str, Iterator[SystemSnapshot]] = {mode: iter_snapshots(run_dir, mode) for mode in MODES}
+        run.require("snapshots")
+        self.pending: dict[str, Iterator[SystemSnapshot]] = {mode: run.snapshots(mode) for mode in MODES}
         self.next_snapshot: dict[str, SystemSnapshot | None] = {mode: next(self.pending[mode], None) for mode in MODES}
         self.windows: dict[str, list[RoutingEvent]] = {mode: [] for mode in MODES}
         self.closed_step: dict[str, int | None] = dict.fromkeys(MODES)

@@ -157,6 +157,7 @@ class FileCheck:
     error_count: int = 0
     errors: list[LineError] = field(default_factory=list)
     torn_line: int | None = None
+    note: str | None = None  # what else a reader should know: a Parquet part still growing, or torn
 
     def add_error(self, line: int, message: str) -> None:
         self.error_count += 1
@@ -191,12 +192,25 @@ def validate_run(run_dir: str | os.PathLike[str], progress: Callable[[int], None
     :class:`~chronomoe.alerts.AlertRules`. ``progress`` is called with the
     bytes consumed after each line.
 
+    A Parquet run is checked part by part (:mod:`chronomoe.io.parquet_validate`).
+
     Raises :class:`~chronomoe.errors.InvalidInputError` when ``run_dir`` is not
     a folder or holds none of these files.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InvalidInputError("RUN_DIR", str(run_dir), "is not a folder")
+    from .io.run_reader import detect_storage
+
+    if detect_storage(run_dir) == "parquet":
+        from .io.parquet_validate import check_parquet_tables
+
+        checks = check_parquet_tables(run_dir, progress)
+        if (run_dir / MANIFEST_FILE).is_file():
+            checks.append(_check_manifest(run_dir / MANIFEST_FILE))
+        if not checks:
+            raise InvalidInputError("RUN_DIR", str(run_dir), "holds no telemetry (no table part, no manifest)")
+        return RunCheck(run_dir, checks)
     checks = [
         _check_jsonl(run_dir / file_name, record_type, progress)
         for file_name, record_type in RUN_FILES.items()

@@ -110,7 +110,7 @@ def check_values(actuator: Actuator, values: np.ndarray, layers: np.ndarray) -> 
     if not np.isfinite(values[layers]).all():
         raise InvalidInputError("values", values[layers].tolist(), "must be finite")
     padding = np.arange(shape[1])[None, :] >= np.asarray(actuator.n_experts)[:, None]
-    if values[layers][padding[layers]].any():
+    if np.any(values[padding & layers[:, None]]):
         raise InvalidInputError("values", "padding", "columns beyond a layer's n_experts must stay 0")
 
 
@@ -124,16 +124,33 @@ def check_layout(actuator: Actuator, state: dict[str, Any]) -> None:
         )
 
 
-def summarize_change(before: np.ndarray, after: np.ndarray, n_experts: int, bound: float | None) -> ActuatorChange:
-    """What changing one layer's values from ``before`` to ``after`` (1-D, padding included) did."""
-    old, new = before[:n_experts], after[:n_experts]
-    change = np.abs(new - old)
-    at_bound = 0 if bound is None else int(np.count_nonzero(np.abs(new) >= bound * (1 - 1e-9)))
-    return ActuatorChange.trusted(
-        max_abs_change=float(change.max()),
-        l1_change=float(change.sum()),
-        max_abs_before=float(np.abs(old).max()),
-        max_abs_after=float(np.abs(new).max()),
-        mean_after=float(new.mean()),
-        clamped=at_bound,
+def summarize_changes(
+    before: np.ndarray, after: np.ndarray, n_experts: Sequence[int], bound: float | None
+) -> list[ActuatorChange]:
+    """What changing values from ``before`` to ``after`` (``[L, width]``, padding zero) did to each layer."""
+    width = before.shape[1]
+    real = np.arange(width)[None, :] < np.asarray(n_experts)[:, None]
+    change = np.abs(after - before)
+    at_bound = np.zeros(len(before), dtype=np.int64)
+    if bound is not None:
+        at_bound = np.count_nonzero(real & (np.abs(after) >= bound * (1 - 1e-9)), axis=1)
+    columns = zip(
+        change.max(axis=1).tolist(),
+        change.sum(axis=1).tolist(),
+        np.abs(before).max(axis=1).tolist(),
+        np.abs(after).max(axis=1).tolist(),
+        (after.sum(axis=1) / np.asarray(n_experts)).tolist(),
+        at_bound.tolist(),
+        strict=True,
     )
+    return [
+        ActuatorChange.trusted(
+            max_abs_change=largest_change,
+            l1_change=total_change,
+            max_abs_before=largest_before,
+            max_abs_after=largest_after,
+            mean_after=mean,
+            clamped=clamped,
+        )
+        for largest_change, total_change, largest_before, largest_after, mean, clamped in columns
+    ]

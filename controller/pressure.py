@@ -78,7 +78,7 @@ from chronomoe.alerts import AlertRules, AlertState, AlertTransition
 from chronomoe.errors import InvalidInputError
 from chronomoe.snapshots import SystemSnapshot
 
-from .actuators import Actuator, HostBiasActuator, check_layout, summarize_change
+from .actuators import Actuator, HostBiasActuator, check_layout, summarize_changes
 from .decisions import ControlDecision
 
 FREEZE_VARIABLE = "CHRONOMOE_CONTROLLER_FROZEN"
@@ -264,9 +264,15 @@ class PressureController:
         gain = config.rate * state["step_scale"] * (0.5 + 0.5 * pressure)
         desired[acting] = gain[acting, None] * view.direction[acting]
         desired[relaxing] = -config.relax_rate * before[relaxing]
-        change = fit_into_box(desired, before, n.astype(np.int64), config.max_step, config.max_bias)
-        moved = (acting | relaxing) & (np.abs(change).max(axis=1) > 0)
+        change = np.zeros_like(before)
+        moving = acting | relaxing
+        if moving.any():  # the box fit on the rows that may move only
+            change[moving] = fit_into_box(
+                desired[moving], before[moving], n[moving].astype(np.int64), config.max_step, config.max_bias
+            )
+        moved = moving & (np.abs(change).max(axis=1) > 0)
         after = before + change
+        changes = summarize_changes(before, after, actuator.n_experts, config.max_bias)
         if moved.any():
             actuator.apply(after, moved)
 
@@ -304,9 +310,7 @@ class PressureController:
                 if moved[position]
                 else ("abstain" if state["abstained"][position] and view.has_data[position] else "none"),
                 actuator=actuator.name,
-                change=summarize_change(
-                    before[position], after[position], actuator.n_experts[position], config.max_bias
-                ),
+                change=changes[position],
                 applied=bool(moved[position]) and actuator.changes_model and not config.dry_run,
                 dry_run=config.dry_run,
                 reason=reasons[position],
@@ -437,10 +441,12 @@ def fit_into_box(
         change = np.where(free, change, 0.0)
         free_count = np.maximum(free.sum(axis=1, keepdims=True), 1)
         change = np.where(free, change - change.sum(axis=1, keepdims=True) / free_count, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        limits = np.where(change > 0, high / change, np.where(change < 0, low / change, np.inf))
-    scale = np.clip(np.nan_to_num(limits, nan=np.inf, posinf=np.inf).min(axis=1, initial=np.inf), 0.0, 1.0)
-    return np.where(real, change * scale[:, None], 0.0)
+    limits = np.full_like(change, np.inf)  # the largest factor each expert's change may be scaled by
+    np.divide(high, change, out=limits, where=change > 0)
+    np.divide(low, change, out=limits, where=change < 0)
+    scale = np.clip(limits.min(axis=1), 0.0, 1.0)
+    fitted: np.ndarray = change * scale[:, None]  # zero in padding: padding is never free
+    return fitted
 
 
 class _SnapshotView:
@@ -464,6 +470,8 @@ class _SnapshotView:
     def of(cls, snapshot: SystemSnapshot, actuator: Actuator) -> _SnapshotView:
         position_of = {layer_id: position for position, layer_id in enumerate(actuator.layer_ids)}
         view = cls(len(actuator.layer_ids), max(actuator.n_experts))
+        width = view.direction.shape[1]
+        shares = np.zeros_like(view.direction)
         for layer in snapshot.layers:
             position = position_of.get(layer.layer_id)
             if position is None:
@@ -471,22 +479,25 @@ class _SnapshotView:
             view.in_snapshot[position] = True
             view.states[position] = layer.alert_state.value
             view.metrics[position] = {
-                name: layer.metrics()[name] for name in ("n_effective", "top2_share", "max_vio", "dead_expert_count")
+                "n_effective": layer.n_effective,
+                "top2_share": layer.top2_share,
+                "max_vio": layer.max_vio,
+                "dead_expert_count": layer.dead_expert_count,
             }
             if layer.no_data:
                 continue
-            n = layer.n_experts
             view.has_data[position] = True
             view.n_effective[position] = layer.n_effective
             view.top2_share[position] = layer.top2_share
-            view.max_vio[position] = (
-                layer.max_vio if layer.max_vio is not None else n * layer.utilization_shares.max() - 1
-            )
-            view.dead_fraction[position] = layer.dead_expert_count / n
-            deficit = 1.0 / n - layer.utilization_shares
-            largest = np.abs(deficit).max()
-            if largest > 0:
-                view.direction[position, :n] = deficit / largest
+            view.dead_fraction[position] = layer.dead_expert_count / layer.n_experts
+            shares[position, : layer.n_experts] = layer.utilization_shares
+        n = np.asarray(actuator.n_experts, dtype=np.float64)
+        real = np.arange(width)[None, :] < n[:, None]
+        # MaxVio from the shares (logs written before max_vio was recorded have none); NaN without data.
+        view.max_vio = np.where(view.has_data, n * shares.max(axis=1) - 1.0, np.nan)
+        deficit = np.where(real & view.has_data[:, None], 1.0 / n[:, None] - shares, 0.0)
+        largest = np.abs(deficit).max(axis=1, keepdims=True)
+        view.direction = np.divide(deficit, largest, out=np.zeros_like(deficit), where=largest > 0)
         return view
 
 

@@ -15,7 +15,8 @@ class LensState(Record):
     """What a lens knows when it transforms router inputs.
 
     ``pressure``, ``heat`` and ``forgetting`` are the controller's latest
-    signals (dimensionless, 0 = none); ``layer_metrics`` maps layer id to the
+    signals (dimensionless, 0 = none); ``layer_pressure`` maps layer id to the
+    latest pressure a decision about that layer carried; ``layer_metrics`` maps layer id to the
     latest snapshot's scalar metrics of that layer.
     """
 
@@ -24,6 +25,7 @@ class LensState(Record):
     pressure: float = 0.0
     heat: float = 0.0
     forgetting: float = 0.0
+    layer_pressure: dict[int, float] = Field(default_factory=dict)
     layer_metrics: dict[int, dict[str, Any]] = Field(default_factory=dict)
     meta: dict[str, Any] = Field(default_factory=dict)
 
@@ -46,7 +48,7 @@ class LensStateKeeper:
         )
 
     def on_decision(self, decision: ControlDecision) -> None:
-        signals = {
+        signals: dict[str, Any] = {
             name: value
             for name, value in (
                 ("pressure", decision.pressure),
@@ -55,5 +57,7 @@ class LensStateKeeper:
             )
             if value is not None
         }
+        if decision.layer_id is not None and decision.pressure is not None:
+            signals["layer_pressure"] = {**self.state.layer_pressure, decision.layer_id: decision.pressure}
         if signals:
             self.state = self.state.model_copy(update=signals)

@@ -16,7 +16,10 @@ kill. ``MODE`` is ``direct`` (the real files), ``slow`` (a simulated slow
 filesystem that accepts at most ``SLOW_PIECE_BYTES`` per ``write()`` call
 after a pause, so a kill often lands inside a batch and tears it) or
 ``tear`` (the writer SIGKILLs itself in the middle of writing its
-``TEAR_AT_SNAPSHOT``-th snapshot: a deterministic crash mid-write).
+``TEAR_AT_SNAPSHOT``-th snapshot: a deterministic crash mid-write). ``parquet`` and
+``parquet-slow`` write the run with ``storage="parquet"`` (parts of
+``PARQUET_ROW_GROUPS_PER_PART`` row groups, so kills also land in sealing),
+directly or on the slow filesystem.
 
 The records are a pure function of ``(session, window)`` (:func:`window_events`),
 so the test knows what every line on disk must hold.
@@ -33,7 +36,7 @@ from itertools import count
 import numpy as np
 
 from chronomoe import AlertRules, Monitor, RoutingEvent
-from chronomoe.io import writer
+from chronomoe.io import parquet_writer, writer
 from chronomoe.io.lines import open_for_append
 from chronomoe.io.paths import SNAPSHOTS_FILE
 
@@ -51,7 +54,8 @@ MAX_SESSION_S = 30.0
 SLOW_PIECE_BYTES = 512
 SLOW_WRITE_PAUSE_S = 0.001
 TEAR_AT_SNAPSHOT = 3
-MODES = ("direct", "slow", "tear")
+MODES = ("direct", "slow", "tear", "parquet", "parquet-slow")
+PARQUET_ROW_GROUPS_PER_PART = 4
 
 
 def window_step(session: int, window: int) -> int:
@@ -127,8 +131,16 @@ def write_continuously(output_dir: str, session: int, mode: str, progress_path: 
         writer.open_for_append = lambda path: (
             SelfKillingFile(open_for_append(path)) if path.name == SNAPSHOTS_FILE else open_for_append(path)
         )
+    elif mode == "parquet-slow":
+        opener = parquet_writer.open_part_for_append
+        parquet_writer.open_part_for_append = lambda path: SlowShortWriteFile(opener(path))
+    storage = "parquet" if mode.startswith("parquet") else "jsonl"
     progress = os.open(progress_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    monitor = Monitor(RUN_ID, output_dir, model_name="crash-writer", rules=RULES, lens=None, controller=None)
+    monitor = Monitor(
+        RUN_ID, output_dir, model_name="crash-writer", rules=RULES, lens=None, controller=None, storage=storage
+    )
+    if storage == "parquet":
+        monitor.writer.row_groups_per_part = PARQUET_ROW_GROUPS_PER_PART
     deadline = time.monotonic() + MAX_SESSION_S
     for window in count():
         if time.monotonic() > deadline:

@@ -85,10 +85,10 @@ def test_demo_passes_its_options_to_run_demo(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "chronomoe.demo", fake)
 
     assert run_cli(capsys, "demo", "--output-dir", "somewhere", "--steps", "30", "--seed", "4", "--quiet")[0] == 0
-    assert run_cli(capsys, "demo")[0] == 0
+    assert run_cli(capsys, "demo", "--json")[0] == 0
     assert calls == [
-        {"output_dir": "somewhere", "steps": 30, "seed": 4, "quiet": True},
-        {"output_dir": "runs", "seed": 0, "quiet": False},
+        {"output_dir": "somewhere", "steps": 30, "seed": 4, "quiet": True, "as_json": False},
+        {"output_dir": "runs", "seed": 0, "quiet": False, "as_json": True},
     ]
 
 

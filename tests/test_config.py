@@ -134,3 +134,29 @@ def test_governance_and_contract_packages_import_from_a_checkout_without_an_inst
     assert Path(specs) == CHECKOUT / "specs" / "__init__.py"
     assert Path(controller) == CHECKOUT / "controller" / "__init__.py"
     assert Path(lens) == CHECKOUT / "lens" / "__init__.py"
+
+
+def test_a_folder_left_in_the_package_by_an_older_checkout_does_not_hide_the_governance_packages(tmp_path):
+    """An older checkout had ``chronomoe/controller/``; the ``__pycache__`` Python wrote there stays after a pull
+    and would make ``chronomoe.controller`` an empty namespace package."""
+    checkout = tmp_path / "checkout"
+    (checkout / "chronomoe").mkdir(parents=True)
+    for entry in CHECKOUT.iterdir():
+        if entry.name in ("controller", "lens", "specs"):
+            (checkout / entry.name).symlink_to(entry)
+    for entry in (CHECKOUT / "chronomoe").iterdir():
+        (checkout / "chronomoe" / entry.name).symlink_to(entry)
+    for name in ("controller", "lens"):
+        (checkout / "chronomoe" / name / "__pycache__").mkdir(parents=True)
+    site_packages = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    program = (
+        "import sys; sys.path[:0] = [sys.argv[1]]; sys.path += sys.argv[2:];"
+        "from chronomoe.controller import ControlDecision; from chronomoe.lens import LensState; print('ok')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", program, str(checkout), *site_packages],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.stdout.strip() == "ok", result.stderr

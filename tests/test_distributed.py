@@ -189,10 +189,44 @@ def _scenario_mismatch(rank: int, world_size: int, out: Path) -> dict[str, Any]:
     return errors
 
 
+def _scenario_governed(rank: int, world_size: int, out: Path) -> dict[str, Any]:
+    """Replicas of the toy model (same weights, each rank its own batches) under a PressureController that acts
+    at every snapshot: the router biases every rank applies, and the decisions."""
+    from chronomoe.controller import PressureController
+    from chronomoe.toy_model import DemoConfig, DemoMoEModel, batch_at, make_corpus
+
+    config = DemoConfig(n_layers=2, hidden_size=32, expert_hidden_size=32, batch_size=4, seq_len=16)
+    torch.manual_seed(0)
+    model = DemoMoEModel(config).train()
+    corpus = make_corpus(config, seed=rank, n_sequences=64)
+    monitor = Monitor(
+        "governed",
+        output_dir=out / "governed",
+        lens=None,
+        controller=PressureController(mode="continuous", tolerance=0.0, max_step=0.05),
+    )
+    monitor.attach(model)
+    decisions = []
+    monitor.bus.subscribe("decision", lambda decision: decisions.append(decision.model_dump(mode="json")))
+    with torch.no_grad():
+        for step in range(1, 13):
+            model(batch_at(corpus, step, config.batch_size)[:, :-1])
+            monitor.step(step)
+            monitor.snapshot(step)
+    biases = [
+        module.chronomoe_selection_bias.numpy().tobytes()
+        for module in model.modules()
+        if hasattr(module, "chronomoe_selection_bias")
+    ]
+    monitor.close()
+    return {"biases": biases, "decisions": decisions, "has_writer": monitor.writer is not None}
+
+
 SCENARIOS: dict[str, Callable[[int, int, Path], dict[str, Any]]] = {
     "union": _scenario_union,
     "three_ranks": _scenario_three_ranks,
     "mismatch": _scenario_mismatch,
+    "governed": _scenario_governed,
 }
 
 
@@ -382,3 +416,37 @@ def test_ranks_with_different_staged_step_counts_all_raise_before_exchanging_cou
 def test_a_rank_that_never_joins_is_a_timeout_error_not_a_hang(mismatch_run):
     assert "snapshot() at step 3 failed after waiting up to 1 s" in mismatch_run[0]["absent"]
     assert mismatch_run[0]["absent_waited_s"] < 5.0  # the 1 s timeout, with slack for a loaded CI machine
+
+
+# -- governance under torch.distributed ---------------------------------------------------------
+@pytest.fixture(scope="module", params=[2, 3], ids=["2 ranks", "3 ranks"])
+def governed_run(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"governed-{request.param}")
+    return _run_ranks("governed", request.param, out), out
+
+
+def test_every_rank_applies_bitwise_the_same_router_bias_after_many_decisions(governed_run):
+    ranks, _ = governed_run
+    first = ranks[0]["biases"]
+    assert len(first) == 2 and any(any(bias) for bias in first)  # two routers, and the bias has moved
+    assert all(rank["biases"] == first for rank in ranks[1:])
+
+
+def test_every_rank_makes_the_same_decisions_from_the_reduced_snapshot(governed_run):
+    ranks, _ = governed_run
+
+    def without_time(decisions):
+        return [{key: value for key, value in d.items() if key != "timestamp"} for d in decisions]
+
+    assert len(ranks[0]["decisions"]) == 12 * 2
+    assert any(d["action"] == "adjust" and d["applied"] for d in ranks[0]["decisions"])
+    assert all(without_time(rank["decisions"]) == without_time(ranks[0]["decisions"]) for rank in ranks[1:])
+
+
+def test_only_the_writing_rank_writes_the_decisions(governed_run):
+    from chronomoe import load_decisions
+
+    ranks, out = governed_run
+    assert [rank["has_writer"] for rank in ranks] == [True] + [False] * (len(ranks) - 1)
+    written = load_decisions(out / "governed" / "governed")
+    assert len(written) == 12 * 2

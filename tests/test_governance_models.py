@@ -219,3 +219,39 @@ def test_a_family_bias_is_acted_on_in_place_and_restored_on_detach():
     )
     monitor.detach()
     assert torch.equal(routers[0].e_score_correction_bias, baseline)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_training_step_with_the_bias_actuator_acting_never_synchronises():
+    """CUDA's own sync detector around a whole step (forward with the lens and bias selection hooks, backward,
+    ``monitor.step``) and around ``actuator.apply`` of a new bias; the ``.item()`` first proves it is live.
+
+    The toy model dispatches with a fixed capacity (no host sync of its own)."""
+    from chronomoe.demo import BALANCED, training_loss
+    from chronomoe.toy_model import DemoConfig, DemoMoEModel
+
+    config = DemoConfig(n_layers=2, n_experts=8, top_k=2, capacity_factor=1.25, batch_size=4, seq_len=32)
+    torch.manual_seed(0)
+    model = DemoMoEModel(config).cuda()
+    tokens = torch.randint(0, config.vocab_size, (config.batch_size, config.seq_len + 1), device="cuda")
+    monitor = Monitor("gpu", controller=PressureController(mode="continuous", tolerance=0.0))
+    monitor.attach(model)
+    training_loss(model, tokens, BALANCED)[0].backward()
+    monitor.step(1)
+    monitor.snapshot(1)  # the controller applies a first bias
+    assert np.abs(monitor.actuator.read()).max() > 0
+    bias = monitor.actuator.read()
+    bias[:, :2] += [0.01, -0.01]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            tokens.sum().item()
+        training_loss(model, tokens, BALANCED)[0].backward()
+        monitor.step(2)
+        monitor.actuator.apply(bias, np.ones(2, dtype=bool))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    snapshot = monitor.snapshot(2)
+    assert all(layer.token_count == config.batch_size * config.seq_len * config.top_k for layer in snapshot.layers)

@@ -33,6 +33,7 @@ from chronomoe import (
     RoutingEvent,
     SystemSnapshot,
     TelemetryWriter,
+    load_decisions,
     load_events,
     load_manifest,
     load_snapshots,
@@ -343,19 +344,31 @@ def record_windows(monitor: Monitor, windows, session: int = 0) -> list:
     return [monitor.observe(window_events(session, window), window_step(session, window)) for window in windows]
 
 
-def expected_records(snapshots: list) -> tuple[list[int], list[tuple[int, int]], list[int]]:
-    """(event steps, transitions (step, layer), snapshot steps) of these windows, in write order."""
+def expected_records(snapshots: list) -> tuple[list[int], list[tuple[int, int]], list[int], list[tuple[str, int]]]:
+    """(event steps, transitions (step, layer), snapshot steps, the default no-op controller's decisions
+    (trigger, step)) of these windows, in write order."""
     event_steps = [
         step for s in snapshots for step in range(s.step - STEPS_PER_WINDOW + 1, s.step + 1) for _ in range(N_LAYERS)
     ]
-    return event_steps, [(t.step, t.layer_id) for s in snapshots for t in s.transitions], [s.step for s in snapshots]
+    decisions = [
+        decision
+        for s in snapshots
+        for decision in [*(("transition", t.step) for t in s.transitions), ("snapshot", s.step)]
+    ]
+    return (
+        event_steps,
+        [(t.step, t.layer_id) for s in snapshots for t in s.transitions],
+        [s.step for s in snapshots],
+        decisions,
+    )
 
 
-def on_disk_records(run_dir: Path) -> tuple[list[int], list[tuple[int, int]], list[int]]:
+def on_disk_records(run_dir: Path) -> tuple[list[int], list[tuple[int, int]], list[int], list[tuple[str, int]]]:
     return (
         [e.step for e in load_events(run_dir)],
         [(t.step, t.layer_id) for t in load_transitions(run_dir)],
         [s.step for s in load_snapshots(run_dir)],
+        [(d.trigger, d.step) for d in load_decisions(run_dir)],
     )
 
 
@@ -377,7 +390,7 @@ def test_a_full_disk_does_not_stop_training_and_every_record_is_written_once_spa
     assert on_disk_records(tmp_path / "run") == expected_records(snapshots)
     assert all(s.dropped_records == 0 for s in load_snapshots(tmp_path / "run"))
     logged = io_error_logs(caplog)
-    assert len(logged) == 3  # once per file, not once per record or batch
+    assert len(logged) == 4  # once per file (events, alerts, snapshots, decisions), not per record or batch
     assert sorted(name for name in FILES for message in logged if str(tmp_path / "run" / name) in message) == sorted(
         FILES
     )
@@ -429,7 +442,7 @@ def test_beyond_the_bound_the_oldest_records_are_dropped_counted_and_reported_in
     written = on_disk_records(tmp_path / "run")
     expected = expected_records(during + after)
     assert sum(map(len, expected)) - sum(map(len, written)) == dropped  # the count is exact
-    _, transitions, snapshot_steps = written
+    _, transitions, snapshot_steps, _ = written
     assert len(set(transitions)) == len(transitions) and len(set(snapshot_steps)) == len(snapshot_steps)  # none twice
     assert load_snapshots(tmp_path / "run")[-2].dropped_records == dropped
     assert sum("dropping the oldest" in r.getMessage() for r in caplog.records) == 1
@@ -459,7 +472,7 @@ def test_lost_permission_is_logged_once_and_the_records_wait_for_the_retry(tmp_p
         snapshots += record_windows(monitor, range(5, 6))
     assert on_disk_records(tmp_path / "run") == expected_records(snapshots)
     logged = io_error_logs(caplog)
-    assert len(logged) == 3 and all("Permission denied" in message for message in logged)  # once per file
+    assert len(logged) == 4 and all("Permission denied" in message for message in logged)  # once per file
 
 
 def test_a_removed_run_folder_is_recreated_with_its_manifest_and_the_run_goes_on(tmp_path, caplog):

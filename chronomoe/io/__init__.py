@@ -5,7 +5,12 @@ Modules: :mod:`~chronomoe.io.paths` (a run folder's layout),
 :mod:`~chronomoe.io.serialize` (the JSONL line of each record),
 :mod:`~chronomoe.io.writer` (:class:`TelemetryWriter`),
 :mod:`~chronomoe.io.reader` (the loaders), :mod:`~chronomoe.io.fast_events`
-(the fast events loader), :mod:`~chronomoe.io.manifest` (the manifest's content).
+(the fast events loader), :mod:`~chronomoe.io.manifest` (the manifest's content),
+:mod:`~chronomoe.io.run_reader` (:func:`~chronomoe.io.run_reader.open_run`: any run folder, either storage).
+Parquet storage (needs pyarrow): :mod:`~chronomoe.io.parquet_writer`, :mod:`~chronomoe.io.parquet_reader`,
+:mod:`~chronomoe.io.parquet_parts` (crash-safe part files), :mod:`~chronomoe.io.parquet_footer`,
+:mod:`~chronomoe.io.parquet_schema`, :mod:`~chronomoe.io.parquet_records`, :mod:`~chronomoe.io.parquet_validate`,
+and :mod:`~chronomoe.io.export` (``chronomoe export``).
 """
 
 from .fast_events import iter_events

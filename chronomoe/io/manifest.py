@@ -28,7 +28,7 @@ def create_run_manifest(
 
     ``extra`` keys (e.g. ``rules``, ``n_layers``) are added at top level.
     """
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "run_id": run_id,

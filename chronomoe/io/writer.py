@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from chronomoe.controller import ControlDecision
 
 from ..alerts import AlertTransition
@@ -153,6 +155,20 @@ class TelemetryWriter:
     def write_decisions(self, decisions: Iterable[ControlDecision]) -> int:
         """Append control decisions to ``decisions.jsonl`` in one ``write()``; return how many."""
         return self._append_lines(self.decisions_path, map(record_line, decisions))
+
+    def write_records(self, table: str, records: Iterable[BaseModel]) -> int:
+        """Append records of one kind to their table as one batch, nothing else (``write_snapshot`` also writes
+        the snapshot's transitions); return how many. ``table``: ``routing_events``, ``snapshots``, ``alerts``
+        or ``decisions``."""
+        paths = {
+            "routing_events": self.events_path,
+            "snapshots": self.snapshots_path,
+            "alerts": self.alerts_path,
+            "decisions": self.decisions_path,
+        }
+        if table not in paths:
+            raise InvalidInputError("table", table, f"must be one of {', '.join(paths)}")
+        return self._append_lines(paths[table], map(record_line, records))
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write ``run_manifest.json`` atomically (temporary file, then rename)."""
@@ -307,8 +323,13 @@ class TelemetryWriter:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 self._manifest_pending = self._manifest is not None
                 self._retry_manifest()
-            handle = self._files[path] = open_for_append(path)
+            handle = self._files[path] = self._open_file(path)
         return handle
+
+    def _open_file(self, path: Path) -> io.FileIO:
+        """Open ``path`` for appending batches, a torn tail moved aside first (a JSONL file here; the Parquet
+        writer opens its growing parts)."""
+        return open_for_append(path)
 
     def _close_handle(self, path: Path) -> None:
         handle = self._files.pop(path)

@@ -25,7 +25,7 @@ from ..errors import CorruptRecordError, InvalidInputError
 from ..io import DECISIONS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, load_manifest
 from ..io.lines import iter_lines
 from ..io.parse_errors import PARSE_ERRORS, describe_parse_error
-from ..replay import recorded_rules, require_file, require_run_dir
+from ..replay import recorded_rules, require_run_dir
 from .columns import DEFAULT_MAX_COLUMNS, ColumnSums
 from .decision_rows import DecisionRow, parse_decision_line
 from .rows import NO_DATA, SnapshotRow, parse_snapshot_line
@@ -78,7 +78,9 @@ def load_run(
 
 def snapshot_rows(run_dir: Path, progress: Progress | None = None) -> Iterator[SnapshotRow]:
     """Every snapshot of ``snapshots.jsonl`` as a :class:`~chronomoe.report.rows.SnapshotRow`, in file order."""
-    path = require_file(run_dir, SNAPSHOTS_FILE)
+    path = run_dir / SNAPSHOTS_FILE
+    if not path.is_file():
+        raise InvalidInputError("RUN_DIR", str(run_dir), f"has no {SNAPSHOTS_FILE}")
     for line_number, line in iter_lines(path):
         try:
             yield parse_snapshot_line(line)

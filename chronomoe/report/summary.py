@@ -1,6 +1,6 @@
 """A recorded run at its end, per layer: the data of ``chronomoe summary`` and its text table.
 
-:func:`summarize_run` streams ``snapshots.jsonl`` and keeps, per layer, the
+:func:`summarize_run` streams the snapshots (JSONL or Parquet) and keeps, per layer, the
 last metrics, the current alert state and every transition.
 :func:`summary_rows` turns that into text cells (also the HTML page's layer
 table) and :func:`format_summary` into the aligned text ``chronomoe summary``
@@ -15,8 +15,7 @@ from pathlib import Path
 
 from ..alerts import AlertState, AlertTransition
 from ..errors import InvalidInputError
-from ..io import SNAPSHOTS_FILE
-from ..replay import iter_snapshots, require_file, require_run_dir
+from ..replay import iter_snapshots, require_run_dir
 from ..snapshots import LayerSnapshot, SystemSnapshot
 
 
@@ -59,13 +58,12 @@ class RunSummary:
 
 
 def summarize_run(run_dir: str | os.PathLike[str], mode: str = "TRAIN") -> RunSummary:
-    """Stream ``snapshots.jsonl`` and summarise its ``mode`` snapshots per layer.
+    """Stream the run's snapshots (either storage) and summarise its ``mode`` snapshots per layer.
 
     Raises :class:`~chronomoe.errors.InvalidInputError` when the folder or the
     file is missing or holds no snapshot of ``mode``.
     """
     run_dir = require_run_dir(run_dir)
-    require_file(run_dir, SNAPSHOTS_FILE)
     layers: dict[int, LayerSummary] = {}
     count, first_step = 0, 0
     last_snapshot: SystemSnapshot | None = None
@@ -84,7 +82,7 @@ def summarize_run(run_dir: str | os.PathLike[str], mode: str = "TRAIN") -> RunSu
         for transition in snapshot.transitions:
             layers[transition.layer_id].transitions.append(transition)
     if last_snapshot is None:
-        raise InvalidInputError("RUN_DIR", str(run_dir), f"holds no {mode} snapshots in {SNAPSHOTS_FILE}")
+        raise InvalidInputError("RUN_DIR", str(run_dir), f"holds no {mode} snapshots")
     return RunSummary(
         run_dir=run_dir,
         run_id=last_snapshot.run_id,

@@ -1,0 +1,220 @@
+"""JSONL and Parquet storage side by side at 256 experts, on realistic counts, next to the raw disk bandwidth.
+
+Counts: 58 layers x 256 experts, top-8 routing of 4096 tokens per step and
+layer, each step a multinomial draw over the layer's expert popularity
+(``--popularity uniform``: every expert alike; ``dirichlet``: each layer's
+popularity drawn once from Dirichlet(20), loads within about +-25% of the
+mean, as in a balanced MoE). Events are written in batches of one snapshot
+of 10 steps (580 events), as a Monitor does. In one process:
+
+* size: bytes per event of each storage, and their ratio;
+* writing (``TelemetryWriter`` and ``ParquetRunWriter``, an ``fsync`` at the
+  end): events/s, and throughput as a fraction of the raw sequential write
+  bandwidth (the JSONL log's bytes, ``os.write`` of 1 MiB pieces and one
+  ``fsync``), both counted in the JSONL log's bytes (the same events);
+* reading the events into a ``[steps, layers, experts]`` array
+  (``open_run(run).counts()``): Parquet at ``--parquet-steps`` steps (580
+  events each), JSONL at ``--jsonl-steps``, next to ``orjson.loads`` alone of
+  the same JSONL lines;
+* building ``RoutingEvent`` from Python lists, next to a plain dataclass that
+  derives the same fields (the seed's design), time ratio.
+
+Run: ``.venv/bin/python benchmarks/bench_storage.py``; prints JSON (with the load average).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+from _common import emit, interleaved_medians, median_seconds
+
+from chronomoe import RoutingEvent, TelemetryWriter
+from chronomoe.io.parquet_writer import ParquetRunWriter
+from chronomoe.io.run_reader import open_run
+from chronomoe.io.serialize import event_line
+
+N_LAYERS, N_EXPERTS, TOP_K, TOKENS = 58, 256, 8, 4096
+STEPS_PER_SNAPSHOT = 10
+CHUNK = 1 << 20
+
+
+def draw_counts(steps: int, popularity: str, rng: np.random.Generator) -> np.ndarray:
+    """``[steps, layers, experts]`` int64 counts: multinomial draws of TOKENS * TOP_K assignments."""
+    if popularity == "uniform":
+        probabilities = np.full((N_LAYERS, N_EXPERTS), 1 / N_EXPERTS)
+    else:
+        probabilities = rng.dirichlet(np.full(N_EXPERTS, 20.0), size=N_LAYERS)
+    counts = np.empty((steps, N_LAYERS, N_EXPERTS), np.int64)
+    for layer in range(N_LAYERS):
+        counts[:, layer] = rng.multinomial(TOKENS * TOP_K, probabilities[layer], size=steps)
+    return counts
+
+
+def make_events(counts: np.ndarray) -> list[RoutingEvent]:
+    return [
+        RoutingEvent(
+            run_id="bench",
+            step=step + 1,
+            layer_id=layer,
+            n_experts=N_EXPERTS,
+            top_k=TOP_K,
+            expert_token_counts=counts[step, layer],
+            timestamp=1.8e9 + step,
+        )
+        for step in range(counts.shape[0])
+        for layer in range(N_LAYERS)
+    ]
+
+
+def write_seconds(writer_class: type[TelemetryWriter], folder: Path, events: list[RoutingEvent], run: str) -> float:
+    start = time.perf_counter()
+    with writer_class(run, folder) as writer:
+        for offset in range(0, len(events), N_LAYERS * STEPS_PER_SNAPSHOT):
+            writer.write_events_batch(events[offset : offset + N_LAYERS * STEPS_PER_SNAPSHOT])
+        writer.sync()
+    return time.perf_counter() - start
+
+
+def raw_write_seconds(path: Path, data: bytes) -> float:
+    start = time.perf_counter()
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        for offset in range(0, len(data), CHUNK):
+            os.write(descriptor, view[offset : offset + CHUNK])
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    return time.perf_counter() - start
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file() and path.name != "run_manifest.json")
+
+
+@dataclasses.dataclass
+class SeedRoutingEvent:
+    """The seed's plain dataclass design: fields given, token_count and active experts derived."""
+
+    run_id: str
+    step: int
+    mode: str
+    layer_id: int
+    n_experts: int
+    top_k: int
+    expert_token_counts: list[int]
+    timestamp: float = dataclasses.field(default_factory=time.time)
+    token_count: int = 0
+    active_experts: list[int] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.token_count = sum(self.expert_token_counts)
+        self.active_experts = [index for index, count in enumerate(self.expert_token_counts) if count > 0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--popularity", choices=("uniform", "dirichlet"), default="dirichlet")
+    parser.add_argument("--parquet-steps", type=int, default=10_000, help="steps read back from Parquet")
+    parser.add_argument("--jsonl-steps", type=int, default=1_000, help="steps written and read as JSONL")
+    parser.add_argument("--dir", default=None, help="folder to write in (default: a temporary one)")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    counts = draw_counts(max(args.parquet_steps, args.jsonl_steps), args.popularity, rng)
+    small = make_events(counts[: args.jsonl_steps])
+    payload = b"".join(event_line(event) for event in small)
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as folder_name:
+        folder = Path(folder_name)
+        samples: dict[str, list[float]] = {"raw": [], "jsonl": [], "parquet": []}
+        for repeat in range(3):  # interleaved
+            samples["raw"].append(raw_write_seconds(folder / "raw.bin", payload))
+            samples["jsonl"].append(write_seconds(TelemetryWriter, folder / "jsonl", small, f"r{repeat}"))
+            samples["parquet"].append(write_seconds(ParquetRunWriter, folder / "parquet", small, f"r{repeat}"))
+        seconds = {name: float(np.median(values)) for name, values in samples.items()}
+        jsonl_bytes = folder_bytes(folder / "jsonl" / "r0")
+        parquet_bytes = folder_bytes(folder / "parquet" / "r0")
+
+        big = make_events(counts[: args.parquet_steps])
+        write_seconds(ParquetRunWriter, folder / "parquet", big, "big")
+        del big
+        lines = payload.splitlines()
+
+        def parse_only() -> None:
+            for line in lines:
+                orjson.loads(line)
+
+        read = {
+            "parquet": median_seconds(lambda: open_run(folder / "parquet" / "big").counts(), repeats=3, warmup=1),
+            "jsonl": median_seconds(lambda: open_run(folder / "jsonl" / "r0").counts(), repeats=3, warmup=1),
+            "orjson_parse_only": median_seconds(parse_only, repeats=3, warmup=1),
+        }
+        check = open_run(folder / "parquet" / "big").counts()
+        assert np.array_equal(check.counts, counts[: args.parquet_steps]), "Parquet counts differ from those written"
+
+    lists = [row.tolist() for row in counts[0]]
+    construction = interleaved_medians(
+        {
+            "routing_event": lambda: [
+                RoutingEvent(
+                    run_id="b", step=1, mode="TRAIN", layer_id=i, n_experts=N_EXPERTS, top_k=8, expert_token_counts=row
+                )
+                for i, row in enumerate(lists)
+            ],
+            "seed_dataclass": lambda: [
+                SeedRoutingEvent("b", 1, "TRAIN", i, N_EXPERTS, 8, row) for i, row in enumerate(lists)
+            ],
+        },
+        repeats=15,
+    )
+    n_small = len(small)
+    megabytes = len(payload) / 1e6
+    emit(
+        {
+            "benchmark": "storage",
+            "load_average_1_5_15": os.getloadavg(),
+            "popularity": args.popularity,
+            "experts": N_EXPERTS,
+            "size": {
+                "events": n_small,
+                "jsonl_bytes_per_event": jsonl_bytes / n_small,
+                "parquet_bytes_per_event": parquet_bytes / n_small,
+                "parquet_size_ratio_to_jsonl": parquet_bytes / jsonl_bytes,
+            },
+            "write": {
+                "raw_write_megabytes_per_s": megabytes / seconds["raw"],
+                **{
+                    storage: {
+                        "events_per_s": n_small / seconds[storage],
+                        "jsonl_megabytes_per_s": megabytes / seconds[storage],
+                        "fraction_of_raw_bandwidth": seconds["raw"] / seconds[storage],
+                    }
+                    for storage in ("jsonl", "parquet")
+                },
+            },
+            "read_counts_array": {
+                "parquet_events": args.parquet_steps * N_LAYERS,
+                "parquet_events_per_s": args.parquet_steps * N_LAYERS / read["parquet"],
+                "jsonl_events": n_small,
+                "jsonl_events_per_s": n_small / read["jsonl"],
+                "orjson_parse_only_events_per_s": n_small / read["orjson_parse_only"],
+            },
+            "routing_event_from_lists": {
+                "events": N_LAYERS,
+                "routing_event_us_per_event": construction["routing_event"] / N_LAYERS * 1e6,
+                "seed_dataclass_us_per_event": construction["seed_dataclass"] / N_LAYERS * 1e6,
+                "time_ratio_to_seed_dataclass": construction["routing_event"] / construction["seed_dataclass"],
+            },
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Moving a Parquet row group within a file: its footer's byte offsets, rewritten in Thrift's compact protocol.
+
+A Parquet footer (``FileMetaData``, serialised with Thrift's compact
+protocol) locates every column chunk by absolute byte offsets in its file.
+pyarrow writes a row group only as part of a whole file whose offsets start
+at 0, and can neither append to a file nor move a row group; so the part
+writer (:mod:`chronomoe.io.parquet_parts`) lets pyarrow encode each row group
+as a small file of its own, appends the row group's bytes to the part, and
+uses :func:`shift_offsets` to make that small file's footer say where those
+bytes now lie. pyarrow then combines such footers
+(``FileMetaData.append_row_groups``) into the part's footer.
+
+:func:`shift_offsets` copies the footer byte for byte and rewrites only the
+offset fields: ``RowGroup.file_offset``, ``ColumnChunk.file_offset``,
+``offset_index_offset``, ``column_index_offset`` and ``ColumnMetaData``'s
+``data_page_offset``, ``index_page_offset``, ``dictionary_page_offset`` and
+``bloom_filter_offset`` (field ids from ``parquet.thrift``). An offset of 0
+means "not set" (real offsets follow the 4-byte ``PAR1`` magic) and stays 0.
+"""
+
+from __future__ import annotations
+
+from ..errors import InvalidInputError
+
+# Thrift compact protocol type ids.
+_STOP, _TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = range(13)
+_FIXED_SIZES = {_BYTE: 1, _DOUBLE: 8}
+
+_OFFSET = "offset"
+"""Marks an i64 field holding a byte offset into the file."""
+
+_STRUCTS: dict[str, dict[int, str | tuple[str, str]]] = {
+    "FileMetaData": {4: ("list", "RowGroup")},
+    "RowGroup": {1: ("list", "ColumnChunk"), 5: _OFFSET},
+    "ColumnChunk": {2: _OFFSET, 3: ("struct", "ColumnMetaData"), 4: _OFFSET, 6: _OFFSET},
+    "ColumnMetaData": {9: _OFFSET, 10: _OFFSET, 11: _OFFSET, 14: _OFFSET},
+}
+"""The structs on the way to the offsets, by name: field id -> an offset, or a struct (or list of structs) to enter.
+Every other field is copied unread."""
+
+
+def shift_offsets(footer: bytes, delta: int) -> bytes:
+    """A Parquet footer (the Thrift ``FileMetaData``, without the trailing length and magic) whose offsets are
+    ``delta`` bytes further into the file (``delta`` may be negative; no offset may become negative).
+
+    Raises :class:`~chronomoe.errors.InvalidInputError` for bytes that are not a Thrift compact struct.
+    """
+    rewriter = _Rewriter(footer, delta)
+    try:
+        rewriter.struct("FileMetaData")
+    except IndexError:
+        raise InvalidInputError("footer", len(footer), "ends inside a Thrift struct: not a Parquet footer") from None
+    if rewriter.position != len(footer):
+        raise InvalidInputError("footer", len(footer), f"holds {len(footer) - rewriter.position} bytes after its end")
+    return bytes(rewriter.out)
+
+
+class _Rewriter:
+    """Reads a compact-protocol struct from ``data`` and writes it to ``out``, offsets shifted by ``delta``."""
+
+    def __init__(self, data: bytes, delta: int) -> None:
+        self.data = data
+        self.delta = delta
+        self.position = 0
+        self.out = bytearray()
+
+    def struct(self, name: str | None) -> None:
+        """Copy one struct; ``name`` (a key of ``_STRUCTS``) says which of its fields to rewrite or enter."""
+        fields = _STRUCTS.get(name, {}) if name is not None else {}
+        field_id = 0
+        while True:
+            header = self._byte()
+            self.out.append(header)
+            kind = header & 0x0F
+            if kind == _STOP:
+                return
+            if header >> 4:
+                field_id += header >> 4
+            else:
+                field_id = _zigzag(self._varint(copy=True))
+            role = fields.get(field_id)
+            if role == _OFFSET and kind == _I64:
+                self._offset()
+            elif isinstance(role, tuple) and kind == (_LIST if role[0] == "list" else _STRUCT):
+                if kind == _LIST:
+                    self._list(role[1])
+                else:
+                    self.struct(role[1])
+            else:
+                self._value(kind, copy=True)
+
+    def _list(self, element: str) -> None:
+        header = self._byte()
+        self.out.append(header)
+        size = header >> 4
+        if size == 15:
+            size = self._varint(copy=True)
+        kind = header & 0x0F
+        for _ in range(size):
+            if kind == _STRUCT:
+                self.struct(element)
+            else:
+                self._value(kind, copy=True)
+
+    def _offset(self) -> None:
+        value = _zigzag(self._varint(copy=False))
+        if value:
+            value += self.delta
+            if value < 0:
+                raise InvalidInputError("delta", self.delta, f"would move an offset to {value}")
+        self.out += _varint_bytes((value << 1) ^ (value >> 63))
+
+    def _value(self, kind: int, *, copy: bool) -> None:
+        """Skip (and copy) one value of compact type ``kind``."""
+        start = self.position
+        if kind in (_TRUE, _FALSE):
+            pass  # a field's bool lives in its header
+        elif kind in _FIXED_SIZES:
+            self.position += _FIXED_SIZES[kind]
+        elif kind in (_I16, _I32, _I64):
+            self._varint(copy=False)
+        elif kind == _BINARY:
+            length = self._varint(copy=False)  # read before the position moves past it
+            self.position += length
+        elif kind in (_LIST, _SET):
+            header = self._byte()
+            size = header >> 4
+            if size == 15:
+                size = self._varint(copy=False)
+            for _ in range(size):
+                self._element(header & 0x0F)
+        elif kind == _MAP:
+            size = self._varint(copy=False)
+            types = self._byte() if size else 0
+            for _ in range(size):
+                self._element(types >> 4)
+                self._element(types & 0x0F)
+        elif kind == _STRUCT:
+            saved = self.out
+            self.out = bytearray()  # skipped: copied below as raw bytes
+            self.struct(None)
+            self.out = saved
+        else:
+            raise InvalidInputError("footer", self.position, f"holds unknown Thrift compact type {kind}")
+        if self.position > len(self.data):
+            raise IndexError(self.position)
+        if copy:
+            self.out += self.data[start : self.position]
+
+    def _element(self, kind: int) -> None:
+        """Skip a collection element: booleans take one byte there, unlike in a field header."""
+        if kind in (_TRUE, _FALSE):
+            self.position += 1
+        else:
+            self._value(kind, copy=False)
+
+    def _byte(self) -> int:
+        value = self.data[self.position]
+        self.position += 1
+        return value
+
+    def _varint(self, *, copy: bool) -> int:
+        start, result, shift = self.position, 0, 0
+        while True:
+            byte = self._byte()
+            result |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if copy:
+            self.out += self.data[start : self.position]
+        return result
+
+
+def _zigzag(value: int) -> int:
+    return (value >> 1) ^ -(value & 1)
+
+
+def _varint_bytes(value: int) -> bytes:
+    """Unsigned LEB128 of ``value`` (a zigzag-encoded 64-bit integer)."""
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -1,0 +1,152 @@
+"""Reading a Parquet run folder (:class:`ParquetRunReader`, made by :func:`~chronomoe.io.run_reader.open_run`).
+
+A table is every part in its folder, sealed or growing, of every rank and
+writing session; a growing or torn part is read through its complete frames
+without being changed (:func:`~chronomoe.io.parquet_parts.read_part`), so a
+run can be read while it is written, or after a crash before any writer
+sealed its parts. Parts are read in name order (rank, then session, then
+sequence); the events of parts of different widths (``n_experts``) are read
+row group by row group in step order within a session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from chronomoe.controller import ControlDecision
+
+from ..alerts import AlertTransition
+from ..errors import CorruptRecordError
+from ..events import RoutingEvent
+from ..snapshots import SystemSnapshot
+from .parquet_parts import PARTIAL_SUFFIX, SEALED_SUFFIX, read_part
+from .parquet_records import events_from_table, records_from_table
+from .parquet_schema import ALERTS_TABLE, DECISIONS_TABLE, EVENTS_TABLE, SNAPSHOTS_TABLE
+from .run_reader import RunCounts, RunReader, Storage, counts_array
+
+_COUNT_COLUMNS = ["step", "mode", "layer_id", "expert_token_counts"]
+
+
+@dataclass(frozen=True)
+class _RowGroup:
+    """One row group of one part, with what orders it among the table's."""
+
+    order: tuple[Any, ...]
+    path: Path
+    file: pq.ParquetFile
+    index: int
+    first_row: int
+
+
+class ParquetRunReader(RunReader):
+    """A run folder of Parquet tables (see the module docstring)."""
+
+    storage: Storage = "parquet"
+
+    def has(self, table: str) -> bool:
+        return bool(self.parts(table))
+
+    def describe(self, table: str) -> str:
+        return f"{table}/ parts"
+
+    def parts(self, table: str) -> list[Path]:
+        """The table's part files, sealed and growing, in name order (a growing part sorts with its sealed name)."""
+        folder = self.run_dir / table
+        if not folder.is_dir():
+            return []
+        found = [path for path in folder.iterdir() if path.name.endswith((SEALED_SUFFIX, PARTIAL_SUFFIX))]
+        return sorted(found, key=lambda path: path.name.removesuffix(".partial"))
+
+    def _row_groups(self, table: str) -> list[_RowGroup]:
+        self.require(table)
+        groups = []
+        for position, path in enumerate(self.parts(table)):
+            file = read_part(path)
+            if file is None:
+                continue
+            session = path.name.split("-")[1:3]  # rank, session
+            first_row = 1
+            step_column = file.schema_arrow.get_field_index("step")
+            for index in range(file.metadata.num_row_groups):
+                group = file.metadata.row_group(index)
+                order: tuple[Any, ...] = (session, position, index)
+                if table == EVENTS_TABLE:  # parts of several widths interleave by step within a session
+                    statistics = group.column(step_column).statistics
+                    first_step = statistics.min if statistics is not None and statistics.has_min_max else 0
+                    order = (session, first_step, position, index)
+                groups.append(_RowGroup(order, path, file, index, first_row))
+                first_row += group.num_rows
+        return sorted(groups, key=lambda group: group.order)
+
+    def events(self) -> Iterator[RoutingEvent]:
+        for group in self._row_groups(EVENTS_TABLE):
+            yield from events_from_table(group.file.read_row_group(group.index), str(group.path), group.first_row)
+
+    def _records(self, table: str) -> Iterator[Any]:
+        for group in self._row_groups(table):
+            rows = group.file.read_row_group(group.index)
+            yield from records_from_table(table, rows, str(group.path), group.first_row)
+
+    def snapshots(self, mode: str | None = None) -> Iterator[SystemSnapshot]:
+        for group in self._row_groups(SNAPSHOTS_TABLE):
+            rows = group.file.read_row_group(group.index)
+            if mode is not None:
+                rows = rows.filter(np.asarray(rows.column("mode").to_pylist()) == mode)
+            yield from records_from_table(SNAPSHOTS_TABLE, rows, str(group.path), group.first_row)
+
+    def transitions(self) -> Iterator[AlertTransition]:
+        return self._records(ALERTS_TABLE)
+
+    def decisions(self) -> Iterator[ControlDecision]:
+        return self._records(DECISIONS_TABLE)
+
+    def last_snapshot(self) -> SystemSnapshot | None:
+        groups = self._row_groups(SNAPSHOTS_TABLE)
+        if not groups:
+            return None
+        last = groups[-1]
+        rows = last.file.read_row_group(last.index)
+        tail = rows.slice(rows.num_rows - 1)
+        snapshot: SystemSnapshot = next(
+            records_from_table(SNAPSHOTS_TABLE, tail, str(last.path), last.first_row + rows.num_rows - 1)
+        )
+        return snapshot
+
+    def counts(self, mode: str = "TRAIN") -> RunCounts:
+        """The ``mode`` events' counts as one array, read column-wise (no event objects)."""
+        steps, layers, rows = [], [], []
+        for group in self._row_groups(EVENTS_TABLE):
+            table = group.file.read_row_group(group.index, columns=_COUNT_COLUMNS)
+            keep = np.asarray(table.column("mode").to_pylist()) == mode
+            counts_column = table.column("expert_token_counts").combine_chunks()
+            width = counts_column.type.list_size
+            matrix = counts_column.values.to_numpy().reshape(-1, width)
+            if matrix.size and matrix.min() < 0:
+                row = int(np.argmin(matrix.min(axis=1)))
+                raise CorruptRecordError(str(group.path), group.first_row + row, "expert_token_counts: negative count")
+            steps.append(table.column("step").to_numpy()[keep])
+            layers.append(table.column("layer_id").to_numpy()[keep])
+            rows.append(matrix[keep])
+        if not steps:
+            return counts_array(np.zeros(0, np.int64), np.zeros(0, np.int64), [])
+        return _stack_counts(np.concatenate(steps), np.concatenate(layers), rows)
+
+
+def _stack_counts(steps: np.ndarray, layers: np.ndarray, matrices: list[np.ndarray]) -> RunCounts:
+    """:class:`RunCounts` from row matrices (one width each), scattered with one numpy assignment per matrix."""
+    unique_steps, step_index = np.unique(steps, return_inverse=True)
+    layer_ids, layer_index = np.unique(layers, return_inverse=True)
+    width = max(matrix.shape[1] for matrix in matrices)
+    counts = np.zeros((len(unique_steps), len(layer_ids), width), np.int64)
+    start = 0
+    for matrix in matrices:
+        end = start + len(matrix)
+        counts[step_index[start:end], layer_index[start:end], : matrix.shape[1]] = matrix
+        start = end
+    return RunCounts(unique_steps, layer_ids, counts)

@@ -1,0 +1,155 @@
+"""Records to Arrow tables and back, for the Parquet tables of :mod:`chronomoe.io.parquet_schema`.
+
+Events take a vectorised path both ways: a batch of events of one width
+becomes columns with one ``numpy`` stack of their counts
+(:func:`events_table`); rows read back are checked column by column with
+numpy (the model's invariants: non-negative counts summing to
+``token_count``, ``n_experts`` equal to the width, ``1 <= top_k <=
+n_experts``, finite floats, known modes, non-empty run ids) and become events
+without a second validation (:func:`events_from_table`). A row that fails a
+check is validated in full by ``RoutingEvent.model_validate``, which names
+what is wrong, so reading accepts and rejects what the model does. The other
+tables go through the models' JSON form (:func:`records_table`,
+:func:`records_from_table`), each row validated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel
+
+from ..errors import CorruptRecordError, InvalidInputError
+from ..events import MODES, RoutingEvent
+from .parquet_schema import COUNTS_LIMIT, EVENTS_TABLE, TABLE_MODELS, table_layout
+from .parse_errors import PARSE_ERRORS, describe_parse_error
+
+_SCALARS = ("timestamp", "run_id", "step", "mode", "layer_id", "n_experts", "top_k", "token_count", "loss", "aux_loss")
+"""Event fields stored as one value per row."""
+
+
+def records_table(table: str, records: Sequence[BaseModel]) -> pa.Table:
+    """The rows of ``records`` (of the table's model; not events) as an Arrow table of the table's schema."""
+    layout = table_layout(table)
+    return pa.Table.from_pylist([layout.to_row(record.model_dump(mode="json")) for record in records], layout.schema)
+
+
+def events_table(events: Sequence[RoutingEvent]) -> pa.Table:
+    """Events of one width (``n_experts``) as an Arrow table of ``routing_events``' schema.
+
+    Raises :class:`~chronomoe.errors.InvalidInputError` naming the event when a count reaches 2**31 (beyond the
+    table's int32 counts) or the widths differ.
+    """
+    width = events[0].n_experts
+    counts = np.stack([event.expert_token_counts for event in events])
+    if counts.shape[1] != width or any(event.n_experts != width for event in events):
+        raise InvalidInputError("events.n_experts", sorted({event.n_experts for event in events}), "must be one width")
+    if counts.size and counts.max() >= COUNTS_LIMIT:
+        row = int(np.argmax(counts.max(axis=1)))
+        raise InvalidInputError(
+            f"events[{row}].expert_token_counts",
+            int(counts[row].max()),
+            "is beyond the int32 counts of Parquet storage (use storage='jsonl' for such counts)",
+        )
+    schema = table_layout(EVENTS_TABLE, width).schema
+    columns: dict[str, Any] = {name: [getattr(event, name) for event in events] for name in _SCALARS}
+    columns["expert_token_counts"] = pa.FixedSizeListArray.from_arrays(
+        pa.array(counts.astype(np.int32).ravel()), type=schema.field("expert_token_counts").type
+    )
+    sums = [event.router_prob_sums for event in events]
+    if all(value is None for value in sums):
+        columns["router_prob_sums"] = pa.nulls(len(events), schema.field("router_prob_sums").type)
+    else:
+        columns["router_prob_sums"] = pa.array(
+            [None if value is None else value.tolist() for value in sums], schema.field("router_prob_sums").type
+        )
+    return pa.table({field.name: columns[field.name] for field in schema}, schema=schema)
+
+
+def events_from_table(table: pa.Table, path: str, first_row: int = 1) -> list[RoutingEvent]:
+    """The events of rows of ``routing_events`` (see the module docstring).
+
+    Raises :class:`~chronomoe.errors.CorruptRecordError` naming ``path`` and the row (``first_row`` is the number
+    of the table's first row in its file, from 1) that the model rejects.
+    """
+    if table.num_rows == 0:
+        return []
+    counts_column = table.column("expert_token_counts").combine_chunks()
+    width = counts_column.type.list_size
+    counts = counts_column.values.to_numpy().astype(np.int64).reshape(-1, width)
+    counts.flags.writeable = False
+    scalars = {name: table.column(name).to_pylist() for name in _SCALARS}
+    sums_column = table.column("router_prob_sums")
+    has_sums = sums_column.null_count < table.num_rows
+    sums = sums_column.to_pylist() if has_sums else None
+    good = _good_rows(table, counts, width)
+    every_expert = tuple(range(width))
+    active_counts = np.count_nonzero(counts, axis=1).tolist()
+    events: list[RoutingEvent] = []
+    for row in range(table.num_rows):
+        values = {name: scalars[name][row] for name in _SCALARS}
+        if good[row] and (sums is None or sums[row] is None):
+            values["expert_token_counts"] = counts[row]
+            values["active_experts"] = (
+                every_expert if active_counts[row] == width else tuple(counts[row].nonzero()[0].tolist())
+            )
+            values["router_prob_sums"] = None
+            events.append(RoutingEvent.trusted(**values))
+            continue
+        values["expert_token_counts"] = counts[row]
+        values["router_prob_sums"] = None if sums is None else sums[row]
+        try:
+            events.append(RoutingEvent.model_validate(values))
+        except PARSE_ERRORS as error:
+            raise CorruptRecordError(path, first_row + row, describe_parse_error(error)) from None
+    return events
+
+
+def _good_rows(table: pa.Table, counts: np.ndarray, width: int) -> list[bool]:
+    """Which rows hold what the model accepts as they are (False: the model decides)."""
+
+    def column(name: str) -> np.ndarray:
+        values: np.ndarray = table.column(name).to_numpy(zero_copy_only=False)
+        return values
+
+    def finite_or_null(name: str) -> np.ndarray:
+        values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)  # null -> nan
+        usable: np.ndarray = np.isfinite(values) | table.column(name).is_null().to_numpy(zero_copy_only=False)
+        return usable
+
+    token_count = table.column("token_count")
+    top_k = column("top_k")
+    run_ids = table.column("run_id").to_pylist()
+    good = (
+        (counts.min(axis=1) >= 0)
+        & (counts.sum(axis=1) == np.nan_to_num(token_count.to_numpy(zero_copy_only=False).astype(np.float64), nan=-1))
+        & (column("n_experts") == width)
+        & (top_k >= 1)
+        & (top_k <= width)
+        & (column("step") >= 0)
+        & (column("layer_id") >= 0)
+        & np.isfinite(column("timestamp"))
+        & np.isin(column("mode"), MODES)
+        & np.array([bool(run_id) for run_id in run_ids])
+        & finite_or_null("loss")
+        & finite_or_null("aux_loss")
+    )
+    result: list[bool] = good.tolist()
+    return result
+
+
+def records_from_table(table: str, rows: pa.Table, path: str, first_row: int = 1) -> Iterator[Any]:
+    """The records of rows of a table other than events, each validated by its model.
+
+    Raises :class:`~chronomoe.errors.CorruptRecordError` naming ``path`` and the row the model rejects.
+    """
+    layout = table_layout(table)
+    model = TABLE_MODELS[table]
+    for offset, row in enumerate(rows.to_pylist()):
+        try:
+            yield model.model_validate(layout.from_row(row))
+        except PARSE_ERRORS as error:
+            raise CorruptRecordError(path, first_row + offset, describe_parse_error(error)) from None
