@@ -183,6 +183,29 @@ def test_decisions_give_the_pressure_and_the_bias_per_layer_and_snapshot(tmp_pat
     assert np.isnan(run.controller.pressure[:, 0]).all() or np.nanmax(run.controller.pressure[:, 0]) == 0
 
 
+def test_a_parquet_run_is_read_into_the_same_report_data_as_its_jsonl_twin(tmp_path):
+    pytest.importorskip("pyarrow")
+    windows = [[BALANCED, COLLAPSED if position >= 2 else BALANCED] for position in range(8)]
+    runs = []
+    for storage in ("jsonl", "parquet"):
+        with Monitor(
+            "run", output_dir=tmp_path / storage, lens=None, controller=PressureController(), storage=storage
+        ) as monitor:
+            for position, window in enumerate(windows):
+                monitor.observe(window, step=10 * (position + 1), train_loss=3.0 - 0.01 * position)
+        runs.append(load_run(tmp_path / storage / "run"))
+    jsonl, parquet = runs
+    assert not (parquet.run_dir / "snapshots.jsonl").exists()
+    for name in ("steps", "train_loss", "layer_ids", "n_effective", "top2_share", "states", "expert_tokens"):
+        np.testing.assert_array_equal(getattr(jsonl, name), getattr(parquet, name), err_msg=name)
+    untimed = [[t.model_copy(update={"timestamp": 0.0}) for t in run.transitions] for run in runs]
+    assert untimed[0] == untimed[1] and untimed[0]
+    assert jsonl.controller is not None and parquet.controller is not None
+    assert jsonl.controller.decisions == parquet.controller.decisions > 0
+    np.testing.assert_array_equal(jsonl.controller.pressure, parquet.controller.pressure)
+    np.testing.assert_array_equal(jsonl.controller.bias, parquet.controller.bias)
+
+
 def test_a_decision_line_failing_a_fast_check_is_validated_in_full():
     line = orjson.dumps({"controller": "c", "trigger": "snapshot", "step": 3, "layer_id": 1, "pressure": 0.5})
     assert parse_decision_line(line) == DecisionRow("c", 3, "TRAIN", 1, "none", False, False, 0.5, None)

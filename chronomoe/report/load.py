@@ -1,12 +1,18 @@
 """Reading a run folder into a :class:`~chronomoe.report.rundata.RunData`, streaming, in one pass per file.
 
-This module is the one place where the report touches storage:
-:func:`snapshot_rows` and :func:`decision_rows` read the JSONL files
-through the loaders' line reader (:func:`chronomoe.io.lines.iter_lines`: one
-bounded line at a time, a torn last line skipped with a warning, any other
-bad line a :class:`~chronomoe.errors.CorruptRecordError` naming file and
-line); :class:`RunBuilder` and :class:`DecisionBuilder` turn records into
-arrays and know nothing of files.
+This module is the one place where the report touches storage. The run is
+opened with :func:`~chronomoe.io.run_reader.open_run`, so both storages work:
+
+* JSONL: :func:`snapshot_rows` and :func:`decision_rows` read the files
+  through the loaders' line reader (:func:`chronomoe.io.lines.iter_lines`: one
+  bounded line at a time, a torn last line skipped with a warning, any other
+  bad line a :class:`~chronomoe.errors.CorruptRecordError` naming file and
+  line) and the report's fast line parsers;
+* Parquet: the reader's validated records, turned into the same rows
+  (:func:`~chronomoe.report.rows.row_from_snapshot`, :meth:`DecisionRow.of`).
+
+:class:`RunBuilder` and :class:`DecisionBuilder` turn rows into arrays and
+know nothing of files.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import dataclasses
 import math
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +30,21 @@ from ..alerts import AlertRules, AlertTransition
 from ..errors import CorruptRecordError, InvalidInputError
 from ..io import DECISIONS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, load_manifest
 from ..io.lines import iter_lines
+from ..io.run_reader import open_run
 from ..io.parse_errors import PARSE_ERRORS, describe_parse_error
 from ..replay import recorded_rules, require_run_dir
 from .columns import DEFAULT_MAX_COLUMNS, ColumnSums
 from .decision_rows import DecisionRow, parse_decision_line
-from .rows import NO_DATA, SnapshotRow, parse_snapshot_line
+from .rows import NO_DATA, SnapshotRow, parse_snapshot_line, row_from_snapshot
 from .rundata import ControllerSeries, RunData
 
 Progress = Callable[[int], None]
-"""Called with the number of bytes just read."""
+"""Called with the number of bytes just read (JSONL runs only)."""
 
 
 def run_bytes(run_dir: str | os.PathLike[str]) -> int:
-    """Bytes :func:`load_run` reads from a run folder (what its ``progress`` callback adds up to)."""
+    """Bytes :func:`load_run` reads from a JSONL run folder (what its ``progress`` callback adds up to); 0 for a
+    Parquet run, whose reading reports no progress."""
     return sum(
         (Path(run_dir) / name).stat().st_size
         for name in (SNAPSHOTS_FILE, DECISIONS_FILE)
@@ -51,26 +59,35 @@ def load_run(
     max_columns: int = DEFAULT_MAX_COLUMNS,
     progress: Progress | None = None,
 ) -> RunData:
-    """One mode of a run folder as :class:`RunData`: ``snapshots.jsonl``, ``decisions.jsonl`` when present,
-    the manifest's rules (default rules when it stored none).
+    """One mode of a run folder, in either storage, as :class:`RunData`: its snapshots, its decisions when it
+    has any, the manifest's rules (default rules when it stored none).
 
-    Raises :class:`~chronomoe.errors.InvalidInputError` when the folder or
-    ``snapshots.jsonl`` is missing or holds no snapshot of ``mode``, and
-    :class:`~chronomoe.errors.CorruptRecordError` on a bad line.
+    Raises :class:`~chronomoe.errors.InvalidInputError` when the folder or its
+    snapshots are missing or it holds no snapshot of ``mode``, and
+    :class:`~chronomoe.errors.CorruptRecordError` on a bad record.
     """
     path = require_run_dir(run_dir)
+    reader = open_run(path)
+    reader.require("snapshots")
+    parquet = reader.storage == "parquet"
+    rows: Iterable[SnapshotRow] = (
+        map(row_from_snapshot, reader.snapshots(mode)) if parquet else snapshot_rows(path, progress)
+    )
     builder = RunBuilder(max_columns)
-    for row in snapshot_rows(path, progress):
+    for row in rows:
         if row.mode == mode:
             builder.add(row)
     if not builder.steps:
-        raise InvalidInputError("RUN_DIR", str(path), f"holds no {mode} snapshots in {SNAPSHOTS_FILE}")
+        raise InvalidInputError("RUN_DIR", str(path), f"holds no {mode} snapshots in {reader.describe('snapshots')}")
     manifest = load_manifest(path) if (path / MANIFEST_FILE).is_file() else {}
     run = builder.finish(path, mode, recorded_rules(path) or AlertRules.default(), manifest)
-    if not (path / DECISIONS_FILE).is_file():
+    if not reader.has("decisions"):
         return run
+    decision_source: Iterable[DecisionRow] = (
+        map(DecisionRow.of, reader.decisions()) if parquet else decision_rows(path, progress)
+    )
     decisions = DecisionBuilder(run.steps, run.layer_ids)
-    for decision in decision_rows(path, progress):
+    for decision in decision_source:
         if decision.mode == mode:
             decisions.add(decision)
     return dataclasses.replace(run, controller=decisions.finish())
