@@ -274,13 +274,17 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .io.export import export_run
+    from .io.export import count_records, export_run
+    from .progress import progress_bar, show_progress
     from .replay import require_run_dir
 
     run_dir = require_run_dir(args.run_dir)
     out = args.out if args.out is not None else run_dir.with_name(f"{run_dir.name}-{args.to}")
-    with _output_option("--out", out):
-        result = export_run(run_dir, out, args.to)
+    size = sum(path.stat().st_size for path in run_dir.rglob("*") if path.is_file())
+    shown = show_progress(size)
+    total = count_records(run_dir) if shown else 0
+    with _output_option("--out", out), progress_bar(total, unit="record", description="export", enabled=shown) as bar:
+        result = export_run(run_dir, out, args.to, progress=bar.update)
     tables = ", ".join(f"{records} {table}" for table, records in result.records.items())
     print(f"wrote {result.out_dir} ({args.to}): {tables}")
     return EXIT_OK
