@@ -138,6 +138,18 @@ def test_a_watch_of_a_missing_folder_is_one_line_on_stderr_with_exit_2(tmp_path)
     ]
 
 
+def test_a_watch_of_a_parquet_run_is_refused_in_one_line_with_exit_2(tmp_path):
+    pytest.importorskip("pyarrow")
+    with Monitor("run", output_dir=tmp_path, lens=None, storage="parquet") as monitor:
+        monitor.observe([[100] * 8], step=10)
+    result = subprocess.run([*CHRONOMOE, "watch", str(tmp_path / "run")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"chronomoe watch: error: RUN_DIR={str(tmp_path / 'run')!r}: is a Parquet run; watch follows JSONL runs "
+        "only (chronomoe summary reads it)"
+    ]
+
+
 # -- the follower -------------------------------------------------------------------------------
 def test_a_line_without_its_newline_is_returned_only_once_complete(tmp_path):
     path = tmp_path / "f.jsonl"

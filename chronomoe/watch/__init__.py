@@ -14,7 +14,8 @@ reads a file again when it is replaced), folds the new records into a
   transition and per snapshot, and one per poll for the controller's actions.
 
 A bad record is skipped and counted on the status line; Ctrl-C ends the
-watch with exit code 0.
+watch with exit code 0. Only JSONL runs can be followed: a Parquet run
+(``Monitor(storage="parquet")``) is refused with a one-line error.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import TextIO
 from ..errors import InvalidInputError
 from ..io import DECISIONS_FILE, SNAPSHOTS_FILE
 from ..io.parse_errors import PARSE_ERRORS, describe_parse_error
+from ..io.run_reader import detect_storage
 from ..report.decision_rows import parse_decision_line
 from ..report.rows import parse_snapshot_line
 from .follow import JsonlFollower
@@ -107,11 +109,15 @@ def watch_run(
     """Follow ``run_dir`` until Ctrl-C (see the module docstring); returns the exit code, 0.
 
     Raises :class:`~chronomoe.errors.InvalidInputError` when ``run_dir`` is not a
-    folder, and ImportError when a terminal view is wanted without rich.
+    folder or holds a Parquet run, and ImportError when a terminal view is wanted without rich.
     """
     path = Path(run_dir)
     if not path.is_dir():
         raise InvalidInputError("RUN_DIR", str(path), "is not a folder")
+    if detect_storage(path) == "parquet":
+        raise InvalidInputError(
+            "RUN_DIR", str(path), "is a Parquet run; watch follows JSONL runs only (chronomoe summary reads it)"
+        )
     output = stream if stream is not None else sys.stdout
     watcher = _Watcher(path, mode, history)
     try:
