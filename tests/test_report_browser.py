@@ -9,6 +9,8 @@ missing browser a failure. The screenshot of the checked page is kept in
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,23 @@ def test_the_report_of_three_runs_draws_every_panel_without_an_error_and_follows
     assert check.empty_panels == []
     assert {"overview-states-2", "experts-2", "loss", "controller-bias-2", "layer-bias"} <= set(check.panels)
     assert check.layer_selection is None
+    assert screenshot.stat().st_size > 50_000
+
+
+def test_the_check_by_hand_passes_in_a_fresh_process_without_descriptors_above_2(three_runs_page, tmp_path):
+    """``python -m chronomoe.report.browser PAGE --screenshot PNG`` in a process that closed every descriptor
+    above 2 (the browser's pipes go to 3 and 4 in its process, whatever the parent holds there)."""
+    screenshot = tmp_path / "page.png"
+    code = (
+        "import os, sys\n"
+        "os.closerange(3, 64)\n"
+        "from chronomoe.report.browser import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    command = [sys.executable, "-c", code, str(three_runs_page), "--screenshot", str(screenshot)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "ok" and "layer selection: works" in result.stdout
     assert screenshot.stat().st_size > 50_000
 
 

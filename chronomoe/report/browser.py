@@ -100,13 +100,16 @@ class Browser:
         command = [self.executable, *CHROMIUM_FLAGS, f"--user-data-dir={self._profile}", "about:blank"]
 
         def wire_pipes() -> None:  # in the child: the protocol reads fd 3 and writes fd 4
-            os.dup2(child_ends[0], 3)
+            os.dup2(child_ends[0], 3)  # dup2's copies are inherited; every other descriptor is close-on-exec
             os.dup2(child_ends[1], 4)
 
         try:
+            # Not pass_fds=(3, 4): subprocess marks those inheritable before wire_pipes runs, and fails (EBADF)
+            # when the parent has no descriptor 3 or 4 open. Python opens every descriptor close-on-exec, so
+            # with close_fds=False the browser inherits 0-2, 3 and 4 only.
             self._process = subprocess.Popen(
                 command,
-                pass_fds=(3, 4, *child_ends),  # 3 and 4 survive the closing of descriptors after wire_pipes
+                close_fds=False,
                 preexec_fn=wire_pipes,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
