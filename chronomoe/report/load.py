@@ -30,8 +30,8 @@ from ..alerts import AlertRules, AlertTransition
 from ..errors import CorruptRecordError, InvalidInputError
 from ..io import DECISIONS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, load_manifest
 from ..io.lines import iter_lines
-from ..io.run_reader import open_run
 from ..io.parse_errors import PARSE_ERRORS, describe_parse_error
+from ..io.run_reader import open_run
 from ..replay import recorded_rules, require_run_dir
 from .columns import DEFAULT_MAX_COLUMNS, ColumnSums
 from .decision_rows import DecisionRow, parse_decision_line
