@@ -15,7 +15,10 @@ of 10 steps (580 events), as a Monitor does. In one process:
 * reading the events into a ``[steps, layers, experts]`` array
   (``open_run(run).counts()``): Parquet at ``--parquet-steps`` steps (580
   events each), JSONL at ``--jsonl-steps``, next to ``orjson.loads`` alone of
-  the same JSONL lines;
+  the same JSONL lines and to the JSONL reader of ``--baseline`` (a git
+  revision: its ``chronomoe/io/fast_events.py`` making events, and the
+  ``counts()`` of that revision filling the array one event at a time),
+  interleaved, with the time ratio;
 * building ``RoutingEvent`` from Python lists, next to a plain dataclass that
   derives the same fields (the seed's design), time ratio.
 
@@ -26,9 +29,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
+import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +47,7 @@ from chronomoe.io.run_reader import open_run
 from chronomoe.io.serialize import event_line
 
 N_LAYERS, N_EXPERTS, TOP_K, TOKENS = 58, 256, 8, 4096
+ROOT = Path(__file__).resolve().parent.parent
 STEPS_PER_SNAPSHOT = 10
 CHUNK = 1 << 20
 
@@ -95,6 +102,34 @@ def raw_write_seconds(path: Path, data: bytes) -> float:
     return time.perf_counter() - start
 
 
+def baseline_counts_reader(revision: str) -> Callable[[Path], np.ndarray]:
+    """``counts()`` of a JSONL run as ``revision`` read it: its fast events loader (loaded from git into
+    ``chronomoe.io``, so that its relative imports resolve) making events, their rows put in the array one by one."""
+    source = subprocess.run(
+        ["git", "show", f"{revision}:chronomoe/io/fast_events.py"], check=True, capture_output=True, cwd=ROOT
+    ).stdout
+    spec = importlib.util.spec_from_loader("chronomoe.io._baseline_fast_events", loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    exec(compile(source, f"{revision}:chronomoe/io/fast_events.py", "exec"), module.__dict__)
+
+    def counts(run: Path) -> np.ndarray:
+        steps, layers, rows = [], [], []
+        for event in module.iter_events(run / "routing_events.jsonl"):
+            if event.mode == "TRAIN":
+                steps.append(event.step)
+                layers.append(event.layer_id)
+                rows.append(event.expert_token_counts)
+        unique_steps, step_index = np.unique(steps, return_inverse=True)
+        layer_ids, layer_index = np.unique(layers, return_inverse=True)
+        array = np.zeros((len(unique_steps), len(layer_ids), max(len(row) for row in rows)), np.int64)
+        for row, step, layer in zip(rows, step_index.tolist(), layer_index.tolist(), strict=True):
+            array[step, layer, : len(row)] = row
+        return array
+
+    return counts
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file() and path.name != "run_manifest.json")
 
@@ -125,6 +160,11 @@ def main() -> None:
     parser.add_argument("--parquet-steps", type=int, default=10_000, help="steps read back from Parquet")
     parser.add_argument("--jsonl-steps", type=int, default=1_000, help="steps written and read as JSONL")
     parser.add_argument("--dir", default=None, help="folder to write in (default: a temporary one)")
+    parser.add_argument(
+        "--baseline",
+        default="1e3d2e6",
+        help="git revision whose JSONL reader is the reference (default: before issue 16 item 3)",
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     counts = draw_counts(max(args.parquet_steps, args.jsonl_steps), args.popularity, rng)
@@ -151,13 +191,24 @@ def main() -> None:
             for line in lines:
                 orjson.loads(line)
 
+        baseline = baseline_counts_reader(args.baseline)
         read = {
             "parquet": median_seconds(lambda: open_run(folder / "parquet" / "big").counts(), repeats=3, warmup=1),
-            "jsonl": median_seconds(lambda: open_run(folder / "jsonl" / "r0").counts(), repeats=3, warmup=1),
-            "orjson_parse_only": median_seconds(parse_only, repeats=3, warmup=1),
+            **interleaved_medians(
+                {
+                    "jsonl": lambda: open_run(folder / "jsonl" / "r0").counts(),
+                    "jsonl_baseline": lambda: baseline(folder / "jsonl" / "r0"),
+                    "orjson_parse_only": parse_only,
+                },
+                repeats=5,
+                warmup=1,
+            ),
         }
         check = open_run(folder / "parquet" / "big").counts()
         assert np.array_equal(check.counts, counts[: args.parquet_steps]), "Parquet counts differ from those written"
+        expected = counts[: args.jsonl_steps]
+        assert np.array_equal(open_run(folder / "jsonl" / "r0").counts().counts, expected), "JSONL counts differ"
+        assert np.array_equal(baseline(folder / "jsonl" / "r0"), expected), "baseline JSONL counts differ"
 
     lists = [row.tolist() for row in counts[0]]
     construction = interleaved_medians(
@@ -204,6 +255,9 @@ def main() -> None:
                 "parquet_events_per_s": args.parquet_steps * N_LAYERS / read["parquet"],
                 "jsonl_events": n_small,
                 "jsonl_events_per_s": n_small / read["jsonl"],
+                "jsonl_baseline_revision": args.baseline,
+                "jsonl_baseline_events_per_s": n_small / read["jsonl_baseline"],
+                "jsonl_speedup_over_baseline": read["jsonl_baseline"] / read["jsonl"],
                 "orjson_parse_only_events_per_s": n_small / read["orjson_parse_only"],
             },
             "routing_event_from_lists": {

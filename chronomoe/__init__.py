@@ -23,6 +23,8 @@ from .bus import Connection, EventBus, Subscription, Topic  # noqa: E402
 from .config import DistributedConfig, MonitorConfig  # noqa: E402
 from .errors import ChronoMoEError, CorruptRecordError, InvalidInputError  # noqa: E402
 from .events import RoutingEvent  # noqa: E402
+from .expert_state import ExpertState  # noqa: E402
+from .immediate_alerts import check_immediate_alerts  # noqa: E402
 from .io import (  # noqa: E402
     TelemetryWriter,
     create_run_manifest,
@@ -62,6 +64,7 @@ __all__ = [
     "CorruptRecordError",
     "DistributedConfig",
     "EventBus",
+    "ExpertState",
     "IdentityLens",
     "InvalidInputError",
     "LayerSnapshot",
@@ -74,6 +77,7 @@ __all__ = [
     "SystemSnapshot",
     "TelemetryWriter",
     "Topic",
+    "check_immediate_alerts",
     "compute_entropy",
     "compute_gini_coefficient",
     "compute_layer_metrics",

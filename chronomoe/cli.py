@@ -1,9 +1,11 @@
-"""The ``chronomoe`` command: demo, summary, replay, report, watch, decisions, validate, export, schema.
+"""The ``chronomoe`` command: demo, summary, replay, report, watch, decisions, validate, export, import, schema.
 
 Exit codes: 0 success; 1 the answer is "no" (``summary``: a layer is
-collapse_confirmed; ``validate``: invalid records); 2 the command could not
-run (missing run folder or file, no events, bad rules file, bad arguments).
-Errors are one line on stderr, never a traceback.
+collapse_confirmed; ``validate``: invalid or repeated records, or nothing
+recorded); 2 the command could not run (missing run folder or file, no
+events, bad rules file, bad arguments) or ``summary``/``report`` skipped
+corrupt lines; 141 the reader of the output went away (as a Unix tool ended
+by SIGPIPE). Errors are one line on stderr, never a traceback.
 
 The subcommands' modules (and torch, for ``demo`` only) are imported when a
 subcommand runs, so ``chronomoe --help`` starts fast.
@@ -12,6 +14,8 @@ subcommand runs, so ``chronomoe --help`` starts fast.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,11 +29,15 @@ if TYPE_CHECKING:
     from chronomoe.controller import ControlDecision
 
     from .io import TelemetryWriter
+    from .report import RunData, RunSummary
     from .snapshots import SystemSnapshot
 
 EXIT_OK = 0
 EXIT_NO = 1
 EXIT_ERROR = 2
+EXIT_BROKEN_PIPE = 128 + 13
+"""The status of a process ended by SIGPIPE, as shells report it: what ``chronomoe`` returns when the reader of
+its output goes away."""
 
 
 # -- subcommands -----------------------------------------------------------------------------
@@ -52,7 +60,19 @@ def run_summary(args: argparse.Namespace) -> int:
     dropped = 0 if last is None else last.dropped_records
     if dropped:
         print(f"warning: {dropped} records dropped after I/O errors while recording (the run's log names the files)")
+    if _warn_about(summary):
+        return EXIT_ERROR
     return EXIT_NO if summary.collapsed_layers else EXIT_OK
+
+
+def _warn_about(summary: RunSummary) -> bool:
+    """Print what the summary left out of ``snapshots.jsonl`` on stderr; whether it skipped corrupt lines (then
+    what it shows cannot be trusted, and the command exits 2)."""
+    from .report import summary_warnings
+
+    for warning in summary_warnings(summary):
+        print(f"chronomoe: warning: {warning}", file=sys.stderr)
+    return bool(summary.corrupt_lines)
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -227,6 +247,14 @@ def run_report(args: argparse.Namespace) -> int:
         with _output_option("--output-dir", args.output_dir):
             args.output_dir.mkdir(parents=True, exist_ok=True)
     total = sum(run_bytes(path) for path in run_dirs)
+    skipped_corrupt_lines = False
+
+    def warn(run: RunData) -> None:
+        nonlocal skipped_corrupt_lines
+        for warning in run.warnings:
+            print(f"chronomoe: warning: {run.run_dir}: {warning}", file=sys.stderr)
+        skipped_corrupt_lines = skipped_corrupt_lines or bool(run.corrupt_lines)
+
     with progress_bar(total, unit="B", description="reading", enabled=show_progress(total)) as bar:
         written = write_report(
             run_dirs,
@@ -236,10 +264,12 @@ def run_report(args: argparse.Namespace) -> int:
             max_columns=args.max_columns,
             figures=not args.no_figures,
             progress=bar.update,
+            on_run=warn,
         )
     for path in written:
         print(path)
-    return EXIT_OK
+    # What the figures show lacks the skipped snapshots: exit 2, as summary does.
+    return EXIT_ERROR if skipped_corrupt_lines else EXIT_OK
 
 
 def run_watch(args: argparse.Namespace) -> int:
@@ -269,7 +299,9 @@ def run_validate(args: argparse.Namespace) -> int:
             print(f"  {name}:{file_check.torn_line}: torn last line (a crash mid-write; loaders skip it)")
         if file_check.note is not None:
             print(f"  {name}: {file_check.note}")
-    print("valid" if check.ok else f"invalid: {check.error_count} records fail their schema or model")
+    for note in check.notes:
+        print(f"note: {note}")
+    print(check.verdict())
     return EXIT_OK if check.ok else EXIT_NO
 
 
@@ -354,6 +386,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _mode_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode",
+        type=str.upper,  # the records say TRAIN and INFER; --mode infer means the same
+        choices=MODES,
+        default="TRAIN",
+        help="which snapshots: TRAIN or INFER, in any case (default: TRAIN)",
+    )
+
+
 def _schema_name(text: str) -> str:
     from .schemas import RECORD_MODELS
 
@@ -370,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="RUN_DIR is a run folder written by chronomoe.Monitor or TelemetryWriter "
         "(routing_events.jsonl, snapshots.jsonl, alerts.jsonl, run_manifest.json). "
         "Exit codes: 0 success; 1 a collapsed layer (summary) or invalid records (validate); "
-        "2 an error (missing run folder or file, no events, bad rules file, bad arguments).",
+        "2 an error (missing run folder or file, no events, bad rules file, bad arguments) or corrupt lines "
+        "skipped (summary, report).",
     )
     from ._version import __version__
 
@@ -407,10 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
         "per-layer table of the run's last metrics, states and transitions",
         "Print one row per MoE layer: last Neff / n_experts, Top2 share, dead and nearly dead experts, "
         "alert state, and the step of each alert transition. Exit code 0 when no layer is "
-        "collapse_confirmed, 1 when any is (usable in scripts and CI of training jobs).",
+        "collapse_confirmed, 1 when any is (usable in scripts and CI of training jobs), 2 when corrupt lines "
+        "of snapshots.jsonl were skipped (counted on stderr).",
     )
     summary.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
-    summary.add_argument("--mode", choices=MODES, default="TRAIN", help="which snapshots (default: TRAIN)")
+    _mode_option(summary)
 
     replay = command(
         "replay",
@@ -489,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where to write (default: RUN_DIR/report; with several runs FIRST_RUN_DIR/report-compare)",
     )
-    report.add_argument("--mode", choices=MODES, default="TRAIN", help="which snapshots (default: TRAIN)")
+    _mode_option(report)
     report.add_argument(
         "--layers",
         type=_integers,
@@ -517,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
         "otherwise, or with --plain, it prints one line per snapshot and per transition.",
     )
     watch.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
-    watch.add_argument("--mode", choices=MODES, default="TRAIN", help="which snapshots (default: TRAIN)")
+    _mode_option(watch)
     watch.add_argument(
         "--interval", type=_positive_float, default=1.0, metavar="SECONDS", help="how often to look (default: 1)"
     )
@@ -530,9 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
         "validate",
         run_validate,
         "check every record against the JSON Schemas in specs/",
-        "Check each line of routing_events.jsonl, snapshots.jsonl and alerts.jsonl against its record "
-        "type's JSON Schema and model, and the manifest's rules; list invalid lines with their numbers "
-        "(the first 20 per file) and a torn last line. Exit code 0 when valid, 1 on invalid records.",
+        "Check each line of routing_events.jsonl, snapshots.jsonl, alerts.jsonl and decisions.jsonl against "
+        "its record type's JSON Schema and model, that each sequence of records comes in step order with "
+        "each step once, and the manifest's rules; list invalid lines with their numbers (the first 20 per "
+        "file), a torn last line and the files readers need that are missing. Exit code 0 when valid, 1 on "
+        "invalid or repeated records or when nothing is recorded.",
     )
     validate.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
 
@@ -558,6 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
         "AlertRules, AlertTransition, ControlDecision, LensState, RoutingEvent, SystemSnapshot.",
     )
     schema.add_argument("name", nargs="?", type=_schema_name, metavar="NAME", help="record type (default: all)")
+
+    from .importers.command import add_import_command
+
+    add_import_command(commands)
     return parser
 
 
@@ -569,7 +619,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         status: int = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, rather than at exit
         return status
+    except BrokenPipeError:
+        return _reader_went_away()
     except (ChronoMoEError, OSError, ValueError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"chronomoe {args.command}: error: {message}", file=sys.stderr)
@@ -578,6 +631,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"chronomoe {args.command}: interrupted", file=sys.stderr)
     return EXIT_ERROR
+
+
+def command_line() -> str:
+    """How to call this installation's ``chronomoe`` command from the current shell, for hints printed to users.
+
+    ``chronomoe`` when that name on the PATH is this installation's; else the
+    path of its script (relative to the working folder when under it, as
+    ``.venv/bin/chronomoe``); else ``python -m chronomoe.cli``.
+    """
+    script = Path(sys.executable).parent / "chronomoe"  # not resolved: a virtualenv's python is a link
+    if not script.is_file():
+        return f"{Path(sys.executable).name} -m chronomoe.cli"
+    on_path = shutil.which("chronomoe")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "chronomoe"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
+def _reader_went_away() -> int:
+    """Exit as a Unix tool does when the reader of its output goes away (``chronomoe summary RUN | head -n 1``):
+    no message, the status of a process ended by SIGPIPE (128 + 13), and nothing more written to the pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush at exit must not fail again
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

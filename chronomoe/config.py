@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .alerts import AlertRules
 from .errors import InvalidInputError
+from .io.run_folder import OnExistingRun
 from .metrics import UNDERUSE_RATIO
 
 
@@ -75,6 +76,11 @@ class MonitorConfig(BaseModel):
     fsync: bool = Field(False, description="fsync the run's files after every snapshot (durable on power loss)")
     io_errors: Literal["log", "raise"] = Field(
         "log", description="log: an I/O error is logged once and the run goes on; raise: it propagates"
+    )
+    on_existing_run: OnExistingRun = Field(
+        "refuse",
+        description="when output_dir/run_id already holds a recorded run: refuse (raise, naming the folder), "
+        "resume (append; new steps must come after the recorded ones) or new (record into run_id-2, -3, ...)",
     )
     capacity: int = Field(128, ge=1, description="steps the recorder stages on the device between drains")
     underuse_ratio: float = Field(

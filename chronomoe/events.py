@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from enum import Enum
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -140,6 +141,19 @@ FloatArray = Annotated[
 """1-D finite floats, stored as read-only float64."""
 
 
+def _json_form(value: Any) -> Any:
+    """A field value as the seed's dicts held it: arrays and tuples as lists, enums as their values."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_json_form(item) for item in value]
+    if isinstance(value, dict):
+        return {name: _json_form(item) for name, item in value.items()}
+    return value
+
+
 def finite_or_none(name: str, value: float | None) -> float | None:
     """Reject NaN and infinities in an optional float field, naming it."""
     if value is not None and not math.isfinite(value):
@@ -152,6 +166,14 @@ class Record(BaseModel):
 
     Equality compares array fields element-wise (pydantic's default would
     raise on numpy arrays).
+
+    Seed-style access: the seed's loaders returned plain dicts, so code
+    written against it reads ``record["layer_id"]``, ``record.get("val_loss")``,
+    ``"loss" in record`` and ``record.keys()``. These read a field as its JSON
+    form: arrays and tuples as lists, enums as their string values; nested
+    records stay records, which read the same way. ``to_dict()`` is the whole
+    record as a plain JSON-ready dict. Attribute access (``record.layer_id``)
+    is the typed form, for new code.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -169,6 +191,30 @@ class Record(BaseModel):
         return True
 
     __hash__ = None  # type: ignore[assignment]
+
+    def __getitem__(self, key: str) -> Any:
+        """The field ``key`` in its JSON form (see the class docstring); ``KeyError`` for a name that is no field."""
+        if not isinstance(key, str) or key not in type(self).model_fields:
+            raise KeyError(key)
+        return _json_form(getattr(self, key))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``self[key]``, or ``default`` when ``key`` is not a field (``dict.get``)."""
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in type(self).model_fields
+
+    def keys(self) -> list[str]:
+        """The field names, in declaration order (the keys of :meth:`to_dict`)."""
+        return list(type(self).model_fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a plain JSON-ready dict (the seed's serialisation method)."""
+        return self.model_dump(mode="json")
 
     @classmethod
     def trusted(cls, **values: Any) -> Self:
@@ -281,6 +327,6 @@ class RoutingEvent(Record):
             **fields,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (the seed's serialisation method)."""
-        return self.model_dump(mode="json")
+
+# The seed's home of ExpertState, beside RoutingEvent.
+from .expert_state import ExpertState as ExpertState  # noqa: E402

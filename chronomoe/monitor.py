@@ -26,6 +26,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,7 +39,8 @@ from .bus import Connection
 from .config import MonitorConfig
 from .errors import InvalidInputError
 from .events import RoutingEvent
-from .io import TelemetryWriter, check_run_id, create_run_manifest
+from .io import EVENTS_FILE, SNAPSHOTS_FILE, TelemetryWriter, check_run_id
+from .run_recording import RunRecording, run_manifest
 from .snapshots import SystemSnapshot
 from .snapshotter import Snapshotter
 from .topics import monitor_bus
@@ -84,7 +86,16 @@ class Monitor:
 
     Every argument is validated before anything is created on disk: an
     unknown option or a bad value raises
-    :class:`~chronomoe.errors.InvalidInputError` naming it.
+    :class:`~chronomoe.errors.InvalidInputError` naming it, and so does an
+    ``output_dir/run_id`` that already holds a recorded run, unless
+    ``on_existing_run`` is ``"resume"`` or ``"new"`` (see
+    :mod:`chronomoe.io.run_folder`).
+
+    Attributes:
+        run_id: the run's id, stamped on its records (``run_id-N`` when
+            ``on_existing_run="new"`` picked a new folder).
+        run_dir: the run folder written, or ``None`` without ``output_dir``
+            (and on the ranks that do not write, under torch.distributed).
     """
 
     def __init__(
@@ -116,29 +127,22 @@ class Monitor:
         self.capture: CaptureSession | None = None
         self._attachment: Attachment | None = None
         self._earlier_dropped_records = 0  # dropped by the writers of the run before a resume
+        self._collective = self._rank_reduction()
+
+        output = self.config.output_dir
+        if self._collective is not None:
+            output = self._collective.output_dir_of_rank(output, self.config.distributed.write_on_all_ranks)
+        rank = 0 if self._collective is None else self._collective.global_rank
+        self.recording = None if output is None else RunRecording(run_id, Path(output), self.config, rank)
+        self.writer: TelemetryWriter | None = None if self.recording is None else self.recording.writer
+        self.run_dir: Path | None = None if self.recording is None else self.recording.run_dir
+        self.run_id = run_id if self.recording is None else self.recording.run_id  # on_existing_run="new" renames
         declared = None
         if self.config.n_experts is not None:
             declared = dict(enumerate(self.config.n_experts))
         self.snapshotter = Snapshotter(
-            run_id, self.config.model_name, self.rules, declared, underuse_ratio=self.config.underuse_ratio
+            self.run_id, self.config.model_name, self.rules, declared, underuse_ratio=self.config.underuse_ratio
         )
-        self._collective = self._rank_reduction()
-
-        self.writer: TelemetryWriter | None = None
-        output = self.config.output_dir
-        if self._collective is not None:
-            output = self._collective.output_dir_of_rank(output, self.config.distributed.write_on_all_ranks)
-        if output is not None:
-            self.writer = self._make_writer(output)
-            self.writer.write_manifest(
-                create_run_manifest(
-                    run_id,
-                    self.config.model_name,
-                    self.config.training_config,
-                    rules=self.rules.model_dump(),
-                    monitor_config=self.config.resolved(),
-                )
-            )
 
         self.bus = monitor_bus(strict=self.config.strict_handlers)
         # First on "decision": every decision is kept for the run folder before any other handler sees it.
@@ -156,16 +160,6 @@ class Monitor:
             lens = IdentityLens()
         self.set_lens(lens)
 
-    def _make_writer(self, output: Any) -> TelemetryWriter:
-        """The run folder's writer for ``config.storage`` (Parquet parts are named by the global rank)."""
-        options: dict[str, Any] = {"fsync": self.config.fsync, "on_error": self.config.io_errors}
-        if self.config.storage == "parquet":
-            from .io.parquet_writer import ParquetRunWriter
-
-            rank = 0 if self._collective is None else self._collective.global_rank
-            return ParquetRunWriter(self.run_id, output, rank=rank, **options)
-        return TelemetryWriter(self.run_id, output, **options)
-
     def _rank_reduction(self) -> RankReduction | None:
         """The cross-rank reduction under torch.distributed, else ``None``."""
         distributed = self.config.distributed
@@ -181,6 +175,17 @@ class Monitor:
             count_tokens=distributed.count_tokens,
             on_stop=self._stop,
         )
+
+    def manifest(self) -> dict[str, Any]:
+        """The run manifest: run id, model, your training config, rules, the resolved MonitorConfig, versions.
+
+        What ``run_manifest.json`` holds (for a resumed run, the folder's own, with its ``resumes``), and what
+        the tracker sinks log as their run config. Without a run folder each call makes a new one
+        (``created_at`` is the call's time).
+        """
+        if self.recording is not None:
+            return dict(self.recording.manifest)
+        return run_manifest(self.run_id, self.config)
 
     # -- participants ----------------------------------------------------------------
     def set_controller(self, controller: Controller | None) -> Connection | None:
@@ -258,6 +263,8 @@ class Monitor:
         machine moved) for bad arguments or layers contradicting earlier ones.
         """
         self.snapshotter.check_call(mode, step, train_loss, val_loss)
+        if self.recording is not None:
+            self.recording.check_after_recorded(SNAPSHOTS_FILE, step)
         items: np.ndarray | list[Any]
         if isinstance(events_or_counts, np.ndarray):
             items = events_or_counts
@@ -282,8 +289,8 @@ class Monitor:
             reported = np.isin(layer_ids, [event.layer_id for event in window])
             self.snapshotter.check_layers(layer_ids[reported], n_experts[reported])
             # Under torch.distributed these are one rank's events; the reduced snapshot is what gets written.
-            if self.writer is not None and self.config.write_events and self._collective is None:
-                self.writer.write_events_batch(items)
+            if self.config.write_events and self._collective is None:
+                self._write_events(items)
         else:
             counts, n_experts = validate_counts_matrix(items)
             layer_ids = np.arange(len(counts))
@@ -383,6 +390,8 @@ class Monitor:
         """End of training step ``step``: stage its counts (sync-free unless the staging ring is full)."""
         if self.capture is None:
             return
+        if self.recording is not None and self.config.write_events:
+            self.recording.check_after_recorded(EVENTS_FILE, step)
         if self._collective is not None:
             self._collective.expect(step, "step")
         self._write_events(self.capture.end_step(step))
@@ -398,6 +407,8 @@ class Monitor:
         # After the drain (under torch.distributed it is a collective every rank makes), before the
         # window is taken: a refused call leaves the window for the corrected retry.
         self.snapshotter.check_call("TRAIN", step, train_loss, val_loss)
+        if self.recording is not None:
+            self.recording.check_after_recorded(SNAPSHOTS_FILE, step)
         infer_recorded = capture.recorded("INFER")
         if infer_recorded:
             self.snapshotter.check_call("INFER", step, None, val_loss)
@@ -414,8 +425,11 @@ class Monitor:
         )
 
     def _write_events(self, events: list[RoutingEvent]) -> None:
-        if events and self.writer is not None and self.config.write_events:
-            self.writer.write_events_batch(events)
+        """Write events (drained ones, or a window given to observe()) after the folder's recorded steps."""
+        if events and self.recording is not None and self.config.write_events:
+            self.recording.check_after_recorded(EVENTS_FILE, min(event.step for event in events))
+            self.recording.writer.write_events_batch(events)
+            self.recording.events_written(max(event.step for event in events))
 
     # -- model attachment -------------------------------------------------------------------
     def attach(self, model: torch.nn.Module, **options: Any) -> Attachment:
@@ -482,13 +496,27 @@ class Monitor:
             "stop_reason": self.stop_reason,
             "dropped_records": self.dropped_records,
             "controller": _participant_state(self.controller),
+            "written_steps": None if self.recording is None else self.recording.written_steps(self._last_snapshot_step),
             **capture_state,
         }
 
+    @property
+    def _last_snapshot_step(self) -> int | None:
+        return max((step for step in self.snapshotter.last_step.values() if step is not None), default=None)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output (configure or attach the same layers first when recording)."""
+        """Restore :meth:`state_dict`'s output (configure or attach the same layers first when recording).
+
+        A resumed run folder (``on_existing_run="resume"``) whose last records
+        come after the checkpoint's (the attempt that stopped wrote them) has
+        those records moved to ``<file>.superseded``, with a WARNING: the
+        folder holds each step once, and the steps after the checkpoint are
+        recorded again.
+        """
         if state.get("version") != STATE_DICT_VERSION:
             raise InvalidInputError("state.version", state.get("version"), f"expected {STATE_DICT_VERSION}")
+        if self.recording is not None and state.get("written_steps") is not None:
+            self.recording.rewind(state.get("run_id"), state["written_steps"])
         if AlertRules.model_validate(state["rules"]) != self.rules:
             logger.warning("resuming run %s with different alert rules than its checkpoint", self.run_id)
         self.snapshotter.load_state_dict(state)
@@ -515,7 +543,28 @@ class Monitor:
             load(controller_state)
 
     def close(self) -> None:
-        """Remove hooks, write the decisions still held, close files."""
+        """Write what was recorded, remove hooks, write the decisions still held, close files.
+
+        Steps ended after the last snapshot are in no snapshot: their events
+        are drained and written (in one process: under torch.distributed the
+        drain is a collective, which close() does not make), and a WARNING
+        gives their number and range, with the forwards recorded after the
+        last ``step()`` (they belong to no step). Call :meth:`snapshot` at the
+        last step to have every step in a snapshot.
+        """
+        if self.capture is not None:
+            if self._collective is None:
+                self._write_events(self.capture.drain())
+            unsnapshotted = self.capture.unsnapshotted_report()
+            if unsnapshotted:
+                written = self.writer is not None and self._collective is None and self.config.write_events
+                logger.warning(
+                    "run %s closing: %s%s. Call monitor.snapshot(step) at the last step to have every step in a "
+                    "snapshot",
+                    self.run_id,
+                    unsnapshotted,
+                    "; their events are written to routing_events.jsonl" if written else "",
+                )
         self.detach()
         self._write_decisions()
         if self.writer is not None:

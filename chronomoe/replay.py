@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .alerts import AlertBank, AlertRules, AlertState, AlertTransition
-from .errors import InvalidInputError
+from .errors import CorruptRecordError, InvalidInputError
 from .events import MODES, RoutingEvent
 from .io import MANIFEST_FILE, load_manifest
 from .io.run_reader import RunReader, open_run
@@ -70,14 +70,21 @@ def recorded_rules(run_dir: str | os.PathLike[str]) -> AlertRules | None:
         raise InvalidInputError(f"{path}:rules", rules, str(error).splitlines()[0]) from None
 
 
-def iter_snapshots(run_dir: str | os.PathLike[str], mode: str | None = None) -> Iterator[SystemSnapshot]:
+def iter_snapshots(
+    run_dir: str | os.PathLike[str],
+    mode: str | None = None,
+    on_corrupt: Callable[[CorruptRecordError], None] | None = None,
+) -> Iterator[SystemSnapshot]:
     """Stream the recorded snapshots (of ``mode`` only, when given), whatever the run's storage.
 
-    Raises :class:`~chronomoe.errors.InvalidInputError` when the run has no snapshots.
+    A corrupt record raises :class:`~chronomoe.errors.CorruptRecordError`, or
+    (JSONL) is handed to ``on_corrupt`` and skipped (see
+    :meth:`~chronomoe.io.run_reader.RunReader.snapshots`). Raises
+    :class:`~chronomoe.errors.InvalidInputError` when the run has no snapshots.
     """
     run = open_run(run_dir)
     run.require("snapshots")
-    return run.snapshots(mode)
+    return run.snapshots(mode, on_corrupt=on_corrupt)
 
 
 Emit = Callable[[SystemSnapshot], None]

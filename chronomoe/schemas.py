@@ -148,7 +148,9 @@ class FileCheck:
     ``errors`` lists the first :data:`MAX_REPORTED_ERRORS` invalid lines;
     ``error_count`` counts them all. ``torn_line`` is the line number of a
     last line without its newline (a crash mid-write): loaders skip it, so it
-    is reported but is not an error.
+    is reported but is not an error. ``out_of_order`` counts the records
+    (errors too) whose step repeats or precedes an earlier one of their
+    sequence (:data:`STEP_SEQUENCES`).
     """
 
     path: Path
@@ -158,6 +160,7 @@ class FileCheck:
     errors: list[LineError] = field(default_factory=list)
     torn_line: int | None = None
     note: str | None = None  # what else a reader should know: a Parquet part still growing, or torn
+    out_of_order: int = 0
 
     def add_error(self, line: int, message: str) -> None:
         self.error_count += 1
@@ -167,18 +170,42 @@ class FileCheck:
 
 @dataclass
 class RunCheck:
-    """Validation result of a run folder: one :class:`FileCheck` per file present."""
+    """Validation result of a run folder: one :class:`FileCheck` per file present, and what the folder lacks.
+
+    ``notes`` say which readers a missing file leaves without input; a folder
+    without any record (a manifest alone) is invalid: there is nothing to read.
+    """
 
     run_dir: Path
     files: list[FileCheck]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def records(self) -> int:
+        """Records of the JSONL files (the manifest is no record)."""
+        return sum(check.records for check in self.files if check.record_type in RECORD_MODELS)
 
     @property
     def error_count(self) -> int:
-        return sum(check.error_count for check in self.files)
+        return sum(check.error_count for check in self.files) + (0 if self.records else 1)
 
     @property
     def ok(self) -> bool:
         return self.error_count == 0
+
+    def verdict(self) -> str:
+        """The last line ``chronomoe validate`` prints: ``valid``, or why not."""
+        if not self.records:
+            return "invalid: nothing recorded (no routing event, snapshot, transition or decision)"
+        if self.ok:
+            return "valid"
+        out_of_order = sum(check.out_of_order for check in self.files)
+        counts = {
+            "fail their schema or model": self.error_count - out_of_order,
+            "repeat or precede an earlier step of their sequence": out_of_order,
+        }
+        reasons = ", ".join(f"{count} {reason}" for reason, count in counts.items() if count)
+        return f"invalid: {self.error_count} records: {reasons}"
 
 
 def validate_run(run_dir: str | os.PathLike[str], progress: Callable[[int], None] | None = None) -> RunCheck:
@@ -222,13 +249,19 @@ def validate_run(run_dir: str | os.PathLike[str], progress: Callable[[int], None
         raise InvalidInputError(
             "RUN_DIR", str(run_dir), f"holds no telemetry ({', '.join([*RUN_FILES, MANIFEST_FILE])})"
         )
-    return RunCheck(run_dir, checks)
+    notes = [
+        f"no {name}: {readers} have nothing to read"
+        for name, readers in ((SNAPSHOTS_FILE, "summary and report"), (EVENTS_FILE, "replay"))
+        if not (run_dir / name).is_file()
+    ]
+    return RunCheck(run_dir, checks, notes)
 
 
 def _check_jsonl(path: Path, record_type: str, progress: Callable[[int], None] | None) -> FileCheck:
     check = FileCheck(path, record_type)
     validator = schema_validator(record_type)
     model = RECORD_MODELS[record_type]
+    order = _StepOrder(STEP_SEQUENCES[record_type])
     for line_number, line in numbered_lines(path):
         if progress is not None:
             progress(len(line))
@@ -238,18 +271,59 @@ def _check_jsonl(path: Path, record_type: str, progress: Callable[[int], None] |
         if not line.strip():
             continue
         check.records += 1
-        problem = _record_problem(line, validator, model)
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            check.add_error(line_number, f"not JSON: {error}")
+            continue
+        problem = _record_problem(value, validator, model)
+        if problem is None:
+            problem = order.problem(line_number, value)
+            check.out_of_order += problem is not None
         if problem is not None:
             check.add_error(line_number, problem)
     return check
 
 
-def _record_problem(line: bytes, validator: Any, model: type[BaseModel]) -> str | None:
-    """Why one line is not a valid record (``None`` when it is)."""
-    try:
-        value = orjson.loads(line)
-    except orjson.JSONDecodeError as error:
-        return f"not JSON: {error}"
+STEP_SEQUENCES: dict[str, tuple[tuple[str, ...], bool]] = {
+    "RoutingEvent": (("mode", "layer_id"), True),
+    "SystemSnapshot": (("mode",), True),
+    "AlertTransition": (("mode", "layer_id"), True),
+    "ControlDecision": (("mode",), False),
+}
+"""Per record type: the fields whose values name a sequence of records, and whether each step of a sequence
+is recorded once (strictly increasing steps) or may hold several records (non-decreasing). One recording
+writes every sequence in this order; readers (replay, summary) rely on it."""
+
+
+class _StepOrder:
+    """Checks that the records of each sequence of a file come in step order (see :data:`STEP_SEQUENCES`).
+
+    Each record is compared with the highest step its sequence reached so
+    far, so every record of a second recording of some steps is counted, not
+    only the first.
+    """
+
+    def __init__(self, sequence: tuple[tuple[str, ...], bool]) -> None:
+        self.keys, self.strict = sequence
+        self.highest: dict[tuple[Any, ...], tuple[int, int]] = {}  # sequence -> (highest step, its line)
+
+    def problem(self, line_number: int, record: dict[str, Any]) -> str | None:
+        """Why a valid record is out of order (``None`` when it is in order)."""
+        sequence = tuple(record.get(key, "TRAIN" if key == "mode" else None) for key in self.keys)
+        step, highest = record["step"], self.highest.get(sequence)
+        if highest is None or step > highest[0] or (step == highest[0] and not self.strict):
+            self.highest[sequence] = (step, line_number)
+            return None
+        named = " ".join(f"{key}={value}" for key, value in zip(self.keys, sequence, strict=True))
+        return (
+            f"step {step} ({named}) is not after step {highest[0]} (line {highest[1]}): the file holds more than "
+            "one recording of these steps (a reused run id?)"
+        )
+
+
+def _record_problem(value: Any, validator: Any, model: type[BaseModel]) -> str | None:
+    """Why one parsed line is not a valid record (``None`` when it is)."""
     from jsonschema.exceptions import best_match
 
     schema_error = best_match(validator.iter_errors(value))
@@ -273,7 +347,7 @@ def _check_manifest(path: Path) -> FileCheck:
     if not isinstance(manifest, dict):
         check.add_error(1, f"must be a JSON object, got {type(manifest).__name__}")
     elif "rules" in manifest:
-        problem = _record_problem(orjson.dumps(manifest["rules"]), schema_validator("AlertRules"), AlertRules)
+        problem = _record_problem(manifest["rules"], schema_validator("AlertRules"), AlertRules)
         if problem is not None:
             check.add_error(1, f"rules: {problem}")
     return check

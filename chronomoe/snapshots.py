@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from .alerts import AlertBank, AlertRules, AlertState, AlertTransition
+from .alerts.history import alert_history_of, load_alert_history
 from .errors import InvalidInputError
 from .events import CountsArray, FloatArray, Integer, Mode, Record, RoutingEvent, finite_or_none
 from .metrics import UNDERUSE_RATIO, LayerMetricsBatch, cross_layer_summary, layer_metrics_batch
@@ -166,10 +167,6 @@ class SystemSnapshot(Record):
                 return layer
         raise KeyError(f"layer_id={layer_id} is not in this snapshot")
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (the seed's serialisation method)."""
-        return self.model_dump(mode="json")
-
     @classmethod
     def from_events(
         cls,
@@ -195,7 +192,9 @@ class SystemSnapshot(Record):
                 without events is ``no_data``); default: ``max(layer_id) + 1``.
             alert_history: a plain dict, mutated in place, that carries each
                 layer's alert state and streaks from one call to the next
-                (start with ``{}`` and pass the same dict every time).
+                (start with ``{}`` and pass the same dict every time); the
+                seed's form ``{layer_id: {"pre_collapse_count": n,
+                "collapse_count": m}}`` is read too (see :mod:`chronomoe.alerts.history`).
             rules: alert rules (default: ``specs/default_rules.json``).
             underuse_ratio: fraction of the uniform share below which a live expert is under-used.
             run_id: defaults to the events' run_id.
@@ -274,10 +273,10 @@ class SystemSnapshot(Record):
         """Step the alert machines that ``alert_history`` holds (new layers start nominal) and write them back."""
         bank = AlertBank(rules)
         if alert_history:
-            bank.load_state_dict(alert_history)
+            load_alert_history(bank, alert_history)
         snapshot = build_snapshot(bank, counts, n_experts, layer_ids, **fields)
         if alert_history is not None:
-            alert_history.update(bank.state_dict())
+            alert_history.update(alert_history_of(bank))
         return snapshot
 
 
@@ -439,3 +438,7 @@ def _layer_snapshots(
             )
         )
     return layers
+
+
+# The seed's home of check_immediate_alerts (at the end: that module imports this one).
+from .immediate_alerts import check_immediate_alerts as check_immediate_alerts  # noqa: E402

@@ -1,15 +1,18 @@
 """The monitor's bus topics, as data: each topic's payload type and the fields handlers may filter on.
 
-==============  ==============================================  ============================================
-topic           payload                                         filters (accepted values)
-==============  ==============================================  ============================================
-``transition``  :class:`~chronomoe.alerts.AlertTransition`      ``layer_id`` (int >= 0), ``source`` and
-                                                                ``dest`` (alert states), ``mode`` (modes)
-``snapshot``    :class:`~chronomoe.snapshots.SystemSnapshot`    ``mode``
-``decision``    :class:`~chronomoe.controller.ControlDecision`  ``layer_id``, ``mode``, ``trigger``
-                                                                (``snapshot``, ``transition``),
-                                                                ``controller`` and ``action`` (any string)
-==============  ==============================================  ============================================
+=================  ======================================================  ========================================
+topic              payload                                                 filters (accepted values)
+=================  ======================================================  ========================================
+``transition``     :class:`~chronomoe.alerts.AlertTransition`              ``layer_id`` (int >= 0), ``source`` and
+                                                                           ``dest`` (alert states), ``mode``
+``snapshot``       :class:`~chronomoe.snapshots.SystemSnapshot`            ``mode``
+``decision``       :class:`~chronomoe.controller.ControlDecision`          ``layer_id``, ``mode``, ``trigger``
+                                                                           (``snapshot``, ``transition``),
+                                                                           ``controller`` and ``action`` (strings)
+``expert_health``  :class:`~chronomoe.expert_health.ExpertHealthRecord`    none (published by an
+                                                                           ``ExpertHealthTracker`` that follows
+                                                                           the monitor)
+=================  ======================================================  ========================================
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from chronomoe.controller import ControlDecision
 from .alerts import AlertState, AlertTransition
 from .bus import EventBus, Topic
 from .events import MODES
+from .expert_health import ExpertHealthRecord
 from .snapshots import SystemSnapshot
 
 
@@ -70,7 +74,8 @@ DECISION = Topic(
         "action": _text,
     },
 )
-MONITOR_TOPICS = (TRANSITION, SNAPSHOT, DECISION)
+EXPERT_HEALTH = Topic("expert_health", ExpertHealthRecord, {})
+MONITOR_TOPICS = (TRANSITION, SNAPSHOT, DECISION, EXPERT_HEALTH)
 """The topics of a :class:`~chronomoe.Monitor`'s bus, in this order."""
 
 

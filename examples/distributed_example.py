@@ -10,7 +10,8 @@ the same alert states. From ``--collapse-after`` on, the router of layer 1 is
 pushed onto experts 0 and 1 (an injected routing collapse). A handler that
 runs on rank 0 only asks to stop on COLLAPSE_CONFIRMED; every rank sees
 ``monitor.should_stop`` at the same later snapshot and leaves the loop
-together. Only rank 0 writes the run folder (``--output-dir``/distributed-example).
+together. Only rank 0 writes the run folder: ``--output-dir``/distributed-example,
+or distributed-example-2, -3, ... when an earlier run of the example is there.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def main() -> None:
     optimizer = torch.optim.AdamW(ddp_model.parameters(), lr=3e-3)
 
     # Created after init_process_group: the Monitor reduces over the world group and only rank 0 writes.
-    monitor = Monitor("distributed-example", output_dir=args.output_dir, model_name="TinyMoE")
+    # on_existing_run="new": running the example again records into a new folder instead of refusing.
+    monitor = Monitor("distributed-example", output_dir=args.output_dir, model_name="TinyMoE", on_existing_run="new")
     monitor.attach(ddp_model)
     if rank == 0:  # a rank-specific handler: the stop still reaches every rank at the same step
         monitor.bus.subscribe(
@@ -149,6 +151,8 @@ def main() -> None:
         f"{monitor.last_snapshot.step}, counts digest {hashlib.sha256(counts).hexdigest()[:12]}",
         flush=True,
     )
+    if monitor.run_dir is not None:
+        print(f"rank {rank}: wrote {monitor.run_dir}", flush=True)
     monitor.close()
     dist.destroy_process_group()
 

@@ -136,8 +136,16 @@ def write_continuously(output_dir: str, session: int, mode: str, progress_path: 
         parquet_writer.open_part_for_append = lambda path: SlowShortWriteFile(opener(path))
     storage = "parquet" if mode.startswith("parquet") else "jsonl"
     progress = os.open(progress_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    # Every session appends to the one run folder, after the steps of the sessions before it.
     monitor = Monitor(
-        RUN_ID, output_dir, model_name="crash-writer", rules=RULES, lens=None, controller=None, storage=storage
+        RUN_ID,
+        output_dir,
+        model_name="crash-writer",
+        rules=RULES,
+        lens=None,
+        controller=None,
+        storage=storage,
+        on_existing_run="resume",
     )
     if storage == "parquet":
         monitor.writer.row_groups_per_part = PARQUET_ROW_GROUPS_PER_PART

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from chronomoe import AlertRules, AlertState, AlertTransition, Monitor, SystemSnapshot
 from chronomoe.alerts import AlertBank, AlertMachine
+from chronomoe.alerts.history import alert_history_of
 from chronomoe.alerts.machine import STATE_TABLE
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -438,7 +439,7 @@ def test_monitor_observe_and_from_events_with_alert_history_agree(
         assert [t.model_dump(exclude={"timestamp"}) for t in observed.transitions] == [
             t.model_dump(exclude={"timestamp"}) for t in seed_style.transitions
         ]
-    assert alert_history == monitor.snapshotter.banks["TRAIN"].state_dict()
+    assert alert_history == alert_history_of(monitor.snapshotter.banks["TRAIN"])
 
 
 # -- AlertTransition ------------------------------------------------------------------------------

@@ -569,7 +569,11 @@ def test_a_filtered_handler_is_not_counted_as_delivered():
 
 
 def test_the_monitor_bus_has_the_documented_topics_in_order():
-    assert monitor_bus().topics == ("transition", "snapshot", "decision") == tuple(t.name for t in MONITOR_TOPICS)
+    assert (
+        monitor_bus().topics
+        == ("transition", "snapshot", "decision", "expert_health")
+        == tuple(t.name for t in MONITOR_TOPICS)
+    )
 
 
 def test_decorator_subscribes_and_returns_the_handler_unchanged(rows):

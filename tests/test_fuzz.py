@@ -38,7 +38,9 @@ from chronomoe import (
     load_transitions,
 )
 from chronomoe.cli import main
-from chronomoe.io import fast_events
+from chronomoe.events import MODES
+from chronomoe.io import iter_events
+from chronomoe.io.run_reader import RunCounts, open_run
 from chronomoe.io.serialize import event_line
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -202,9 +204,14 @@ def canonical_record(counts=(5, 0, 2, 1), **changes) -> dict:
     return {key: value for key, value in record.items() if value is not MISSING}
 
 
-def json_line(value) -> bytes:
-    """``value`` as one JSONL line, integers of any size written exactly."""
-    return json.dumps(value).encode() + b"\n"
+def json_line(value, separators: tuple[str, str] = (",", ":")) -> bytes:
+    """``value`` as one JSONL line, integers of any size written exactly; without spaces, as the writer writes."""
+    return json.dumps(value, separators=separators).encode() + b"\n"
+
+
+def canonical_line_with_counts(counts: list[int]) -> bytes:
+    """The writer's line of an event with these counts (beyond int64 too), token_count and active_experts derived."""
+    return json_line(canonical_record(counts))
 
 
 def event_as_read(event: RoutingEvent) -> dict:
@@ -231,19 +238,31 @@ def model_events(lines: list[bytes]) -> list[RoutingEvent | None]:
     return events
 
 
-def assert_loaded_as_the_model_reads(path, lines: list[bytes]) -> None:
-    """``load_events`` of a file of these lines raises CorruptRecordError naming the first line the model rejects,
+def assert_loaded_as_the_model_reads(path, lines: list[bytes], batch_lines: int = 4096) -> None:
+    """``iter_events`` of a file of these lines raises CorruptRecordError naming the first line the model rejects,
     if any; of a file of the lines the model accepts, gives the model's events (same values, same types); of a
-    file of one line the model rejects, raises CorruptRecordError naming line 1."""
+    file of one line the model rejects, raises CorruptRecordError naming line 1. ``open_run(...).counts()`` agrees.
+    """
+
+    def load_events(path):
+        return list(iter_events(path, batch_lines))
+
     expected = model_events(lines)
     path.write_bytes(b"".join(lines))
     if None in expected:
         with pytest.raises(CorruptRecordError) as raised:
             load_events(path)
         assert (raised.value.path, raised.value.line_number) == (str(path), expected.index(None) + 1)
+        with pytest.raises(CorruptRecordError) as raised:
+            open_run(path.parent, "jsonl").counts()
+        assert (raised.value.path, raised.value.line_number) == (str(path), expected.index(None) + 1)
     accepted = [event for event in expected if event is not None]
     path.write_bytes(b"".join(line for line, event in zip(lines, expected, strict=True) if event is not None))
     assert [event_as_read(event) for event in load_events(path)] == [event_as_read(event) for event in accepted]
+    if any(max(event.step, event.layer_id) >= 2**63 for event in accepted):
+        return  # a counts array indexes steps and layers by int64: such a file has none (OverflowError)
+    for mode in MODES:
+        assert_counts_equal(open_run(path.parent, "jsonl").counts(mode), counts_of(accepted, mode))
     for event in accepted:
         assert_valid_event(event)
     for line in (line for line, event in zip(lines, expected, strict=True) if event is None):
@@ -253,9 +272,28 @@ def assert_loaded_as_the_model_reads(path, lines: list[bytes]) -> None:
         assert raised.value.line_number == 1
 
 
+def counts_of(events: list[RoutingEvent], mode: str) -> RunCounts:
+    """The ``RunCounts`` of these events, built one event at a time (a later event of a step and layer wins)."""
+    events = [event for event in events if event.mode == mode]
+    cells = {(event.step, event.layer_id): event.expert_token_counts for event in events}
+    steps = sorted({step for step, _ in cells})
+    layers = sorted({layer for _, layer in cells})
+    width = max((event.n_experts for event in events), default=0)  # of every event, a replaced one too
+    counts = np.zeros((len(steps), len(layers), width), np.int64)
+    for (step, layer), row in cells.items():
+        counts[steps.index(step), layers.index(layer), : len(row)] = row
+    return RunCounts(np.array(steps, np.int64), np.array(layers, np.int64), counts)
+
+
+def assert_counts_equal(actual: RunCounts, expected: RunCounts) -> None:
+    for name in ("steps", "layer_ids", "counts"):
+        assert np.array_equal(getattr(actual, name), getattr(expected, name)), name
+        assert getattr(actual, name).shape == getattr(expected, name).shape, name
+
+
 FAST_LOADER_CASES = {
     # Lines in the writer's form, then each with one fault, and after it the check of the fast loader
-    # (chronomoe/io/fast_events.py) without which the loader gets that line wrong: a mutation analysis removed
+    # (chronomoe/io/event_lines.py) without which the loader gets that line wrong: a mutation analysis removed
     # each check in turn. Lines without a check named document what the model alone decides.
     "the writer's line": canonical_record(),
     "every expert active": canonical_record([1, 2, 3, 4]),
@@ -328,12 +366,58 @@ def test_the_fast_event_loader_agrees_with_the_model_on_each_fault_of_a_canonica
     assert_loaded_as_the_model_reads(tmp_path / "routing_events.jsonl", [json_line(record)])
 
 
+WRITERS_LINE = json_line(canonical_record())  # counts [5,0,2,1], active_experts [0,2,3]
+COUNTS, ACTIVE = b'"expert_token_counts":[5,0,2,1]', b'"active_experts":[0,2,3]'
+RAW_FAST_LOADER_CASES = {
+    # Faults in the bytes the fast loader cuts out of a line and parses with numpy (chronomoe/io/event_lines.py),
+    # or that would make it cut the wrong bytes.
+    "a leading zero in a count": WRITERS_LINE.replace(COUNTS, COUNTS.replace(b"[5,0", b"[05,0")),
+    "a count written 00": WRITERS_LINE.replace(COUNTS, COUNTS.replace(b",0,", b",00,")),
+    "a negative zero count": WRITERS_LINE.replace(COUNTS, COUNTS.replace(b",0,", b",-0,")),
+    "a count in exponent form": WRITERS_LINE.replace(COUNTS, COUNTS.replace(b"[5,", b"[5e0,")),
+    "a count with a fraction": WRITERS_LINE.replace(COUNTS, COUNTS.replace(b"[5,", b"[5.0,")),
+    "a 19-digit count beyond int64": canonical_line_with_counts([9223372036854775808, 0, 0, 1]),
+    "a 25-digit count": canonical_line_with_counts([10**24, 0, 0, 1]),
+    "spaces in the counts": WRITERS_LINE.replace(COUNTS, COUNTS.replace(b",", b", ")),
+    "a trailing comma in the counts": WRITERS_LINE.replace(COUNTS, COUNTS.replace(b"1]", b"1,]")),
+    "a leading comma in the counts": WRITERS_LINE.replace(COUNTS, COUNTS.replace(b"[5", b"[,5")),
+    "an empty count": WRITERS_LINE.replace(COUNTS, COUNTS.replace(b"0,2", b"0,,2")),
+    "a nested array in the counts": WRITERS_LINE.replace(COUNTS, COUNTS.replace(b",0,", b",[0],")),
+    "empty counts, n_experts 1": json_line(
+        canonical_record([5], expert_token_counts=[], token_count=0, active_experts=[])
+    ),
+    "spaces in active_experts": WRITERS_LINE.replace(ACTIVE, ACTIVE.replace(b",", b", ")),
+    "a leading zero in active_experts": WRITERS_LINE.replace(ACTIVE, ACTIVE.replace(b",2,", b",02,")),
+    "active_experts before the counts": WRITERS_LINE.replace(COUNTS + b",", b"").replace(
+        ACTIVE, ACTIVE + b"," + COUNTS
+    ),
+    "a space before the key's colon": WRITERS_LINE.replace(COUNTS, COUNTS.replace(b'":', b'" :')),
+    "a space before the line": b" " + WRITERS_LINE,
+    "the counts key twice, the second with other counts": WRITERS_LINE.replace(
+        b',"token_count"', b',"expert_token_counts" :[1,0,0,7],"token_count"'
+    ),
+    "the counts key twice, the second escaped": WRITERS_LINE.replace(
+        b',"token_count"', b',"expert\\u005ftoken_counts":[1,0,0,7],"token_count"'
+    ),
+    "active_experts twice": WRITERS_LINE.replace(b',"token_count"', b',"active_experts":[0],"token_count"'),
+    "the keys in a run_id": json_line(canonical_record(run_id='"expert_token_counts":[1,2],"active_experts":[0]')),
+    "a run_id with an escaped character": json_line(canonical_record(run_id="tab\there")),
+    "the counts key as a value": json_line(canonical_record(run_id="expert_token_counts")),
+}
+
+
+@pytest.mark.parametrize("line", RAW_FAST_LOADER_CASES.values(), ids=RAW_FAST_LOADER_CASES)
+def test_the_fast_event_loader_agrees_with_the_model_on_each_fault_in_a_lines_bytes(tmp_path, line):
+    assert_loaded_as_the_model_reads(tmp_path / "routing_events.jsonl", [line])
+    assert_loaded_as_the_model_reads(tmp_path / "routing_events.jsonl", [WRITERS_LINE, line, WRITERS_LINE])
+
+
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan], ids=["inf", "-inf", "nan"])
 @pytest.mark.parametrize("field", ["timestamp", "loss", "aux_loss"])
 def test_the_fast_event_loader_refuses_non_finite_numbers_itself_whatever_its_json_parser_reads(
     tmp_path, monkeypatch, field, value
 ):
-    monkeypatch.setattr("chronomoe.io.fast_events.orjson.loads", json.loads)  # orjson refuses them, json does not
+    monkeypatch.setattr("chronomoe.io.event_lines.orjson.loads", json.loads)  # orjson refuses them, json does not
     path = tmp_path / "routing_events.jsonl"
     path.write_bytes(json_line(canonical_record(**{field: value})))
     with pytest.raises(CorruptRecordError, match=f"{field} must be finite"):
@@ -404,7 +488,7 @@ def near_canonical_event_lines(draw) -> bytes:
             return json_line(list(record.values()))
         else:
             record[fault] = draw(faults[fault])
-    return json_line(record)
+    return json_line(record, draw(st.sampled_from([(",", ":"), (",", ":"), (", ", ": ")])))  # mostly the writer's
 
 
 any_value_in_one_field = st.builds(
@@ -414,12 +498,10 @@ any_value_in_one_field = st.builds(
 
 @settings(FUZZ, max_examples=500, derandomize=True)
 @given(st.lists(near_canonical_event_lines(), min_size=1, max_size=4) | any_value_in_one_field)
-@pytest.mark.parametrize("rows_bytes", [8, fast_events._ROWS_BYTES], ids=["a-row-per-matrix", "default"])
-def test_the_fast_event_loader_accepts_and_rejects_exactly_what_the_model_does(
-    tmp_path, monkeypatch, rows_bytes, lines
-):
-    monkeypatch.setattr(fast_events, "_ROWS_BYTES", rows_bytes)  # with one row, each canonical line is built alone
-    assert_loaded_as_the_model_reads(tmp_path / "routing_events.jsonl", lines)
+@pytest.mark.parametrize("batch_lines", [1, 4096], ids=["a-line-per-batch", "default"])
+def test_the_fast_event_loader_accepts_and_rejects_exactly_what_the_model_does(tmp_path, batch_lines, lines):
+    # with one line per batch, each line's counts are parsed alone
+    assert_loaded_as_the_model_reads(tmp_path / "routing_events.jsonl", lines, batch_lines)
 
 
 # -- recording ----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,9 +23,11 @@ from chronomoe import (
     load_snapshots,
     load_transitions,
 )
-from chronomoe.io import fast_events
+from chronomoe.io import iter_events
 from chronomoe.io import writer as writer_module
+from chronomoe.io.event_lines import event_batches
 from chronomoe.io.lines import open_for_append
+from chronomoe.io.run_reader import open_run
 from chronomoe.io.serialize import event_line
 
 
@@ -306,7 +309,7 @@ def event_record(counts: list, **changes) -> dict:
 
 
 # Lines of several widths, in the writer's form or not, that the model accepts or rejects; the fast loader
-# copies the counts of canonical lines into one int64 matrix per width, so neighbours must not sway it.
+# parses the counts of a batch's canonical lines of each width together, so neighbours must not sway it.
 MIXED_RECORDS = [
     event_record([3, 0, 5]),
     event_record([1, 2]),
@@ -333,10 +336,13 @@ MIXED_RECORDS = [
 ]
 
 
-@pytest.mark.parametrize("rows_bytes", [8, 48, fast_events._ROWS_BYTES], ids=["one-row", "few-rows", "default"])
-def test_the_fast_event_loader_agrees_with_the_model_on_every_line_of_a_mixed_file(tmp_path, monkeypatch, rows_bytes):
-    monkeypatch.setattr(fast_events, "_ROWS_BYTES", rows_bytes)  # count matrices of that many bytes fill up
-    lines = [json.dumps(record).encode() + b"\n" for record in MIXED_RECORDS]
+@pytest.mark.parametrize("batch_lines", [1, 3, 4096], ids=["one-line", "few-lines", "default"])
+def test_the_fast_event_loader_agrees_with_the_model_on_every_line_of_a_mixed_file(tmp_path, batch_lines):
+    lines = [json.dumps(record, separators=(",", ":")).encode() + b"\n" for record in MIXED_RECORDS]
+
+    def load_events(path):
+        return list(iter_events(path, batch_lines))
+
     expected = []
     for line in lines:
         try:
@@ -383,3 +389,49 @@ def test_a_new_writer_moves_a_torn_tail_aside_and_appends_cleanly(tmp_path, even
     assert (tmp_path / "run" / "routing_events.jsonl.torn").read_bytes() == tail + b"\n"
     assert path.read_bytes().startswith(complete)
     assert load_events(path) == events
+
+
+def test_the_writers_lines_take_the_fast_path_and_their_counts_array_is_that_of_load_events(tmp_path):
+    rng = np.random.default_rng(0)
+    counts = rng.multinomial(4096, rng.dirichlet(np.full(16, 0.3), size=3), size=(5, 3))  # [steps, layers, experts]
+    counts[1, 2] = 0  # a layer that routed nothing
+    events = [
+        RoutingEvent(
+            run_id="run",
+            step=10 * step,
+            mode=mode,
+            layer_id=layer,
+            n_experts=16,
+            top_k=2,
+            expert_token_counts=counts[step, layer] + (mode == "INFER"),
+        )
+        for step in range(5)
+        for layer in range(3)
+        for mode in ("TRAIN", "INFER")
+    ]
+    with TelemetryWriter("run", tmp_path) as writer:
+        writer.write_events_batch(events)
+    path = tmp_path / "run" / "routing_events.jsonl"
+    assert [batch.unaccepted for batch in event_batches(path, 7)] == [[]] * 5  # no line left to full validation
+    loaded = load_events(path)
+    assert loaded == events
+    for mode in ("TRAIN", "INFER"):
+        run_counts = open_run(tmp_path / "run").counts(mode)
+        assert run_counts.steps.tolist() == [0, 10, 20, 30, 40] and run_counts.layer_ids.tolist() == [0, 1, 2]
+        expected = np.zeros((5, 3, 16), np.int64)
+        for event in loaded:
+            if event.mode == mode:
+                expected[event.step // 10, event.layer_id] = event.expert_token_counts
+        assert np.array_equal(run_counts.counts, expected)
+
+
+def test_counts_keep_the_later_line_of_a_step_recorded_twice_whichever_path_read_it(tmp_path):
+    first = RoutingEvent(run_id="run", step=1, layer_id=0, n_experts=2, top_k=1, expert_token_counts=[1, 2])
+    again = first.model_copy(update={"expert_token_counts": np.array([5, 0]), "token_count": 5, "active_experts": (0,)})
+    folder = tmp_path / "run"
+    folder.mkdir()
+    spaced = json.dumps(json.loads(event_line(again))).encode() + b"\n"  # not the writer's form: full validation
+    for lines in ([event_line(first), event_line(again)], [event_line(first), spaced], [spaced, event_line(first)]):
+        (folder / "routing_events.jsonl").write_bytes(b"".join(lines))
+        last = load_events(folder)[-1]
+        assert open_run(folder).counts().counts.tolist() == [[last.expert_token_counts.tolist()]]

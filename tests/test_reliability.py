@@ -242,7 +242,7 @@ def test_sigkill_at_random_moments_loses_at_most_the_batch_in_flight_and_a_new_w
     assert sum(len(state.fragments) for state in states.values()) >= 3, "too few kills landed inside a batch"
 
     final = SessionModel(kills)  # a last writer, closed normally, appends to every file
-    with Monitor("crash", tmp_path, rules=RULES, lens=None, controller=None) as monitor:
+    with Monitor("crash", tmp_path, rules=RULES, lens=None, controller=None, on_existing_run="resume") as monitor:
         for window in range(2):
             monitor.observe(window_events(kills, window), window_step(kills, window))
     for name, batch in final.batches(2):
@@ -276,7 +276,7 @@ def test_validate_reports_a_tail_torn_by_a_kill_and_a_new_writer_continues_on_a_
     assert f"snapshots.jsonl:{torn_at}: torn last line" in out and out.rstrip().endswith("valid")
     assert [s.step for s in load_snapshots(run_dir)] == [window_step(0, w) for w in range(torn_at - 1)]
 
-    with Monitor("crash", tmp_path, rules=RULES, lens=None, controller=None) as monitor:
+    with Monitor("crash", tmp_path, rules=RULES, lens=None, controller=None, on_existing_run="resume") as monitor:
         resumed = monitor.observe(window_events(1, 0), window_step(1, 0))
     snapshots = load_snapshots(run_dir)
     assert [s.step for s in snapshots] == [*(window_step(0, w) for w in range(torn_at - 1)), resumed.step]
@@ -524,7 +524,7 @@ def test_dropped_records_survive_a_resume_through_the_state_dict(tmp_path, disk)
         record_windows(monitor, range(2))
         state = monitor.state_dict()
     disk.error = None
-    with Monitor("run", tmp_path, rules=RULES, lens=None) as resumed:
+    with Monitor("run", tmp_path, rules=RULES, lens=None, on_existing_run="resume") as resumed:
         resumed.load_state_dict(state)
         [snapshot] = record_windows(resumed, range(2, 3))
     assert snapshot.dropped_records == monitor.dropped_records > 0

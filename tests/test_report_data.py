@@ -97,13 +97,35 @@ def test_a_line_failing_a_fast_check_gets_what_full_validation_says(tmp_path, re
         rows_equal(parse_snapshot_line(bad), expected)
 
 
-def test_a_corrupt_line_before_the_last_stops_the_report_naming_file_and_line(tmp_path):
+def test_a_corrupt_snapshot_line_is_skipped_and_named_in_the_runs_warnings(tmp_path):
     run_dir = record(tmp_path, [[BALANCED]] * 3)
     path = run_dir / "snapshots.jsonl"
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(lines[0] + b'{"step": "x"}\n' + lines[2])
-    with pytest.raises(CorruptRecordError, match=r"snapshots\.jsonl:2"):
+    run = load_run(run_dir)
+    assert run.n_snapshots == 2 and [error.line_number for error in run.corrupt_lines] == [2]
+    assert "1 corrupt line(s) skipped (first: line 2" in run.warnings[0]
+
+
+def test_a_corrupt_decision_line_stops_the_report_naming_file_and_line(tmp_path):
+    run_dir = record(tmp_path, [[BALANCED]] * 3)
+    path = run_dir / "decisions.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + b'{"step": "x"}\n' + b"".join(lines[2:]))
+    with pytest.raises(CorruptRecordError, match=r"decisions\.jsonl:2"):
         load_run(run_dir)
+
+
+def test_steps_recorded_twice_show_their_last_recording_and_are_named_in_the_warnings(tmp_path):
+    run_dir = record(tmp_path, [[BALANCED]] * 3)
+    path = run_dir / "snapshots.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines) + lines[1] + lines[2])  # steps 2 and 3 recorded again
+    run = load_run(run_dir)
+    once = load_run(record(tmp_path / "once", [[BALANCED]] * 3))
+    assert run.steps.tolist() == once.steps.tolist()
+    assert run.superseded_snapshots == 2 and run.superseded_steps == (once.steps[1], once.steps[2])
+    assert "recorded more than once" in run.warnings[0]
 
 
 def test_a_torn_last_line_is_skipped(tmp_path):

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from chronomoe import AlertRules, Monitor
 from chronomoe.controller import PressureController
+from chronomoe.schemas import validate_run
 from chronomoe.toy_model import DemoConfig, DemoMoEModel, make_corpus
 
 CONFIG = DemoConfig(seq_len=16, batch_size=8, hidden_size=32, n_heads=2, n_layers=2, n_experts=4, expert_hidden_size=32)
@@ -76,7 +77,14 @@ def train(
     model = DemoMoEModel(CONFIG)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-2)
     controller = PressureController(mode="continuous", tolerance=0.0, rules=RULES) if controlled else None
-    monitor = Monitor("run", output_dir, rules=RULES, lens=None, controller=controller)
+    monitor = Monitor(
+        "run",
+        output_dir,
+        rules=RULES,
+        lens=None,
+        controller=controller,
+        on_existing_run="resume" if resume else "refuse",
+    )
     monitor.attach(model)
     first_step = 1
     if resume:
@@ -145,6 +153,7 @@ def test_a_run_killed_at_any_step_and_resumed_from_its_checkpoint_alerts_as_if_n
     resumed = [s for s in before_kill if s.step <= checkpoint_step] + after_resume
     assert [published(s) for s in resumed] == [published(s) for s in expected_snapshots]
     assert final_state["banks"] == expected_state["banks"]
+    assert validate_run(folder / "run").ok  # the killed attempt's records after the checkpoint are moved aside
 
 
 @settings(max_examples=3, deadline=None)
@@ -167,3 +176,4 @@ def test_a_controlled_run_killed_and_resumed_makes_exactly_the_decisions_of_an_u
 
     assert without_time(resumed) == without_time(expected_decisions)
     assert final_state["controller"] == expected_state["controller"]
+    assert validate_run(folder / "run").ok

@@ -1,25 +1,10 @@
 """Find a model's MoE layers and hook their dispatch into a ``record`` function.
 
-Conventions found automatically (every match is hooked):
-
-* **Experts call** (transformers 5.x MoE families: Mixtral, OLMoE, Qwen2/3-MoE,
-  DeepSeek-V3, GPT-OSS and 60+ more): a module whose ``forward`` takes
-  ``(hidden_states, <routing>, <weights>)`` with ``<routing>`` named one of
-  :data:`ROUTING_PARAMETERS`, and that has an integer expert count (the first
-  of :data:`EXPERT_COUNT_ATTRIBUTES` it has). A forward pre-hook records the
-  routing argument, i.e. the dispatch the experts actually receive:
-  ``top_k_index`` / ``router_indices`` are expert ids ``[tokens, top_k]``;
-  ``selected_experts`` (Switch Transformers) is a one-hot dispatch mask
-  ``[..., n_experts]`` after capacity drops, recorded as its per-expert sums.
-  Shared experts (Qwen2-MoE, DeepSeek-V3) are plain MLPs called with the
-  hidden states only, so they never match and are not counted as routed.
-* **nanoMoE router**: a module whose class name ends in ``Router`` and that has
-  an integer ``n_exp`` attribute; its forward returns ``(used_capacity, ...)``
-  with ``used_capacity`` a ``[n_exp]`` tensor of tokens kept per expert after
-  capacity drops. A forward hook records those counts.
-
-Any other model: ``attach(model, record, modules=..., extractor=...)`` (see
-:func:`attach`). A model where nothing matches raises
+The built-in conventions (transformers 5.x experts calls, Megatron-Core
+experts counts, torchtitan routers, nanoMoE routers) are listed, with what
+each records, in :mod:`chronomoe.capture.conventions`; every module that
+follows one is hooked. Any other model: ``attach(model, record, modules=...,
+extractor=...)`` (see :func:`attach`). A model where nothing matches raises
 :class:`~chronomoe.errors.InvalidInputError` saying what was looked for.
 
 Hooks are sync-free: they read only host metadata (argument names, shapes,
@@ -38,7 +23,6 @@ never calls the experts module: its layers stay ``no_data``.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -49,27 +33,9 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError
+from .conventions import EXPERT_COUNT_ATTRIBUTES, LOOKED_FOR, detect, install_hook, int_attribute, top_k_of
 
 logger = logging.getLogger(__name__)
-
-#: Routing argument names of experts modules (second forward parameter) -> what the tensor holds.
-ROUTING_PARAMETERS: dict[str, str] = {
-    "top_k_index": "indices",
-    "router_indices": "indices",
-    "selected_experts": "dispatch_mask",
-}
-#: Attributes read, in order, for a module's number of routed experts.
-EXPERT_COUNT_ATTRIBUTES = (
-    "num_experts",
-    "total_experts",
-    "num_local_experts",
-    "n_routed_experts",
-    "moe_num_experts",
-    "n_experts",
-    "n_exp",
-)
-#: Attributes read, in order, for experts per token (on the module, then on its ``config``).
-TOP_K_ATTRIBUTES = ("top_k", "num_experts_per_tok")
 
 #: ``extractor(module, args, kwargs, output)`` returns ``{"indices": tensor}``, ``{"counts": tensor}`` or None.
 Extractor = Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], "Mapping[str, torch.Tensor] | None"]
@@ -86,17 +52,6 @@ class RecordFunction(Protocol):
         counts: torch.Tensor | None = None,
         mode: str = "TRAIN",
     ) -> None: ...
-
-
-_LOOKED_FOR = (
-    "experts modules whose forward takes (hidden_states, <one of "
-    + ", ".join(ROUTING_PARAMETERS)
-    + ">, <weights>) and that have an expert count ("
-    + ", ".join(EXPERT_COUNT_ATTRIBUTES)
-    + "), as in transformers 5.x MoE models; nanoMoE-style routers (class name ending in 'Router', "
-    "an integer n_exp attribute, forward returning (used_capacity, ...)). For another model pass "
-    "modules={path: n_experts} and extractor=callable(module, args, kwargs, output) -> {'indices': t} or {'counts': t}"
-)
 
 
 @dataclass(frozen=True)
@@ -125,7 +80,9 @@ class AttachedLayer:
         path: the module's name in ``model.named_modules()``.
         n_experts: routed experts.
         top_k: experts per token as configured (recorded ``indices`` update it from their last dim).
-        convention: what is recorded: ``"experts-call:<parameter>"``, ``"nanomoe-used-capacity"`` or ``"extractor"``.
+        convention: how it is recorded: a convention of :mod:`~chronomoe.capture.conventions`
+            (``"experts-call:<parameter>"``, ``"experts-counts"``, ``"torchtitan-router"``,
+            ``"nanomoe-used-capacity"``) or ``"extractor"``.
     """
 
     layer_id: int
@@ -199,9 +156,9 @@ def attach(
             raise InvalidInputError(
                 "modules", None, "extractor= needs modules=: the modules it reads and their n_experts"
             )
-        found = [match for match in (_detect(path, named) for path in named) if match is not None]
+        found = [match for match in (detect(path, named) for path in named) if match is not None]
         if not found:
-            raise InvalidInputError("model", type(model).__name__, f"no MoE layer found; looked for {_LOOKED_FOR}")
+            raise InvalidInputError("model", type(model).__name__, f"no MoE layer found; looked for {LOOKED_FOR}")
     else:
         found = [_from_spec(spec, named, extractor) for spec in _specs(modules)]
     layers = _assign_layer_ids(found)
@@ -213,66 +170,14 @@ def attach(
         if layer.convention == "extractor":
             assert extractor is not None  # the extractor convention is only given with one
             handle = module.register_forward_hook(_extractor_hook(record, layer, extractor), with_kwargs=True)
-        elif layer.convention == "nanomoe-used-capacity":
-            handle = module.register_forward_hook(_used_capacity_hook(record, layer))
         else:
-            handle = module.register_forward_pre_hook(_experts_call_hook(record, layer, module), with_kwargs=True)
+            handle = install_hook(record, layer, module, _parent(layer.path, named), device)
         attachment._handles.append(handle)
     logger.info("attached to %d MoE layers: %s", len(layers), [(layer.layer_id, layer.path) for layer in layers])
     return attachment
 
 
-# -- detection -----------------------------------------------------------------------
-# Detection yields (spec, convention): a LayerSpec with n_experts and top_k filled in.
-def _detect(path: str, named: Mapping[str, nn.Module]) -> tuple[LayerSpec, str] | None:
-    """The built-in convention the module at ``path`` follows, or None."""
-    module = named[path]
-    parameter = _routing_parameter(module)
-    n_experts = _int_attribute(module, EXPERT_COUNT_ATTRIBUTES)
-    if parameter is not None and n_experts is not None:
-        return LayerSpec(path, n_experts, top_k=_top_k(module, _parent(path, named))), f"experts-call:{parameter}"
-    n_exp = _int_attribute(module, ("n_exp",))
-    if n_exp is not None and type(module).__name__.endswith("Router"):
-        return LayerSpec(path, n_exp, top_k=_top_k(module)), "nanomoe-used-capacity"
-    return None
-
-
-def _routing_parameter(module: nn.Module) -> str | None:
-    """Name of ``forward``'s second positional parameter if it is a known routing argument."""
-    try:
-        parameters = list(inspect.signature(module.forward).parameters.values())
-    except (TypeError, ValueError):
-        return None
-    positional = [
-        p for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
-    if len(positional) >= 2 and positional[1].name in ROUTING_PARAMETERS:
-        return positional[1].name
-    return None
-
-
-def _int_attribute(owner: Any, names: Sequence[str]) -> int | None:
-    for name in names:
-        value = getattr(owner, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
-def _top_k(*owners: nn.Module | None) -> int:
-    """Experts per token: the first of TOP_K_ATTRIBUTES on each owner or its ``config``, else 1."""
-    for owner in owners:
-        for holder in (owner, getattr(owner, "config", None)):
-            top_k = _int_attribute(holder, TOP_K_ATTRIBUTES)
-            if top_k is not None:
-                return top_k
-    return 1
-
-
-def _parent(path: str, named: Mapping[str, nn.Module]) -> nn.Module | None:
-    return named.get(path.rpartition(".")[0]) if path else None
-
-
+# -- specs ------------------------------------------------------------------------------
 def _specs(modules: Sequence[LayerSpec] | Mapping[str, int]) -> list[LayerSpec]:
     if isinstance(modules, Mapping):
         return [LayerSpec(path, n_experts) for path, n_experts in modules.items()]
@@ -290,19 +195,19 @@ def _from_spec(spec: LayerSpec, named: Mapping[str, nn.Module], extractor: Extra
     if module is None:
         raise InvalidInputError("modules.path", spec.path, "is not a module of the model (see model.named_modules())")
     if extractor is not None:
-        n_experts = spec.n_experts or _int_attribute(module, EXPERT_COUNT_ATTRIBUTES)
+        n_experts = spec.n_experts or int_attribute(module, EXPERT_COUNT_ATTRIBUTES)
         if n_experts is None:
             raise InvalidInputError(
                 f"modules[{spec.path!r}].n_experts",
                 spec.n_experts,
                 "required: the module has no expert-count attribute",
             )
-        top_k = spec.top_k or _top_k(module, _parent(spec.path, named))
+        top_k = spec.top_k or top_k_of(module, _parent(spec.path, named))
         return LayerSpec(spec.path, n_experts, spec.layer_id, top_k), "extractor"
-    detected = _detect(spec.path, named)
+    detected = detect(spec.path, named)
     if detected is None:
         raise InvalidInputError(
-            "modules.path", spec.path, f"matches no built-in convention; pass extractor=. Looked for {_LOOKED_FOR}"
+            "modules.path", spec.path, f"matches no built-in convention; pass extractor=. Looked for {LOOKED_FOR}"
         )
     found, convention = detected
     return LayerSpec(spec.path, spec.n_experts or found.n_experts, spec.layer_id, spec.top_k or found.top_k), convention
@@ -324,6 +229,10 @@ def _assign_layer_ids(found: Sequence[tuple[LayerSpec, str]]) -> list[AttachedLa
     return layers
 
 
+def _parent(path: str, named: Mapping[str, nn.Module]) -> nn.Module | None:
+    return named.get(path.rpartition(".")[0]) if path else None
+
+
 def _first_integer(path: str) -> int | None:
     hit = re.search(r"(?:^|\.)(\d+)(?:\.|$)", path)
     return int(hit.group(1)) if hit else None
@@ -336,52 +245,8 @@ def _device_of(modules: Sequence[nn.Module], model: nn.Module) -> torch.device:
     return torch.device("cpu") if first is None else first.device
 
 
-# -- hooks -------------------------------------------------------------------------------
-# Each hook reads only host metadata and passes tensors on; the recorder itself
-# skips forwards that activation checkpointing re-runs inside backward.
-def _mode(module: nn.Module) -> str:
-    return "TRAIN" if module.training else "INFER"
-
-
-def _experts_call_hook(
-    record: RecordFunction, layer: AttachedLayer, experts: nn.Module
-) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]:
-    name = layer.convention.split(":", 1)[1]
-    kind = ROUTING_PARAMETERS[name]
-    position = list(inspect.signature(experts.forward).parameters).index(name)
-
-    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        routing = kwargs[name] if name in kwargs else args[position] if len(args) > position else None
-        if not isinstance(routing, torch.Tensor):
-            raise InvalidInputError(
-                f"{layer.path}.forward({name})", type(routing).__name__, "expected the routing tensor"
-            )
-        if kind == "indices":
-            record(layer.layer_id, indices=routing, mode=_mode(module))
-        else:
-            counts = routing.reshape(-1, layer.n_experts).sum(dim=0)
-            record(layer.layer_id, counts=counts, mode=_mode(module))
-
-    return hook
-
-
-def _used_capacity_hook(
-    record: RecordFunction, layer: AttachedLayer
-) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
-    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        used_capacity = output[0] if isinstance(output, (tuple, list)) and output else None
-        if not isinstance(used_capacity, torch.Tensor) or tuple(used_capacity.shape) != (layer.n_experts,):
-            raise InvalidInputError(
-                f"{layer.path}.forward()[0]",
-                tuple(getattr(used_capacity, "shape", ())),
-                f"nanoMoE convention expects used_capacity of shape ({layer.n_experts},); "
-                "pass extractor= for this router",
-            )
-        record(layer.layer_id, counts=used_capacity, mode=_mode(module))
-
-    return hook
-
-
+# -- the extractor hook ----------------------------------------------------------------
+# The recorder itself skips forwards that activation checkpointing re-runs inside backward.
 def _extractor_hook(
     record: RecordFunction, layer: AttachedLayer, extractor: Extractor
 ) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], None]:
@@ -393,6 +258,6 @@ def _extractor_hook(
             raise InvalidInputError(
                 f"extractor({layer.path})", dispatch, "must return {'indices': tensor}, {'counts': tensor} or None"
             )
-        record(layer.layer_id, **dispatch, mode=_mode(module))
+        record(layer.layer_id, **dispatch, mode="TRAIN" if module.training else "INFER")
 
     return hook

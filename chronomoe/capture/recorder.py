@@ -204,6 +204,10 @@ class RoutingRecorder:
             row[:n_experts].add_(counts if gate is None else counts * gate)
         row[self.width + 1].add_(1 if gate is None else gate)
 
+    def forwards_since_last_step(self) -> int:
+        """``record()`` calls since the last :meth:`end_step`, over every mode and layer (a sync)."""
+        return int(self._current[..., self.width + 1].sum().item())
+
     def end_step(self, step: int) -> StagedSteps | None:
         """Close step ``step``: stage its counts (sync-free). Returns a drained chunk when the ring was full."""
         slot = len(self._steps)

@@ -111,6 +111,7 @@ class CaptureSession:
         self._reduce_factory = reduce_factory
         self.recorder: RoutingRecorder | None = None
         self._window = Window.empty(len(layout.n_experts), max(layout.n_experts))
+        self._window_steps: tuple[int, int, int] | None = None  # (first, last, count) ended since take_window()
         if device is not None:
             self._make_recorder(device)
 
@@ -162,6 +163,8 @@ class CaptureSession:
         """Stage step ``step`` (sync-free); when that fills the ring, drain it: the drained steps' events."""
         if self.recorder is None:
             return []
+        first, _, count = self._window_steps or (step, step, 0)
+        self._window_steps = (first, step, count + 1)
         chunk = self.recorder.end_step(step)
         return [] if chunk is None else self._fold(chunk)
 
@@ -178,7 +181,21 @@ class CaptureSession:
         """The window since the last snapshot; the next one starts empty."""
         window = self._window
         self._window = Window.empty(window.calls.shape[1], window.counts.shape[2])
+        self._window_steps = None
         return window
+
+    def unsnapshotted_report(self) -> str | None:
+        """What a window left untaken holds, for closing: the steps ended since the last
+        :meth:`take_window` and the forwards recorded since the last ``end_step`` (a sync); ``None`` when
+        nothing."""
+        stray = 0 if self.recorder is None else self.recorder.forwards_since_last_step()
+        parts = []
+        if self._window_steps is not None:
+            first, last, count = self._window_steps
+            parts.append(f"{count} steps ({first}..{last}) ended after the last snapshot are in no snapshot")
+        if stray:
+            parts.append(f"{stray} record() calls after the last step() belong to no step and are not written")
+        return "; ".join(parts) or None
 
     def _fold(self, chunk: StagedSteps) -> list[RoutingEvent]:
         """Add a drained chunk to the window; its events."""

@@ -7,7 +7,12 @@ Each module imports its framework when imported itself, never from here:
 * :mod:`chronomoe.integrations.hf_trainer`: :class:`ChronoMoECallback` for the
   ``transformers`` Trainer (``pip install 'chronomoe[hf]'``);
 * :mod:`chronomoe.integrations.lightning`: :class:`ChronoMoELightningCallback`
-  for Lightning (``pip install 'chronomoe[lightning]'``).
+  for Lightning (``pip install 'chronomoe[lightning]'``);
+* :mod:`chronomoe.integrations.wandb`, :mod:`chronomoe.integrations.mlflow`,
+  :mod:`chronomoe.integrations.trackio`: experiment-tracker sinks
+  (``chronomoe[wandb]``, ``chronomoe[mlflow]``, ``chronomoe[trackio]``) that
+  share their keys and behaviour through :mod:`chronomoe.integrations.trackers`
+  (which needs no tracker package).
 """
 
 from __future__ import annotations

@@ -25,11 +25,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..alerts import AlertState, AlertTransition
+from ..alerts import AlertTransition
 from ..snapshots import SystemSnapshot
-
-STATE_LEVELS = {AlertState.NOMINAL: 0, AlertState.PRE_COLLAPSE: 1, AlertState.COLLAPSE_CONFIRMED: 2}
-"""The number plotted for each alert state."""
+from .trackers import STATE_LEVELS, transition_text
 
 
 class TensorBoardSink:
@@ -71,13 +69,8 @@ class TensorBoardSink:
         self.writer.flush()
 
     def on_transition(self, transition: AlertTransition) -> None:
-        metrics = transition.metrics
         self.writer.add_text(
-            self._tag(transition.mode, "transitions", transition.layer_id),
-            f"step {transition.step}: layer {transition.layer_id} {transition.source.value} -> "
-            f"{transition.dest.value} ({transition.trigger}); Neff={metrics['n_effective']:.2f}/"
-            f"{metrics['n_experts']}, Top2={metrics['top2_share']:.3f}, dead={metrics['dead_expert_count']}",
-            transition.step,
+            self._tag(transition.mode, "transitions", transition.layer_id), transition_text(transition), transition.step
         )
 
     def close(self) -> None:

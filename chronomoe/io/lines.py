@@ -111,9 +111,9 @@ def last_line(path: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES
     limit = check_max_line_bytes(max_line_bytes)
     with open_regular_file(path) as handle:
         descriptor = handle.fileno()
-        end = _line_start(descriptor, os.fstat(descriptor).st_size)  # drops a torn tail
+        end = line_start(descriptor, os.fstat(descriptor).st_size)  # drops a torn tail
         while end > 0:
-            start = _line_start(descriptor, end - 1)
+            start = line_start(descriptor, end - 1)
             if end - start > limit:
                 raise InvalidInputError("path", str(path), f"its last line is longer than max_line_bytes={limit}")
             line = os.pread(descriptor, end - start, start)
@@ -123,7 +123,7 @@ def last_line(path: str | os.PathLike[str], max_line_bytes: int = MAX_LINE_BYTES
     return None
 
 
-def _line_start(descriptor: int, end: int) -> int:
+def line_start(descriptor: int, end: int) -> int:
     """Offset just after the last newline before ``end`` (0 when none), reading backwards in blocks."""
     while end > 0:
         start = max(0, end - _BLOCK)
@@ -161,16 +161,29 @@ def _move_torn_tail_aside(path: Path, descriptor: int) -> None:
     size = os.fstat(descriptor).st_size
     if not size or os.pread(descriptor, 1, size - 1) == b"\n":
         return
-    keep = _line_start(descriptor, size)
-    torn_path = path.with_name(path.name + TORN_SUFFIX)
-    with open(torn_path, "ab", opener=_no_follow_opener) as torn:
-        for offset in range(keep, size, _BLOCK):
-            torn.write(os.pread(descriptor, min(_BLOCK, size - offset), offset))
-        torn.write(b"\n")
-    os.ftruncate(descriptor, keep)
+    keep = line_start(descriptor, size)
+    torn_path = move_tail_aside(path, descriptor, keep, TORN_SUFFIX)
     logger.warning(
         "%s ended in a torn line (%d bytes, a crash mid-write); moved it to %s",
         path,
         size - keep,
         torn_path,
     )
+
+
+def move_tail_aside(path: Path, descriptor: int, keep: int, suffix: str) -> Path:
+    """Append the bytes of ``descriptor``'s file from offset ``keep`` on to ``<path><suffix>`` (ended by a
+    newline if they lack one), then cut the file to ``keep`` bytes; the aside file's path.
+
+    Nothing is lost: the bytes are in the aside file before the file is cut.
+    Copies in blocks, so memory stays flat whatever the tail's length.
+    """
+    size = os.fstat(descriptor).st_size
+    aside_path = path.with_name(path.name + suffix)
+    with open(aside_path, "ab", opener=_no_follow_opener) as aside:
+        for offset in range(keep, size, _BLOCK):
+            aside.write(os.pread(descriptor, min(_BLOCK, size - offset), offset))
+        if size > keep and os.pread(descriptor, 1, size - 1) != b"\n":
+            aside.write(b"\n")
+    os.ftruncate(descriptor, keep)
+    return aside_path

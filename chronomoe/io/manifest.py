@@ -17,6 +17,27 @@ def get_git_commit() -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
+ARCHITECTURE_KEYS = {
+    "n_layers": ("n_layer", "n_layers"),
+    "n_experts_per_layer": ("n_experts_per_layer",),
+    "top_k": ("top_k",),
+    "capacity_factor": ("capacity_factor",),
+}
+"""The seed manifest's ``architecture`` entries and the config keys each is read from (the first present)."""
+
+TRAINING_KEYS = (
+    "aux_loss_weight",
+    "use_aux_loss",
+    "router_z_loss_weight",
+    "use_router_z_loss",
+    "learning_rate",
+    "batch_size",
+    "max_iters",
+    "eval_interval",
+)
+"""The seed manifest's ``training`` entries, each read from the config key of the same name."""
+
+
 def create_run_manifest(
     run_id: str,
     model_name: str,
@@ -24,17 +45,30 @@ def create_run_manifest(
     git_commit: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The manifest dict: run identity, the user's config verbatim, code and library versions.
+    """The manifest dict: run identity, the user's config, code and library versions.
 
-    ``extra`` keys (e.g. ``rules``, ``n_layers``) are added at top level.
+    The seed's keys are kept: ``dataset``, ``seed``, ``architecture``
+    (``n_layers`` from the config's ``n_layer`` or ``n_layers``,
+    ``n_experts_per_layer``, ``top_k``, ``capacity_factor``) and ``training``
+    (:data:`TRAINING_KEYS`), read from ``config``; a key the config lacks is
+    ``None`` (the seed wrote a guessed default, such as seed 42, which a
+    manifest must not claim). ``config`` itself is stored verbatim under
+    ``config``; ``extra`` keys (e.g. ``rules``) are added at top level.
     """
     from .._version import __version__
 
+    config = dict(config or {})
     return {
         "run_id": run_id,
         "model_name": model_name,
         "created_at": time.time(),
-        "config": dict(config or {}),
+        "dataset": config.get("dataset"),
+        "seed": config.get("seed"),
+        "architecture": {
+            name: next((config[key] for key in keys if key in config), None) for name, keys in ARCHITECTURE_KEYS.items()
+        },
+        "training": {name: config.get(name) for name in TRAINING_KEYS},
+        "config": config,
         "git_commit": get_git_commit() if git_commit is None else git_commit,
         "chronomoe_version": __version__,
         "python_version": platform.python_version(),

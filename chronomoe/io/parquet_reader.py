@@ -11,7 +11,7 @@ row group by row group in step order within a session.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from ..snapshots import SystemSnapshot
 from .parquet_parts import PARTIAL_SUFFIX, SEALED_SUFFIX, read_part
 from .parquet_records import events_from_table, records_from_table
 from .parquet_schema import ALERTS_TABLE, DECISIONS_TABLE, EVENTS_TABLE, SNAPSHOTS_TABLE
-from .run_reader import RunCounts, RunReader, Storage, counts_array
+from .run_reader import RunCounts, RunReader, Storage, stack_counts
 
 _COUNT_COLUMNS = ["step", "mode", "layer_id", "expert_token_counts"]
 
@@ -93,7 +93,9 @@ class ParquetRunReader(RunReader):
             rows = group.file.read_row_group(group.index)
             yield from records_from_table(table, rows, str(group.path), group.first_row)
 
-    def snapshots(self, mode: str | None = None) -> Iterator[SystemSnapshot]:
+    def snapshots(
+        self, mode: str | None = None, on_corrupt: Callable[[CorruptRecordError], None] | None = None
+    ) -> Iterator[SystemSnapshot]:
         for group in self._row_groups(SNAPSHOTS_TABLE):
             rows = group.file.read_row_group(group.index)
             if mode is not None:
@@ -134,19 +136,5 @@ class ParquetRunReader(RunReader):
             layers.append(table.column("layer_id").to_numpy()[keep])
             rows.append(matrix[keep])
         if not steps:
-            return counts_array(np.zeros(0, np.int64), np.zeros(0, np.int64), [])
-        return _stack_counts(np.concatenate(steps), np.concatenate(layers), rows)
-
-
-def _stack_counts(steps: np.ndarray, layers: np.ndarray, matrices: list[np.ndarray]) -> RunCounts:
-    """:class:`RunCounts` from row matrices (one width each), scattered with one numpy assignment per matrix."""
-    unique_steps, step_index = np.unique(steps, return_inverse=True)
-    layer_ids, layer_index = np.unique(layers, return_inverse=True)
-    width = max(matrix.shape[1] for matrix in matrices)
-    counts = np.zeros((len(unique_steps), len(layer_ids), width), np.int64)
-    start = 0
-    for matrix in matrices:
-        end = start + len(matrix)
-        counts[step_index[start:end], layer_index[start:end], : matrix.shape[1]] = matrix
-        start = end
-    return RunCounts(unique_steps, layer_ids, counts)
+            return stack_counts(np.zeros(0, np.int64), np.zeros(0, np.int64), [])
+        return stack_counts(np.concatenate(steps), np.concatenate(layers), rows)

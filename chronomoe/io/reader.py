@@ -34,21 +34,32 @@ Record = TypeVar("Record", bound=BaseModel)
 
 
 def iter_records(
-    path: str | os.PathLike[str], parse: Callable[[bytes], Record], *, max_line_bytes: int = MAX_LINE_BYTES
+    path: str | os.PathLike[str],
+    parse: Callable[[bytes], Record],
+    *,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    on_corrupt: Callable[[CorruptRecordError], None] | None = None,
 ) -> Iterator[Record]:
     """Stream records from a JSONL file, one line at a time (memory flat in file length).
 
     A last line without its newline (torn by a crash) is skipped with a
     warning; any other line that fails to parse, or is longer than
     ``max_line_bytes``, raises :class:`~chronomoe.errors.CorruptRecordError`
-    with the file and line number.
+    with the file and line number, or, when ``on_corrupt`` is given, is
+    handed to it as that error and skipped (a line over the size limit still
+    raises: reading on would mean reading it).
     """
     path = Path(path)
     for line_number, line in iter_lines(path, max_line_bytes):
         try:
-            yield parse(line)
+            record = parse(line)
         except PARSE_ERRORS as error:
-            raise CorruptRecordError(str(path), line_number, describe_parse_error(error)) from None
+            corrupt = CorruptRecordError(str(path), line_number, describe_parse_error(error))
+            if on_corrupt is None:
+                raise corrupt from None
+            on_corrupt(corrupt)
+            continue
+        yield record
 
 
 def load_events(path: str | os.PathLike[str], *, max_line_bytes: int = MAX_LINE_BYTES) -> list[RoutingEvent]:

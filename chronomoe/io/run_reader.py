@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -26,10 +26,11 @@ import orjson
 from chronomoe.controller import ControlDecision
 
 from ..alerts import AlertTransition
-from ..errors import InvalidInputError
+from ..errors import CorruptRecordError, InvalidInputError
 from ..events import RoutingEvent
 from ..snapshots import SystemSnapshot
-from .fast_events import iter_events
+from .event_lines import event_batches
+from .fast_events import iter_events, validated_events
 from .lines import last_line
 from .paths import ALERTS_FILE, DECISIONS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE
 from .reader import iter_records, load_manifest
@@ -77,8 +78,14 @@ class RunReader(ABC):
         """Every routing event, in the order written (per rank, then per writing session)."""
 
     @abstractmethod
-    def snapshots(self, mode: str | None = None) -> Iterator[SystemSnapshot]:
-        """The snapshots (of ``mode`` only, when given), in the order written."""
+    def snapshots(
+        self, mode: str | None = None, on_corrupt: Callable[[CorruptRecordError], None] | None = None
+    ) -> Iterator[SystemSnapshot]:
+        """The snapshots (of ``mode`` only, when given), in the order written.
+
+        ``on_corrupt`` (JSONL): a line the model rejects is handed to it and skipped instead of raising (a
+        summary counts them). Parquet rows were validated when written; a rejected row always raises.
+        """
 
     @abstractmethod
     def transitions(self) -> Iterator[AlertTransition]:
@@ -92,15 +99,10 @@ class RunReader(ABC):
     def last_snapshot(self) -> SystemSnapshot | None:
         """The last snapshot written (``None`` when there is none), read without reading the others."""
 
+    @abstractmethod
     def counts(self, mode: str = "TRAIN") -> RunCounts:
-        """The ``mode`` events' counts as one array (see :class:`RunCounts`)."""
-        steps, layers, rows = [], [], []
-        for event in self.events():
-            if event.mode == mode:
-                steps.append(event.step)
-                layers.append(event.layer_id)
-                rows.append(event.expert_token_counts)
-        return counts_array(np.asarray(steps, np.int64), np.asarray(layers, np.int64), rows)
+        """The ``mode`` events' counts as one array (see :class:`RunCounts`), read without making event objects
+        where the storage allows."""
 
     def manifest(self) -> dict[str, Any]:
         """``run_manifest.json`` (``{}`` when the run has none)."""
@@ -117,15 +119,34 @@ class RunReader(ABC):
         """The name of ``table``'s file or folder in this storage."""
 
 
-def counts_array(steps: np.ndarray, layers: np.ndarray, rows: Iterable[np.ndarray]) -> RunCounts:
-    """:class:`RunCounts` of rows given with their steps and layer ids (rows may differ in width)."""
-    rows = list(rows)
+def stack_counts(
+    steps: np.ndarray, layers: np.ndarray, rows: list[np.ndarray], order: np.ndarray | None = None
+) -> RunCounts:
+    """:class:`RunCounts` of count rows given as matrices (one width each, ``rows[k]`` ``[R_k, W_k]``), with their
+    steps and layer ids (``[sum R_k]`` each, in the rows' order), scattered with one numpy assignment per matrix.
+
+    Where a (step, layer) pair is given twice the later row wins: later in ``order`` (``[sum R_k]`` distinct
+    sequence numbers, such as line numbers) when given, else in the order given.
+    """
     unique_steps, step_index = np.unique(steps, return_inverse=True)
     layer_ids, layer_index = np.unique(layers, return_inverse=True)
-    width = max((len(row) for row in rows), default=0)
+    width = max((matrix.shape[1] for matrix in rows if len(matrix)), default=0)  # of the rows given
     counts = np.zeros((len(unique_steps), len(layer_ids), width), np.int64)
-    for row, step, layer in zip(rows, step_index.tolist(), layer_index.tolist(), strict=True):
-        counts[step, layer, : len(row)] = row
+    cells = step_index * len(layer_ids) + layer_index
+    sequence = np.arange(len(cells)) if order is None else np.asarray(order)
+    # the last row (by sequence) of each cell, so that the assignments below never write a cell twice
+    by_cell = np.lexsort((sequence, cells))
+    last = by_cell[np.append(cells[by_cell][1:] != cells[by_cell][:-1], True)] if len(cells) else by_cell
+    wins = np.zeros(len(cells), bool)
+    wins[last] = True
+    flat = counts.reshape(len(unique_steps) * len(layer_ids), width)
+    start = 0
+    for matrix in rows:
+        end = start + len(matrix)
+        if end > start:
+            keep = wins[start:end]
+            flat[cells[start:end][keep], : matrix.shape[1]] = matrix[keep]
+        start = end
     return RunCounts(unique_steps, layer_ids, counts)
 
 
@@ -150,10 +171,39 @@ class JsonlRunReader(RunReader):
     def events(self) -> Iterator[RoutingEvent]:
         return iter_events(self._path("routing_events"))
 
-    def snapshots(self, mode: str | None = None) -> Iterator[SystemSnapshot]:
+    def counts(self, mode: str = "TRAIN") -> RunCounts:
+        """Counts of the lines read on the fast path (:mod:`chronomoe.io.event_lines`) taken from its count
+        matrices, those of the other lines from their validated events: no event objects on the fast path."""
+        path = self._path("routing_events")
+        steps: list[int] = []
+        layers: list[int] = []
+        order: list[np.ndarray] = []
+        rows: list[np.ndarray] = []
+        first_line = 0  # sequence number of the batch's first line
+        for batch in event_batches(path):
+            for matrix in batch.rows:
+                keep = [fields["mode"] == mode for fields in matrix.fields]
+                kept = [fields for fields, kept in zip(matrix.fields, keep, strict=True) if kept]
+                steps += [fields["step"] for fields in kept]
+                layers += [fields["layer_id"] for fields in kept]
+                order.append(first_line + np.asarray(matrix.indices, np.int64)[keep])
+                rows.append(matrix.counts[keep])
+            for index, event in validated_events(path, batch):
+                if event.mode == mode:
+                    steps.append(event.step)
+                    layers.append(event.layer_id)
+                    order.append(np.array([first_line + index], np.int64))
+                    rows.append(event.expert_token_counts[np.newaxis])
+            first_line += len(batch.lines)
+        sequence = np.concatenate(order) if order else np.zeros(0, np.int64)
+        return stack_counts(np.asarray(steps, np.int64), np.asarray(layers, np.int64), rows, sequence)
+
+    def snapshots(
+        self, mode: str | None = None, on_corrupt: Callable[[CorruptRecordError], None] | None = None
+    ) -> Iterator[SystemSnapshot]:
         path = self._path("snapshots")
         if mode is None:
-            return iter_records(path, SystemSnapshot.model_validate_json)
+            return iter_records(path, SystemSnapshot.model_validate_json, on_corrupt=on_corrupt)
 
         def parse_if_mode(line: bytes) -> SystemSnapshot | None:
             record = orjson.loads(line)
@@ -161,7 +211,8 @@ class JsonlRunReader(RunReader):
                 return None  # another mode's line: parsed as JSON, not validated
             return SystemSnapshot.model_validate(record)
 
-        return (snapshot for snapshot in iter_records(path, parse_if_mode) if snapshot is not None)  # type: ignore[type-var]
+        records = iter_records(path, parse_if_mode, on_corrupt=on_corrupt)  # type: ignore[type-var]
+        return (snapshot for snapshot in records if snapshot is not None)
 
     def transitions(self) -> Iterator[AlertTransition]:
         return iter_records(self._path("alerts"), AlertTransition.model_validate_json)

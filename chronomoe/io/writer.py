@@ -170,6 +170,13 @@ class TelemetryWriter:
             raise InvalidInputError("table", table, f"must be one of {', '.join(paths)}")
         return self._append_lines(paths[table], map(record_line, records))
 
+    def append_jsonl(self, file_name: str, records: Iterable[BaseModel]) -> int:
+        """Append records of another kind (``expert_health.jsonl``) to ``file_name`` in the run folder, in one
+        ``write()``, with the same durability and error handling as the run's own files; return how many."""
+        if Path(file_name).name != file_name or file_name in ("", ".", ".."):
+            raise InvalidInputError("file_name", file_name, "must be a file name in the run folder")
+        return self._append_lines(self.run_dir / file_name, map(record_line, records))
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Write ``run_manifest.json`` atomically (temporary file, then rename)."""
         self._manifest = manifest_bytes(manifest)

@@ -25,7 +25,7 @@ from __future__ import annotations
 from .load import load_run
 from .page import report_html
 from .rundata import ControllerSeries, RunColumns, RunData, column_view
-from .summary import LayerSummary, RunSummary, format_summary, summarize_run, summary_rows
+from .summary import LayerSummary, RunSummary, format_summary, summarize_run, summary_rows, summary_warnings
 from .write import write_report
 
 __all__ = [
@@ -40,5 +40,6 @@ __all__ = [
     "report_html",
     "summarize_run",
     "summary_rows",
+    "summary_warnings",
     "write_report",
 ]

@@ -5,14 +5,19 @@ opened with :func:`~chronomoe.io.run_reader.open_run`, so both storages work:
 
 * JSONL: :func:`snapshot_rows` and :func:`decision_rows` read the files
   through the loaders' line reader (:func:`chronomoe.io.lines.iter_lines`: one
-  bounded line at a time, a torn last line skipped with a warning, any other
-  bad line a :class:`~chronomoe.errors.CorruptRecordError` naming file and
-  line) and the report's fast line parsers;
+  bounded line at a time, a torn last line skipped with a warning) and the
+  report's fast line parsers. A corrupt snapshot line is skipped and kept in
+  :attr:`RunData.corrupt_lines` (the command warns and exits 2, as
+  ``summary`` does); a corrupt decision line raises
+  :class:`~chronomoe.errors.CorruptRecordError` naming file and line;
 * Parquet: the reader's validated records, turned into the same rows
   (:func:`~chronomoe.report.rows.row_from_snapshot`, :meth:`DecisionRow.of`).
 
 :class:`RunBuilder` and :class:`DecisionBuilder` turn rows into arrays and
-know nothing of files.
+know nothing of files. Steps recorded more than once (a reused run id, or a
+resume that recorded them again) show their last recording, as in
+``summary``: found in the first pass, they cost a second one that leaves the
+earlier recordings out (:func:`superseded_positions`).
 """
 
 from __future__ import annotations
@@ -64,23 +69,48 @@ def load_run(
 
     Raises :class:`~chronomoe.errors.InvalidInputError` when the folder or its
     snapshots are missing or it holds no snapshot of ``mode``, and
-    :class:`~chronomoe.errors.CorruptRecordError` on a bad record.
+    :class:`~chronomoe.errors.CorruptRecordError` on a bad decision or Parquet
+    record (corrupt snapshot lines are skipped and listed in
+    :attr:`RunData.corrupt_lines`).
     """
     path = require_run_dir(run_dir)
     reader = open_run(path)
     reader.require("snapshots")
     parquet = reader.storage == "parquet"
-    rows: Iterable[SnapshotRow] = (
-        map(row_from_snapshot, reader.snapshots(mode)) if parquet else snapshot_rows(path, progress)
-    )
+    corrupt_lines: list[CorruptRecordError] = []
+
+    def rows_of_mode() -> Iterator[SnapshotRow]:
+        corrupt_lines.clear()
+        rows: Iterable[SnapshotRow] = (
+            map(row_from_snapshot, reader.snapshots(mode))
+            if parquet
+            else snapshot_rows(path, progress, on_corrupt=corrupt_lines.append)
+        )
+        return (row for row in rows if row.mode == mode)
+
     builder = RunBuilder(max_columns)
-    for row in rows:
-        if row.mode == mode:
-            builder.add(row)
+    superseded: set[int] = set()
+    superseded_range: tuple[int, int] | None = None
+    for row in rows_of_mode():
+        if builder.steps and row.step <= builder.steps[-1]:
+            steps = [again.step for again in rows_of_mode()]
+            superseded = superseded_positions(steps)
+            superseded_range = (min(steps[p] for p in superseded), max(steps[p] for p in superseded))
+            builder = RunBuilder(max_columns)
+            for position, kept in enumerate(rows_of_mode()):
+                if position not in superseded:
+                    builder.add(kept)
+            break
+        builder.add(row)
     if not builder.steps:
         raise InvalidInputError("RUN_DIR", str(path), f"holds no {mode} snapshots in {reader.describe('snapshots')}")
     manifest = load_manifest(path) if (path / MANIFEST_FILE).is_file() else {}
-    run = builder.finish(path, mode, recorded_rules(path) or AlertRules.default(), manifest)
+    run = dataclasses.replace(
+        builder.finish(path, mode, recorded_rules(path) or AlertRules.default(), manifest),
+        corrupt_lines=tuple(corrupt_lines),
+        superseded_snapshots=len(superseded),
+        superseded_steps=superseded_range,
+    )
     if not reader.has("decisions"):
         return run
     decision_source: Iterable[DecisionRow] = (
@@ -93,18 +123,43 @@ def load_run(
     return dataclasses.replace(run, controller=decisions.finish())
 
 
-def snapshot_rows(run_dir: Path, progress: Progress | None = None) -> Iterator[SnapshotRow]:
-    """Every snapshot of ``snapshots.jsonl`` as a :class:`~chronomoe.report.rows.SnapshotRow`, in file order."""
+def snapshot_rows(
+    run_dir: Path,
+    progress: Progress | None = None,
+    on_corrupt: Callable[[CorruptRecordError], None] | None = None,
+) -> Iterator[SnapshotRow]:
+    """Every snapshot of ``snapshots.jsonl`` as a :class:`~chronomoe.report.rows.SnapshotRow`, in file order.
+
+    A corrupt line raises :class:`~chronomoe.errors.CorruptRecordError`, or is handed to ``on_corrupt`` and
+    skipped."""
     path = run_dir / SNAPSHOTS_FILE
     if not path.is_file():
         raise InvalidInputError("RUN_DIR", str(run_dir), f"has no {SNAPSHOTS_FILE}")
     for line_number, line in iter_lines(path):
-        try:
-            yield parse_snapshot_line(line)
-        except PARSE_ERRORS as error:
-            raise CorruptRecordError(str(path), line_number, describe_parse_error(error)) from None
         if progress is not None:
             progress(len(line))
+        try:
+            row = parse_snapshot_line(line)
+        except PARSE_ERRORS as error:
+            corrupt = CorruptRecordError(str(path), line_number, describe_parse_error(error))
+            if on_corrupt is None:
+                raise corrupt from None
+            on_corrupt(corrupt)
+            continue
+        yield row
+
+
+def superseded_positions(steps: list[int]) -> set[int]:
+    """The positions in ``steps`` (one mode's snapshot steps, in file order) of the recordings that a later
+    recording of the same steps replaces: a step at or below the last kept one starts a new recording of
+    those steps, which supersedes every kept position from that step on."""
+    kept: list[int] = []
+    superseded: set[int] = set()
+    for position, step in enumerate(steps):
+        while kept and steps[kept[-1]] >= step:
+            superseded.add(kept.pop())
+        kept.append(position)
+    return superseded
 
 
 def decision_rows(run_dir: Path, progress: Progress | None = None) -> Iterator[DecisionRow]:

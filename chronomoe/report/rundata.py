@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from ..alerts import AlertRules, AlertTransition
+from ..errors import CorruptRecordError
 from .columns import column_edges, reduce_columns
+from .summary import record_warnings
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,14 @@ class RunData:
     manifest: dict[str, Any] = field(default_factory=dict)
     dropped_records: int = 0
     controller: ControllerSeries | None = None
+    corrupt_lines: tuple[CorruptRecordError, ...] = ()  # snapshot lines skipped (JSONL)
+    superseded_snapshots: int = 0  # earlier recordings of steps recorded again, left out
+    superseded_steps: tuple[int, int] | None = None  # lowest and highest step recorded more than once
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the report left out of the run's snapshots, one line each (none: [])."""
+        return record_warnings(self.corrupt_lines, self.superseded_steps, self.superseded_snapshots, self.mode)
 
     @property
     def n_snapshots(self) -> int:

@@ -4,17 +4,25 @@
 last metrics, the current alert state and every transition.
 :func:`summary_rows` turns that into text cells (also the HTML page's layer
 table) and :func:`format_summary` into the aligned text ``chronomoe summary``
-prints.
+prints; :func:`summary_warnings` says what in the file could not be taken
+as it stands (corrupt lines, steps recorded more than once).
+
+A snapshot whose step is not above the previous one's was recorded by a
+later recording of those steps (the folder of a reused run id, or of a
+resume that recorded them again): it supersedes the snapshots at and after
+its step, which are left out of the summary and counted.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..alerts import AlertState, AlertTransition
-from ..errors import InvalidInputError
+from ..errors import CorruptRecordError, InvalidInputError
+from ..io import SNAPSHOTS_FILE
 from ..replay import iter_snapshots, require_run_dir
 from ..snapshots import LayerSnapshot, SystemSnapshot
 
@@ -43,6 +51,9 @@ class RunSummary:
     first_step: int
     last_step: int
     layers: list[LayerSummary]
+    corrupt_lines: list[CorruptRecordError] = field(default_factory=list)
+    superseded_snapshots: int = 0
+    superseded_steps: tuple[int, int] | None = None  # lowest and highest step recorded more than once
 
     @property
     def collapsed_layers(self) -> list[int]:
@@ -65,12 +76,17 @@ def summarize_run(run_dir: str | os.PathLike[str], mode: str = "TRAIN") -> RunSu
     """
     run_dir = require_run_dir(run_dir)
     layers: dict[int, LayerSummary] = {}
-    count, first_step = 0, 0
+    steps: list[int] = []
+    superseded: list[int] = []
+    corrupt_lines: list[CorruptRecordError] = []
     last_snapshot: SystemSnapshot | None = None
-    for snapshot in iter_snapshots(run_dir, mode):
-        if last_snapshot is None:
-            first_step = snapshot.step
-        count += 1
+    for snapshot in iter_snapshots(run_dir, mode, on_corrupt=corrupt_lines.append):
+        if steps and steps[-1] >= snapshot.step:  # a later recording of these steps: it supersedes them
+            while steps and steps[-1] >= snapshot.step:
+                superseded.append(steps.pop())
+            for summary in layers.values():
+                summary.transitions = [t for t in summary.transitions if t.step < snapshot.step]
+        steps.append(snapshot.step)
         last_snapshot = snapshot
         for layer in snapshot.layers:
             summary = layers.setdefault(
@@ -88,11 +104,45 @@ def summarize_run(run_dir: str | os.PathLike[str], mode: str = "TRAIN") -> RunSu
         run_id=last_snapshot.run_id,
         model_name=last_snapshot.model_name,
         mode=mode,
-        snapshots=count,
-        first_step=first_step,
+        snapshots=len(steps),
+        first_step=steps[0],
         last_step=last_snapshot.step,
         layers=[layers[layer_id] for layer_id in sorted(layers)],
+        corrupt_lines=corrupt_lines,
+        superseded_snapshots=len(superseded),
+        superseded_steps=(min(superseded), max(superseded)) if superseded else None,
     )
+
+
+def summary_warnings(summary: RunSummary) -> list[str]:
+    """What the summary could not take from ``snapshots.jsonl`` as it stands, one line each (none: [])."""
+    return record_warnings(summary.corrupt_lines, summary.superseded_steps, summary.superseded_snapshots, summary.mode)
+
+
+def record_warnings(
+    corrupt_lines: Sequence[CorruptRecordError],
+    superseded_steps: tuple[int, int] | None,
+    superseded_snapshots: int,
+    mode: str,
+) -> list[str]:
+    """The warnings of a reader of ``snapshots.jsonl`` (summary, report) that skipped ``corrupt_lines`` and left
+    out ``superseded_snapshots`` earlier recordings of the steps ``superseded_steps`` (lowest, highest)."""
+    warnings = []
+    if corrupt_lines:
+        first = corrupt_lines[0]
+        warnings.append(
+            f"{SNAPSHOTS_FILE}: {len(corrupt_lines)} corrupt line(s) skipped (first: line "
+            f"{first.line_number}: {first.reason}); the figures leave those snapshots out. "
+            "`chronomoe validate RUN_DIR` lists them"
+        )
+    if superseded_steps is not None:
+        low, high = superseded_steps
+        warnings.append(
+            f"{SNAPSHOTS_FILE}: steps {low}..{high} are recorded more than once (a reused run id, or a resume that "
+            f"recorded them again); the last recording of each is shown, {superseded_snapshots} earlier "
+            f"{mode} snapshot(s) left out. `chronomoe validate RUN_DIR` lists them"
+        )
+    return warnings
 
 
 def summary_rows(summary: RunSummary) -> list[list[str]]:

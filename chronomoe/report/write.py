@@ -45,6 +45,7 @@ def write_report(
     max_columns: int = DEFAULT_MAX_COLUMNS,
     figures: bool = True,
     progress: Callable[[int], None] | None = None,
+    on_run: Callable[[RunData], None] | None = None,
 ) -> list[Path]:
     """Write ``report.html`` (and, with ``figures``, the PNGs) of one or several runs; return the paths written,
     the page last.
@@ -59,6 +60,7 @@ def write_report(
             several snapshots, as the page says.
         figures: draw the PNGs (needs matplotlib: ``pip install 'chronomoe[report]'``).
         progress: called with the bytes read from the run folders as they are read.
+        on_run: called with each run once read (the command prints its :attr:`RunData.warnings`).
     """
     sources = [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs)
     if not sources:
@@ -67,6 +69,9 @@ def write_report(
     if figures and importlib.util.find_spec("matplotlib") is None:
         raise InvalidInputError("report", "matplotlib", "is not installed: pip install 'chronomoe[report]'")
     runs = [load_run(path, mode, max_columns=max_columns, progress=progress) for path in paths]
+    for run in runs:
+        if on_run is not None:
+            on_run(run)
     output = Path(output_dir) if output_dir is not None else default_output_dir(paths)
     output.mkdir(parents=True, exist_ok=True)
     labels = run_labels(paths)
