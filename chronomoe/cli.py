@@ -1,4 +1,4 @@
-"""The ``chronomoe`` command: demo, summary, replay, report, decisions, validate, export, import, schema.
+"""The ``chronomoe`` command: demo, summary, replay, report, watch, decisions, validate, export, import, schema.
 
 Exit codes: 0 success; 1 the answer is "no" (``summary``: a layer is
 collapse_confirmed; ``validate``: invalid or repeated records, or nothing
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from chronomoe.controller import ControlDecision
 
     from .io import TelemetryWriter
-    from .report import RunSummary
+    from .report import RunData, RunSummary
     from .snapshots import SystemSnapshot
 
 EXIT_OK = 0
@@ -38,9 +38,6 @@ EXIT_ERROR = 2
 EXIT_BROKEN_PIPE = 128 + 13
 """The status of a process ended by SIGPIPE, as shells report it: what ``chronomoe`` returns when the reader of
 its output goes away."""
-
-PROGRESS_MIN_BYTES = 16 * 2**20
-"""Logs at least this large get a progress bar (on a terminal)."""
 
 
 # -- subcommands -----------------------------------------------------------------------------
@@ -82,6 +79,7 @@ def run_replay(args: argparse.Namespace) -> int:
     from .alerts import AlertRules
     from .io import EVENTS_FILE, MANIFEST_FILE, load_manifest
     from .io.run_reader import open_run
+    from .progress import count_lines, progress_bar, show_progress
     from .replay import changed_layers, format_transitions, recorded_rules, replay_run, require_run_dir
 
     run_dir = require_run_dir(args.run_dir)
@@ -115,10 +113,10 @@ def run_replay(args: argparse.Namespace) -> int:
             if writer is not None and decisions:
                 writer.write_decisions(decisions)
 
-    with _progress_bar(run_dir / EVENTS_FILE, count_lines=True, unit="event") as bar:
-        result = replay_run(
-            run_dir, rules, args.window, on_snapshot=on_snapshot, progress=None if bar is None else bar.update
-        )
+    events = run_dir / EVENTS_FILE
+    shown = events.is_file() and show_progress(events.stat().st_size)
+    with progress_bar(count_lines(events) if shown else 0, unit="event", description=EVENTS_FILE, enabled=shown) as bar:
+        result = replay_run(run_dir, rules, args.window, on_snapshot=on_snapshot, progress=bar.update)
     if writer is not None:
         writer.close()
 
@@ -239,24 +237,56 @@ def _replay_writer(out: Path, run_dir: Path, storage: str) -> TelemetryWriter:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from .report import summarize_run, write_report
+    from .progress import progress_bar, show_progress
+    from .replay import require_run_dir
+    from .report import write_report
+    from .report.load import run_bytes
 
+    run_dirs = [require_run_dir(path) for path in args.run_dirs]
     if args.output_dir is not None:
         with _output_option("--output-dir", args.output_dir):
             args.output_dir.mkdir(parents=True, exist_ok=True)
-    for path in write_report(args.run_dir, args.output_dir, args.mode, args.steps):
+    total = sum(run_bytes(path) for path in run_dirs)
+    skipped_corrupt_lines = False
+
+    def warn(run: RunData) -> None:
+        nonlocal skipped_corrupt_lines
+        for warning in run.warnings:
+            print(f"chronomoe: warning: {run.run_dir}: {warning}", file=sys.stderr)
+        skipped_corrupt_lines = skipped_corrupt_lines or bool(run.corrupt_lines)
+
+    with progress_bar(total, unit="B", description="reading", enabled=show_progress(total)) as bar:
+        written = write_report(
+            run_dirs,
+            args.output_dir,
+            args.mode,
+            layers=args.layers,
+            max_columns=args.max_columns,
+            figures=not args.no_figures,
+            progress=bar.update,
+            on_run=warn,
+        )
+    for path in written:
         print(path)
-    return EXIT_ERROR if _warn_about(summarize_run(args.run_dir, args.mode)) else EXIT_OK
+    # What the figures show lacks the skipped snapshots: exit 2, as summary does.
+    return EXIT_ERROR if skipped_corrupt_lines else EXIT_OK
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    from .watch import watch_run
+
+    return watch_run(args.run_dir, mode=args.mode, interval=args.interval, history=args.history, plain=args.plain)
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    from .progress import progress_bar, show_progress
     from .replay import require_run_dir
     from .schemas import RUN_FILES, validate_run
 
     run_dir = require_run_dir(args.run_dir)
     total = sum((run_dir / name).stat().st_size for name in RUN_FILES if (run_dir / name).is_file())
-    with _progress_bar(run_dir, total=total, unit="B") as bar:
-        check = validate_run(run_dir, progress=None if bar is None else bar.update)
+    with progress_bar(total, unit="B", description=run_dir.name, enabled=show_progress(total)) as bar:
+        check = validate_run(run_dir, progress=bar.update)
     for file_check in check.files:
         name = str(file_check.path.relative_to(run_dir))
         status = "ok" if not file_check.error_count else f"{file_check.error_count} invalid"
@@ -276,13 +306,17 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .io.export import export_run
+    from .io.export import count_records, export_run
+    from .progress import progress_bar, show_progress
     from .replay import require_run_dir
 
     run_dir = require_run_dir(args.run_dir)
     out = args.out if args.out is not None else run_dir.with_name(f"{run_dir.name}-{args.to}")
-    with _output_option("--out", out):
-        result = export_run(run_dir, out, args.to)
+    size = sum(path.stat().st_size for path in run_dir.rglob("*") if path.is_file())
+    shown = show_progress(size)
+    total = count_records(run_dir) if shown else 0
+    with _output_option("--out", out), progress_bar(total, unit="record", description="export", enabled=shown) as bar:
+        result = export_run(run_dir, out, args.to, progress=bar.update)
     tables = ", ".join(f"{records} {table}" for table, records in result.records.items())
     print(f"wrote {result.out_dir} ({args.to}): {tables}")
     return EXIT_OK
@@ -299,27 +333,6 @@ def run_schema(args: argparse.Namespace) -> int:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-@contextmanager
-def _progress_bar(path: Path, *, unit: str, total: int | None = None, count_lines: bool = False) -> Iterator[Any]:
-    """A tqdm bar for reading ``path`` (``total`` bytes, default its size) when that is large and
-    stderr is a terminal; ``None`` otherwise. ``count_lines`` counts in lines instead of bytes."""
-    size = total if total is not None else (path.stat().st_size if path.is_file() else 0)
-    if size < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(
-        total=_count_lines(path) if count_lines else size, unit=unit, unit_scale=True, desc=path.name, file=sys.stderr
-    ) as bar:
-        yield bar
-
-
-def _count_lines(path: Path) -> int:
-    with open(path, "rb") as handle:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -346,11 +359,31 @@ def _output_option(option: str, path: Path) -> Iterator[None]:
         raise InvalidInputError(option, str(path), error.strerror or str(error)) from None
 
 
-def _steps(text: str) -> list[int]:
+def _integers(text: str) -> list[int]:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated steps such as 100,500,1000, got {text!r}") from None
+        values = []
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"must be comma-separated layer ids such as 0,5,17, got {text!r}")
+    return values
+
+
+def _even_columns(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2 or value % 2:
+        raise argparse.ArgumentTypeError(f"must be an even integer >= 2, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
 
 
 def _mode_option(parser: argparse.ArgumentParser) -> None:
@@ -484,20 +517,58 @@ def build_parser() -> argparse.ArgumentParser:
     report = command(
         "report",
         run_report,
-        "PNG figures and a self-contained HTML page of the run",
-        "Draw Neff per layer with the alert states shaded, Top2 per layer, layer x expert share heatmaps "
-        "and the alert-state timeline as PNG files, and report.html embedding them with the summary and "
-        "transitions tables. Needs matplotlib: pip install 'chronomoe[report]'.",
+        "interactive HTML page and PNG figures of one or several runs",
+        "Write report.html, one self-contained page that works offline (heatmaps of the alert state, Neff/n, "
+        "Top2 and MaxVio per layer over the steps; each layer's expert loads; the loss with alert transitions "
+        "and controller actions; the controller's pressure and bias from decisions.jsonl; tables), and PNG "
+        "figures for papers (overview, experts, loss, controller; needs matplotlib: pip install "
+        "'chronomoe[report]'). Several runs are aligned on their steps and compared in one table. Long runs "
+        "are drawn in columns of several snapshots, as the page says. Progress bar on large runs.",
     )
-    report.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
-    report.add_argument("-o", "--output-dir", type=Path, metavar="DIR", help="where to write (default: RUN_DIR/report)")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", type=Path, help="the run folder(s)")
+    report.add_argument(
+        "-o",
+        "--output-dir",
+        type=Path,
+        metavar="DIR",
+        help="where to write (default: RUN_DIR/report; with several runs FIRST_RUN_DIR/report-compare)",
+    )
     _mode_option(report)
     report.add_argument(
-        "--steps",
-        type=_steps,
-        metavar="S1,S2,...",
-        help="steps of the share heatmaps (the snapshot at or after each); default: 4 evenly spaced snapshots",
+        "--layers",
+        type=_integers,
+        metavar="L1,L2,...",
+        help="layers of the experts figure (default: the 4 in the worst shape)",
     )
+    report.add_argument(
+        "--max-columns",
+        type=_even_columns,
+        default=512,
+        metavar="N",
+        help="most time columns of the heatmaps, an even number (default: 512); longer runs are drawn in "
+        "columns of several snapshots",
+    )
+    report.add_argument("--no-figures", action="store_true", help="write report.html only (no matplotlib needed)")
+
+    watch = command(
+        "watch",
+        run_watch,
+        "follow a run folder while training writes it",
+        "Follow RUN_DIR like tail -f: each layer's alert state, Neff/n and Top2 sparklines over the last "
+        "snapshots, the latest transitions and controller decisions, refreshed as records arrive. Starts from "
+        "the end of the files (however long the run), skips a torn last line until it is complete, ends on "
+        "Ctrl-C (exit code 0). On a terminal it redraws one screen (needs rich: pip install 'chronomoe[watch]'); "
+        "otherwise, or with --plain, it prints one line per snapshot and per transition.",
+    )
+    watch.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run folder")
+    _mode_option(watch)
+    watch.add_argument(
+        "--interval", type=_positive_float, default=1.0, metavar="SECONDS", help="how often to look (default: 1)"
+    )
+    watch.add_argument(
+        "--history", type=_positive_int, default=60, metavar="N", help="snapshots in the sparklines (default: 60)"
+    )
+    watch.add_argument("--plain", action="store_true", help="print lines instead of redrawing a screen")
 
     validate = command(
         "validate",
