@@ -24,7 +24,6 @@ from .config import DistributedConfig, MonitorConfig  # noqa: E402
 from .errors import ChronoMoEError, CorruptRecordError, InvalidInputError  # noqa: E402
 from .events import RoutingEvent  # noqa: E402
 from .expert_state import ExpertState  # noqa: E402
-from .immediate_alerts import check_immediate_alerts  # noqa: E402
 from .io import (  # noqa: E402
     TelemetryWriter,
     create_run_manifest,
@@ -46,7 +45,11 @@ from .metrics import (  # noqa: E402
     count_nearly_dead_experts,
 )
 from .monitor import Monitor  # noqa: E402
-from .snapshots import LayerSnapshot, SystemSnapshot  # noqa: E402
+from .snapshots import (  # noqa: E402
+    LayerSnapshot,
+    SystemSnapshot,
+    check_immediate_alerts,
+)
 
 if TYPE_CHECKING:
     from chronomoe.lens import ChronoLens, IdentityLens

@@ -65,7 +65,7 @@ from tqdm import tqdm
 from chronomoe.controller import PressureController
 
 from .alerts import AlertState, AlertTransition
-from .cli import command_line
+from .cli.options import command_line
 from .errors import InvalidInputError
 from .io.lines import TORN_SUFFIX
 from .io.run_folder import RUN_FILES, SUPERSEDED_SUFFIX

@@ -29,14 +29,28 @@ The snapshot metrics are the windowed counterpart: a snapshot's
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from .errors import InvalidInputError
 
-if TYPE_CHECKING:
-    from .events import RoutingEvent
+
+class LayerCounts(Protocol):
+    """What :meth:`ExpertState.update_from_event` reads of a :class:`~chronomoe.events.RoutingEvent` (named
+    structurally: events.py re-exports ExpertState, where the seed defined it, and must not be imported here)."""
+
+    @property
+    def step(self) -> int: ...
+    @property
+    def layer_id(self) -> int: ...
+    @property
+    def n_experts(self) -> int: ...
+    @property
+    def token_count(self) -> int | None: ...
+    @property
+    def expert_token_counts(self) -> Any: ...  # [n_experts] integers
+
 
 DEAD_THRESHOLD = 50
 """Default consecutive zero-traffic updates beyond which an expert is dead (the seed's value)."""
@@ -125,7 +139,7 @@ class ExpertState:
             self.dead_steps = 0
             self.is_dead = False
 
-    def update_from_event(self, event: RoutingEvent) -> None:
+    def update_from_event(self, event: LayerCounts) -> None:
         """:meth:`update` with this expert's count in ``event``, the event's step and its layer's total.
 
         Raises :class:`~chronomoe.errors.InvalidInputError` when the event is

@@ -39,7 +39,8 @@ from .alerts import AlertBank, AlertRules, AlertState, AlertTransition
 from .errors import CorruptRecordError, InvalidInputError
 from .events import MODES, RoutingEvent
 from .io import MANIFEST_FILE, load_manifest
-from .io.run_reader import RunReader, open_run
+from .io.run_reader import open_run
+from .io.run_reader_base import RunReader
 from .metrics import UNDERUSE_RATIO
 from .snapshots import SystemSnapshot, build_snapshot
 from .windows import window_counts

@@ -23,7 +23,6 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from .events import RoutingEvent
 from .io import ALERTS_FILE, DECISIONS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE
 from .io.lines import numbered_lines
 from .io.parse_errors import describe_parse_error
+from .io.run_check import MANIFEST_RECORD_TYPE, FileCheck, RunCheck
 from .lens import LensState
 from .snapshots import SystemSnapshot
 
@@ -60,9 +60,6 @@ RUN_FILES: dict[str, str] = {
     DECISIONS_FILE: "ControlDecision",
 }
 """JSONL files of a run folder and the record type of their lines."""
-
-MAX_REPORTED_ERRORS = 20
-"""Errors listed per file by :func:`validate_run` (all are counted)."""
 
 
 def schema_file_name(name: str) -> str:
@@ -133,81 +130,6 @@ def schema_validator(name: str) -> Any:
 
 
 # -- validating a run folder ----------------------------------------------------
-@dataclass
-class LineError:
-    """One invalid line of a JSONL file (``line`` counts from 1)."""
-
-    line: int
-    message: str
-
-
-@dataclass
-class FileCheck:
-    """Validation result of one file of a run folder.
-
-    ``errors`` lists the first :data:`MAX_REPORTED_ERRORS` invalid lines;
-    ``error_count`` counts them all. ``torn_line`` is the line number of a
-    last line without its newline (a crash mid-write): loaders skip it, so it
-    is reported but is not an error. ``out_of_order`` counts the records
-    (errors too) whose step repeats or precedes an earlier one of their
-    sequence (:data:`STEP_SEQUENCES`).
-    """
-
-    path: Path
-    record_type: str
-    records: int = 0
-    error_count: int = 0
-    errors: list[LineError] = field(default_factory=list)
-    torn_line: int | None = None
-    note: str | None = None  # what else a reader should know: a Parquet part still growing, or torn
-    out_of_order: int = 0
-
-    def add_error(self, line: int, message: str) -> None:
-        self.error_count += 1
-        if len(self.errors) < MAX_REPORTED_ERRORS:
-            self.errors.append(LineError(line, message))
-
-
-@dataclass
-class RunCheck:
-    """Validation result of a run folder: one :class:`FileCheck` per file present, and what the folder lacks.
-
-    ``notes`` say which readers a missing file leaves without input; a folder
-    without any record (a manifest alone) is invalid: there is nothing to read.
-    """
-
-    run_dir: Path
-    files: list[FileCheck]
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def records(self) -> int:
-        """Records of the JSONL files (the manifest is no record)."""
-        return sum(check.records for check in self.files if check.record_type in RECORD_MODELS)
-
-    @property
-    def error_count(self) -> int:
-        return sum(check.error_count for check in self.files) + (0 if self.records else 1)
-
-    @property
-    def ok(self) -> bool:
-        return self.error_count == 0
-
-    def verdict(self) -> str:
-        """The last line ``chronomoe validate`` prints: ``valid``, or why not."""
-        if not self.records:
-            return "invalid: nothing recorded (no routing event, snapshot, transition or decision)"
-        if self.ok:
-            return "valid"
-        out_of_order = sum(check.out_of_order for check in self.files)
-        counts = {
-            "fail their schema or model": self.error_count - out_of_order,
-            "repeat or precede an earlier step of their sequence": out_of_order,
-        }
-        reasons = ", ".join(f"{count} {reason}" for reason, count in counts.items() if count)
-        return f"invalid: {self.error_count} records: {reasons}"
-
-
 def validate_run(run_dir: str | os.PathLike[str], progress: Callable[[int], None] | None = None) -> RunCheck:
     """Check every record of a run folder against the committed schemas and the models.
 
@@ -337,7 +259,7 @@ def _record_problem(value: Any, validator: Any, model: type[BaseModel]) -> str |
 
 
 def _check_manifest(path: Path) -> FileCheck:
-    check = FileCheck(path, "run manifest")
+    check = FileCheck(path, MANIFEST_RECORD_TYPE)
     try:
         manifest = orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as error:

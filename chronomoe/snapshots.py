@@ -17,17 +17,18 @@ lists the alerts of the layers that are in an alert state.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from pydantic import Field, field_validator
 
+from .aggregates import CrossLayerAggregates, cross_layer_aggregates
 from .alerts import AlertBank, AlertRules, AlertState, AlertTransition
 from .alerts.history import alert_history_of, load_alert_history
 from .errors import InvalidInputError
 from .events import CountsArray, FloatArray, Integer, Mode, Record, RoutingEvent, finite_or_none
-from .metrics import UNDERUSE_RATIO, LayerMetricsBatch, cross_layer_summary, layer_metrics_batch
+from .metrics import UNDERUSE_RATIO, LayerMetricsBatch, layer_metrics_batch
 from .windows import events_of_mode, validate_counts_matrix, window_counts
 
 
@@ -101,29 +102,6 @@ class LayerSnapshot(Record):
             f"dead={self.dead_expert_count} "
             f"(condition held {self.pre_streak} consecutive snapshots)"
         )
-
-
-class LayerStats(Record):
-    """One metric over the layers of a snapshot that hold data (see :func:`~chronomoe.metrics.cross_layer_summary`)."""
-
-    mean: float
-    min: float
-    max: float
-    p50: float
-    p90: float
-    p95: float
-    worst_layer_id: Integer = Field(ge=0)
-
-
-class CrossLayerAggregates(Record):
-    """Neff, Top2 and MaxVio over the layers of a snapshot: what a dashboard of 58 layers shows at a glance.
-
-    The worst layer is the one with the lowest Neff, the highest Top2, the highest MaxVio.
-    """
-
-    n_effective: LayerStats
-    top2_share: LayerStats
-    max_vio: LayerStats
 
 
 class SystemSnapshot(Record):
@@ -352,19 +330,9 @@ def build_snapshot(
             "layers": layers,
             "alerts": [alert for alert in (layer.alert() for layer in layers) if alert is not None],
             "transitions": transitions,
-            "aggregates": _aggregates(batch, layer_ids),
+            "aggregates": cross_layer_aggregates(batch, layer_ids),
         }
     )
-
-
-def _aggregates(batch: LayerMetricsBatch, layer_ids: np.ndarray) -> CrossLayerAggregates | None:
-    summaries = {
-        name: cross_layer_summary(getattr(batch, name), layer_ids, worst)
-        for name, worst in (("n_effective", "min"), ("top2_share", "max"), ("max_vio", "max"))
-    }
-    stats = {name: LayerStats.trusted(**summary) for name, summary in summaries.items() if summary is not None}
-    # One metric is NaN exactly where the others are (no data), so either all are summarised or none.
-    return CrossLayerAggregates.trusted(**stats) if len(stats) == len(summaries) else None
 
 
 def _layer_snapshots(
@@ -440,5 +408,49 @@ def _layer_snapshots(
     return layers
 
 
-# The seed's home of check_immediate_alerts (at the end: that module imports this one).
-from .immediate_alerts import check_immediate_alerts as check_immediate_alerts  # noqa: E402
+def check_immediate_alerts(layers: Iterable[LayerSnapshot], rules: AlertRules | None = None) -> list[str]:
+    """Warning and alert strings for the given layers, in their order (a layer's warning before its alert):
+    the seed's instant, non-persistent check, for dashboards.
+
+    A snapshot's ``alerts`` need their condition to persist over consecutive
+    snapshots (:mod:`chronomoe.alerts`); this check looks at the given layers
+    alone, with no history, so a dashboard can flag a layer the moment it
+    concentrates:
+
+    * ``WARNING: layer L concentrating (Neff=..., Top2=...)`` for a layer meeting
+      the PRE_COLLAPSE condition, ``Neff < neff_ratio * n_experts`` or
+      ``Top2 > pre_top2`` (the Top2 clause for layers of more than two experts,
+      as in the alert rules; thresholds from ``rules``, by default the seed's
+      0.6 and 0.75);
+    * ``ALERT: layer L has D dead expert(s) ...`` for a layer with at least one
+      dead expert (no token over the window).
+
+    A layer whose window held no token (``no_data``) gives neither: it has no
+    metrics to judge.
+
+
+    ``layers`` are :class:`~chronomoe.snapshots.LayerSnapshot` s (a
+    snapshot's ``layers``). Raises :class:`~chronomoe.errors.InvalidInputError`
+    naming the position of an item that is not one.
+    """
+    rules = rules if rules is not None else AlertRules.default()
+    messages = []
+    for position, layer in enumerate(layers):
+        if not isinstance(layer, LayerSnapshot):
+            raise InvalidInputError(f"layers[{position}]", layer, "is not a LayerSnapshot")
+        if layer.no_data or layer.n_effective is None or layer.top2_share is None:
+            continue
+        concentrating = rules.pre_condition(
+            np.array([layer.n_effective]), np.array([layer.n_experts]), np.array([layer.top2_share])
+        )
+        if concentrating[0]:
+            messages.append(
+                f"WARNING: layer {layer.layer_id} concentrating "
+                f"(Neff={layer.n_effective:.2f}/{layer.n_experts}, Top2={layer.top2_share:.3f})"
+            )
+        if layer.dead_expert_count >= 1:
+            messages.append(
+                f"ALERT: layer {layer.layer_id} has {layer.dead_expert_count}/{layer.n_experts} dead expert(s) "
+                f"(no token over the window; Top2={layer.top2_share:.3f})"
+            )
+    return messages

@@ -40,7 +40,8 @@ from chronomoe import (
 from chronomoe.cli import main
 from chronomoe.events import MODES
 from chronomoe.io import iter_events
-from chronomoe.io.run_reader import RunCounts, open_run
+from chronomoe.io.run_reader import open_run
+from chronomoe.io.run_reader_base import RunCounts
 from chronomoe.io.serialize import event_line
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -6,7 +6,8 @@
   (``monitor.attach(model)`` calls it).
 """
 
-from .adapters import AttachedLayer, Attachment, LayerSpec, attach
+from .adapters import Attachment, attach
+from .layers import AttachedLayer, LayerSpec
 from .recorder import RoutingRecorder, StagedSteps
 from .session import CaptureSession, LayerLayout, Window
 

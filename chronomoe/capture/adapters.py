@@ -26,70 +26,19 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import InvalidInputError
 from .conventions import EXPERT_COUNT_ATTRIBUTES, LOOKED_FOR, detect, install_hook, int_attribute, top_k_of
+from .layers import AttachedLayer, LayerSpec, RecordFunction
 
 logger = logging.getLogger(__name__)
 
 #: ``extractor(module, args, kwargs, output)`` returns ``{"indices": tensor}``, ``{"counts": tensor}`` or None.
 Extractor = Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], "Mapping[str, torch.Tensor] | None"]
-
-
-class RecordFunction(Protocol):
-    """What the hooks call: ``record(layer_id, indices=..., mode=...)`` or ``record(layer_id, counts=..., mode=...)``
-    (:meth:`chronomoe.Monitor.record`). It must be sync-free."""
-
-    def __call__(
-        self,
-        layer_id: int,
-        indices: torch.Tensor | None = None,
-        counts: torch.Tensor | None = None,
-        mode: str = "TRAIN",
-    ) -> None: ...
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """A module to hook, for ``attach(modules=[...])``.
-
-    Attributes:
-        path: the module's name in ``model.named_modules()``.
-        n_experts: routed experts of the layer (default: the module's expert-count attribute).
-        layer_id: id in events and snapshots (default: the first integer in ``path``).
-        top_k: experts per token, for ``counts`` records (``indices`` records read it from the last dim).
-    """
-
-    path: str
-    n_experts: int | None = None
-    layer_id: int | None = None
-    top_k: int | None = None
-
-
-@dataclass(frozen=True)
-class AttachedLayer:
-    """One hooked MoE layer.
-
-    Attributes:
-        layer_id: id in events and snapshots.
-        path: the module's name in ``model.named_modules()``.
-        n_experts: routed experts.
-        top_k: experts per token as configured (recorded ``indices`` update it from their last dim).
-        convention: how it is recorded: a convention of :mod:`~chronomoe.capture.conventions`
-            (``"experts-call:<parameter>"``, ``"experts-counts"``, ``"torchtitan-router"``,
-            ``"nanomoe-used-capacity"``) or ``"extractor"``.
-    """
-
-    layer_id: int
-    path: str
-    n_experts: int
-    top_k: int
-    convention: str
 
 
 class Attachment:

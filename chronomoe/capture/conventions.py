@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +46,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..errors import InvalidInputError
-
-if TYPE_CHECKING:
-    from .adapters import AttachedLayer, LayerSpec, RecordFunction
+from .layers import AttachedLayer, LayerSpec, RecordFunction
 
 #: Routing argument names of experts modules (second forward parameter) -> what the tensor holds.
 ROUTING_PARAMETERS: dict[str, str] = {
@@ -90,7 +88,6 @@ LOOKED_FOR = (
 def detect(path: str, named: Mapping[str, nn.Module]) -> tuple[LayerSpec, str] | None:
     """The first convention the module at ``path`` follows, as a spec with ``n_experts`` and ``top_k`` filled in,
     and the convention's name; None when it follows none."""
-    from .adapters import LayerSpec
 
     module = named[path]
     parent = named.get(path.rpartition(".")[0]) if path else None

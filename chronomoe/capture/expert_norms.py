@@ -44,8 +44,8 @@ from torch.utils.hooks import RemovableHandle
 
 from ..errors import InvalidInputError
 from ..expert_health import EXPERT_HEALTH_FILE, ExpertHealthConfig, ExpertHealthRecord, layer_health
-from .adapters import AttachedLayer
 from .conventions import EXPERT_COUNT_ATTRIBUTES, global_placement, int_attribute
+from .layers import AttachedLayer
 
 if TYPE_CHECKING:
     from ..bus import Subscription

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .adapters import AttachedLayer
+from .layers import AttachedLayer
 
 FAMILY_BIAS_ATTRIBUTES = ("e_score_correction_bias",)
 """Router attributes that hold a selection-only bias per expert."""

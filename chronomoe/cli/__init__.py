@@ -14,13 +14,11 @@ subcommand runs, so ``chronomoe --help`` starts fast.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from ..errors import ChronoMoEError
-from .options import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_NO, EXIT_OK
+from .options import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_NO, EXIT_OK, command_line
 from .parser import build_parser
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_ERROR", "EXIT_NO", "EXIT_OK", "build_parser", "command_line", "main"]
@@ -46,25 +44,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"chronomoe {args.command}: interrupted", file=sys.stderr)
     return EXIT_ERROR
-
-
-def command_line() -> str:
-    """How to call this installation's ``chronomoe`` command from the current shell, for hints printed to users.
-
-    ``chronomoe`` when that name on the PATH is this installation's; else the
-    path of its script (relative to the working folder when under it, as
-    ``.venv/bin/chronomoe``); else ``python -m chronomoe.cli``.
-    """
-    script = Path(sys.executable).parent / "chronomoe"  # not resolved: a virtualenv's python is a link
-    if not script.is_file():
-        return f"{Path(sys.executable).name} -m chronomoe.cli"
-    on_path = shutil.which("chronomoe")
-    if on_path is not None and Path(on_path).resolve() == script.resolve():
-        return "chronomoe"
-    try:
-        return str(script.relative_to(Path.cwd()))
-    except ValueError:
-        return str(script)
 
 
 def _reader_went_away() -> int:

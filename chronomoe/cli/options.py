@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,3 +89,22 @@ def schema_name(text: str) -> str:
     if text not in RECORD_MODELS:
         raise argparse.ArgumentTypeError(f"unknown record type {text!r}; choose from {', '.join(RECORD_MODELS)}")
     return text
+
+
+def command_line() -> str:
+    """How to call this installation's ``chronomoe`` command from the current shell, for hints printed to users.
+
+    ``chronomoe`` when that name on the PATH is this installation's; else the
+    path of its script (relative to the working folder when under it, as
+    ``.venv/bin/chronomoe``); else ``python -m chronomoe.cli``.
+    """
+    script = Path(sys.executable).parent / "chronomoe"  # not resolved: a virtualenv's python is a link
+    if not script.is_file():
+        return f"{Path(sys.executable).name} -m chronomoe.cli"
+    on_path = shutil.which("chronomoe")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "chronomoe"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)

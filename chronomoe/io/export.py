@@ -20,7 +20,8 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from .paths import MANIFEST_FILE
-from .run_reader import STORAGES, TABLES, JsonlRunReader, RunReader, Storage, open_run
+from .run_reader import JsonlRunReader, open_run
+from .run_reader_base import STORAGES, TABLES, RunReader, Storage
 from .writer import TelemetryWriter
 
 EXPORT_BATCH_ROWS = 16_384

@@ -28,7 +28,7 @@ from ..snapshots import SystemSnapshot
 from .parquet_parts import PARTIAL_SUFFIX, SEALED_SUFFIX, read_part
 from .parquet_records import events_from_table, records_from_table
 from .parquet_schema import ALERTS_TABLE, DECISIONS_TABLE, EVENTS_TABLE, SNAPSHOTS_TABLE
-from .run_reader import RunCounts, RunReader, Storage, stack_counts
+from .run_reader_base import RunCounts, RunReader, Storage, stack_counts
 
 _COUNT_COLUMNS = ["step", "mode", "layer_id", "expert_token_counts"]
 

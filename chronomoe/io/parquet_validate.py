@@ -21,10 +21,10 @@ from .parquet_parts import PARTIAL_SUFFIX, read_part, scan_frames
 from .parquet_reader import ParquetRunReader
 from .parquet_schema import EVENTS_TABLE, TABLE_MODELS, table_layout
 from .parse_errors import PARSE_ERRORS, describe_parse_error
-from .run_reader import TABLES
+from .run_reader_base import TABLES
 
 if TYPE_CHECKING:
-    from ..schemas import FileCheck
+    from .run_check import FileCheck
 
 
 def check_parquet_tables(run_dir: Path, progress: Callable[[int], None] | None = None) -> list[FileCheck]:
@@ -35,7 +35,7 @@ def check_parquet_tables(run_dir: Path, progress: Callable[[int], None] | None =
 
 
 def _check_part(table: str, path: Path, progress: Callable[[int], None] | None) -> FileCheck:
-    from ..schemas import FileCheck
+    from .run_check import FileCheck
 
     check = FileCheck(path, TABLE_MODELS[table].__name__)
     if path.name.endswith(PARTIAL_SUFFIX):

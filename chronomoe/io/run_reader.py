@@ -7,18 +7,17 @@ counts as one ``[steps, layers, experts]`` array (:meth:`RunReader.counts`).
 Every ``chronomoe`` command reads runs through it. The storage is the one
 the manifest names (``"storage"``), else the one whose files the folder
 holds: JSONL (``routing_events.jsonl``, ...) or Parquet (``routing_events/``, ...).
-The Parquet reader lives in :mod:`chronomoe.io.parquet_reader` (it needs
-pyarrow, ``pip install 'chronomoe[parquet]'``).
+The interface is :mod:`chronomoe.io.run_reader_base`'s; the JSONL reader
+lives here, the Parquet reader in :mod:`chronomoe.io.parquet_reader` (it
+needs pyarrow, ``pip install 'chronomoe[parquet]'``).
 """
 
 from __future__ import annotations
 
 import os
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import orjson
@@ -34,120 +33,7 @@ from .fast_events import iter_events, validated_events
 from .lines import last_line
 from .paths import ALERTS_FILE, DECISIONS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE
 from .reader import iter_records, load_manifest
-
-Storage = Literal["jsonl", "parquet"]
-STORAGES: tuple[Storage, ...] = ("jsonl", "parquet")
-TABLES = ("routing_events", "snapshots", "alerts", "decisions")
-"""The record kinds of a run, by the name of their JSONL file (without ``.jsonl``) or Parquet folder."""
-
-
-@dataclass(frozen=True)
-class RunCounts:
-    """A run's routing counts of one mode as arrays.
-
-    ``counts[i, j]`` holds the tokens per expert of layer ``layer_ids[j]`` at step ``steps[i]`` (zeros where the
-    layer recorded nothing at that step, and beyond a layer's ``n_experts``); ``steps`` and ``layer_ids`` are
-    sorted. A step recorded twice (a run resumed from a checkpoint) holds its later record.
-
-    Shapes: ``steps [S]``, ``layer_ids [L]``, ``counts [S, L, E]`` with ``E`` the widest layer's ``n_experts``.
-    """
-
-    steps: np.ndarray
-    layer_ids: np.ndarray
-    counts: np.ndarray
-
-
-class RunReader(ABC):
-    """The records of one run folder (see the module docstring); each method reads anew from the files.
-
-    Methods raise :class:`~chronomoe.errors.CorruptRecordError` for a record its model rejects (naming the file
-    and the line, or the row of a Parquet part) and :class:`~chronomoe.errors.InvalidInputError` for a missing table.
-    """
-
-    storage: Storage
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-
-    @abstractmethod
-    def has(self, table: str) -> bool:
-        """Whether the run holds ``table`` (one of :data:`TABLES`)."""
-
-    @abstractmethod
-    def events(self) -> Iterator[RoutingEvent]:
-        """Every routing event, in the order written (per rank, then per writing session)."""
-
-    @abstractmethod
-    def snapshots(
-        self, mode: str | None = None, on_corrupt: Callable[[CorruptRecordError], None] | None = None
-    ) -> Iterator[SystemSnapshot]:
-        """The snapshots (of ``mode`` only, when given), in the order written.
-
-        ``on_corrupt`` (JSONL): a line the model rejects is handed to it and skipped instead of raising (a
-        summary counts them). Parquet rows were validated when written; a rejected row always raises.
-        """
-
-    @abstractmethod
-    def transitions(self) -> Iterator[AlertTransition]:
-        """The alert transitions, in the order written."""
-
-    @abstractmethod
-    def decisions(self) -> Iterator[ControlDecision]:
-        """The control decisions, in the order written."""
-
-    @abstractmethod
-    def last_snapshot(self) -> SystemSnapshot | None:
-        """The last snapshot written (``None`` when there is none), read without reading the others."""
-
-    @abstractmethod
-    def counts(self, mode: str = "TRAIN") -> RunCounts:
-        """The ``mode`` events' counts as one array (see :class:`RunCounts`), read without making event objects
-        where the storage allows."""
-
-    def manifest(self) -> dict[str, Any]:
-        """``run_manifest.json`` (``{}`` when the run has none)."""
-        path = self.run_dir / MANIFEST_FILE
-        return load_manifest(path) if path.is_file() else {}
-
-    def require(self, table: str, why: str = "") -> None:
-        """Raise :class:`~chronomoe.errors.InvalidInputError` naming the folder when ``table`` is missing."""
-        if not self.has(table):
-            raise InvalidInputError("RUN_DIR", str(self.run_dir), f"has no {self.describe(table)}{why}")
-
-    @abstractmethod
-    def describe(self, table: str) -> str:
-        """The name of ``table``'s file or folder in this storage."""
-
-
-def stack_counts(
-    steps: np.ndarray, layers: np.ndarray, rows: list[np.ndarray], order: np.ndarray | None = None
-) -> RunCounts:
-    """:class:`RunCounts` of count rows given as matrices (one width each, ``rows[k]`` ``[R_k, W_k]``), with their
-    steps and layer ids (``[sum R_k]`` each, in the rows' order), scattered with one numpy assignment per matrix.
-
-    Where a (step, layer) pair is given twice the later row wins: later in ``order`` (``[sum R_k]`` distinct
-    sequence numbers, such as line numbers) when given, else in the order given.
-    """
-    unique_steps, step_index = np.unique(steps, return_inverse=True)
-    layer_ids, layer_index = np.unique(layers, return_inverse=True)
-    width = max((matrix.shape[1] for matrix in rows if len(matrix)), default=0)  # of the rows given
-    counts = np.zeros((len(unique_steps), len(layer_ids), width), np.int64)
-    cells = step_index * len(layer_ids) + layer_index
-    sequence = np.arange(len(cells)) if order is None else np.asarray(order)
-    # the last row (by sequence) of each cell, so that the assignments below never write a cell twice
-    by_cell = np.lexsort((sequence, cells))
-    last = by_cell[np.append(cells[by_cell][1:] != cells[by_cell][:-1], True)] if len(cells) else by_cell
-    wins = np.zeros(len(cells), bool)
-    wins[last] = True
-    flat = counts.reshape(len(unique_steps) * len(layer_ids), width)
-    start = 0
-    for matrix in rows:
-        end = start + len(matrix)
-        if end > start:
-            keep = wins[start:end]
-            flat[cells[start:end][keep], : matrix.shape[1]] = matrix[keep]
-        start = end
-    return RunCounts(unique_steps, layer_ids, counts)
+from .run_reader_base import STORAGES, TABLES, RunCounts, RunReader, Storage, stack_counts
 
 
 class JsonlRunReader(RunReader):
