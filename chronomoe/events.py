@@ -220,15 +220,25 @@ class Record(BaseModel):
     def trusted(cls, **values: Any) -> Self:
         """Build from values the library computed and checked itself, skipping validation.
 
-        Every field must be given. About ten times cheaper than
-        ``model_construct``; used on the per-snapshot path only.
+        Every field must be given. About three times cheaper than ``model_construct``
+        (1.6 against 5.1 us per event); used where the library builds records in bulk
+        (snapshots, readers, event batches).
         """
-        record = cls.__new__(cls)
-        object.__setattr__(record, "__dict__", values)
-        object.__setattr__(record, "__pydantic_fields_set__", set(values))
-        object.__setattr__(record, "__pydantic_extra__", None)
-        object.__setattr__(record, "__pydantic_private__", None)
+        record = _new_object(cls)
+        _set_dict(record, values)
+        _set_fields_set(record, set(values))
+        _set_extra(record, None)
+        _set_private(record, None)
         return record
+
+
+# BaseModel's slots, set through their descriptors rather than object.__setattr__, which looks each name up
+# first: 1.6 instead of 2.0 us per record, and Record.trusted runs once per event read or batched.
+_new_object = object.__new__
+_set_dict = vars(BaseModel)["__dict__"].__set__
+_set_fields_set = vars(BaseModel)["__pydantic_fields_set__"].__set__
+_set_extra = vars(BaseModel)["__pydantic_extra__"].__set__
+_set_private = vars(BaseModel)["__pydantic_private__"].__set__
 
 
 class RoutingEvent(Record):
