@@ -337,6 +337,61 @@ class RoutingEvent(Record):
             **fields,
         )
 
+    @classmethod
+    def from_lists(
+        cls,
+        *,
+        run_id: Any,
+        step: Any,
+        layer_id: Any,
+        n_experts: Any,
+        top_k: Any,
+        expert_token_counts: Any,
+        mode: Any = "TRAIN",
+        timestamp: Any = None,
+        router_prob_sums: Any = None,
+        loss: Any = None,
+        aux_loss: Any = None,
+    ) -> list[RoutingEvent]:
+        """Build many events at once, validated as ``RoutingEvent(...)`` validates each, about four times faster.
+
+        ``expert_token_counts`` is ``[events, n_experts]``: a list of count
+        rows (lists of ints, or 1-D integer arrays) or a 2-D integer array; it
+        fixes the number of events. Every other argument is one value for all
+        events, or a list, tuple or 1-D array of one value per event
+        (``layer_id=[0, 1, 2]``); ``router_prob_sums``, when given, is per
+        event (rows or ``None``). ``timestamp`` defaults to the time now, the
+        same for the whole batch.
+
+        The events equal those built one at a time (``==``, ``model_dump``),
+        and a batch is rejected when one of its events would be, with that
+        event's error (the first in batch order: ``pydantic.ValidationError``
+        naming the field and value, with a note giving the event's index); a
+        per-event argument of another length than the counts raises
+        :class:`~chronomoe.errors.InvalidInputError`. One difference: counts
+        given as integer objects that numpy does not know as integers (a class
+        with ``__index__``, ``gmpy2.mpz``) are read as the integers they stand
+        for, where ``RoutingEvent(...)`` rejects their object array. The
+        events' counts are read-only views of one matrix. Fast for plain
+        Python values (see :mod:`chronomoe.event_batch`); an event with other
+        values costs what ``RoutingEvent(...)`` costs.
+        """
+        columns = {
+            "timestamp": timestamp,
+            "run_id": run_id,
+            "step": step,
+            "mode": mode,
+            "layer_id": layer_id,
+            "n_experts": n_experts,
+            "top_k": top_k,
+            "loss": loss,
+            "aux_loss": aux_loss,
+        }
+        return build_events(columns, expert_token_counts, router_prob_sums)
+
+
+# Imported last: event_batch builds on this module's names (kept apart to keep this module short).
+from .event_batch import build_events  # noqa: E402
 
 # The seed's home of ExpertState, beside RoutingEvent.
 from .expert_state import ExpertState as ExpertState  # noqa: E402
