@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +39,7 @@ from .config import MonitorConfig
 from .errors import InvalidInputError
 from .events import RoutingEvent
 from .io import EVENTS_FILE, SNAPSHOTS_FILE, TelemetryWriter, check_run_id
+from .participants import DEFAULT, Default, check_controller, check_lens, participant_state
 from .run_recording import RunRecording, run_manifest
 from .snapshots import SystemSnapshot
 from .snapshotter import Snapshotter
@@ -56,15 +56,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STATE_DICT_VERSION = 1
-
-
-class _Default(Enum):
-    """Marks a participant argument left out: the Monitor makes its default one (``None`` means none)."""
-
-    PARTICIPANT = "default"
-
-
-DEFAULT = _Default.PARTICIPANT
 
 
 class Monitor:
@@ -106,8 +97,8 @@ class Monitor:
         rules: AlertRules | None = None,
         *,
         config: MonitorConfig | None = None,
-        controller: Controller | _Default | None = DEFAULT,
-        lens: LensStateKeeper | _Default | None = DEFAULT,
+        controller: Controller | Default | None = DEFAULT,
+        lens: LensStateKeeper | Default | None = DEFAULT,
         **overrides: Any,
     ) -> None:
         shortcuts = {"output_dir": output_dir, "model_name": model_name, "rules": rules}
@@ -117,8 +108,8 @@ class Monitor:
             raise InvalidInputError("run_id", run_id, "must be a non-empty string")
         if self.config.output_dir is not None:
             check_run_id(run_id)
-        _check_controller(controller)
-        _check_lens(lens)
+        check_controller(controller)
+        check_lens(lens)
 
         self.run_id = run_id
         self.rules = self.config.rules
@@ -193,7 +184,7 @@ class Monitor:
 
         Returns the new controller's connection (``None`` without a controller).
         """
-        _check_controller(controller)
+        check_controller(controller)
         if self.controller_connection is not None:
             self.controller_connection.disconnect()
         self.controller = controller
@@ -204,7 +195,7 @@ class Monitor:
 
     def set_lens(self, lens: LensStateKeeper | None) -> Connection | None:
         """Replace the lens (``None``: none) at any time; the old one is disconnected from the bus first."""
-        _check_lens(lens)
+        check_lens(lens)
         if self.lens_connection is not None:
             self.lens_connection.disconnect()
         self.lens = lens
@@ -495,7 +486,7 @@ class Monitor:
             **self.snapshotter.state_dict(),
             "stop_reason": self.stop_reason,
             "dropped_records": self.dropped_records,
-            "controller": _participant_state(self.controller),
+            "controller": participant_state(self.controller),
             "written_steps": None if self.recording is None else self.recording.written_steps(self._last_snapshot_step),
             **capture_state,
         }
@@ -575,30 +566,3 @@ class Monitor:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _participant_state(participant: object) -> dict[str, Any] | None:
-    """A controller's ``state_dict()`` when it has one (stateless controllers have none)."""
-    state_dict = getattr(participant, "state_dict", None)
-    if not callable(state_dict):
-        return None
-    state: dict[str, Any] = state_dict()
-    return state
-
-
-def _check_controller(controller: object) -> None:
-    if controller is None or controller is DEFAULT:
-        return
-    if not isinstance(controller, Controller):
-        raise InvalidInputError(
-            "controller",
-            controller,
-            "must have on_snapshot and on_transition methods (chronomoe.controller.Controller) or be None",
-        )
-
-
-def _check_lens(lens: object) -> None:
-    if lens is None or lens is DEFAULT:
-        return
-    if not isinstance(lens, LensStateKeeper):
-        raise InvalidInputError("lens", lens, "must be a chronomoe.lens.ChronoLens (or LensStateKeeper) or None")

@@ -80,6 +80,7 @@ from chronomoe.snapshots import SystemSnapshot
 
 from .actuators import Actuator, HostBiasActuator, check_layout, summarize_changes
 from .decisions import ControlDecision
+from .snapshot_arrays import SnapshotArrays, fit_into_box
 
 FREEZE_VARIABLE = "CHRONOMOE_CONTROLLER_FROZEN"
 """Set to ``1``, ``true`` or ``yes`` to freeze every PressureController of the process."""
@@ -190,7 +191,7 @@ class PressureController:
         if snapshot.mode != "TRAIN":
             return None
         actuator = self._actuator_for(snapshot)
-        view = _SnapshotView.of(snapshot, actuator)
+        view = SnapshotArrays.of(snapshot, actuator)
         self._snapshots_seen += 1
         return self._decide(snapshot, actuator, view)
 
@@ -222,7 +223,7 @@ class PressureController:
         return [self.actuator.layer_ids.index(layer_id) for layer_id in layer_ids]
 
     # -- the policy -------------------------------------------------------------------------------
-    def _decide(self, snapshot: SystemSnapshot, actuator: Actuator, view: _SnapshotView) -> list[ControlDecision]:
+    def _decide(self, snapshot: SystemSnapshot, actuator: Actuator, view: SnapshotArrays) -> list[ControlDecision]:
         config, state = self.config, self._layer_state
         n = np.asarray(actuator.n_experts, dtype=np.float64)
         pressure = self._pressure(view, n)
@@ -320,7 +321,7 @@ class PressureController:
             if view.in_snapshot[position]
         ]
 
-    def _pressure(self, view: _SnapshotView, n: np.ndarray) -> np.ndarray:
+    def _pressure(self, view: SnapshotArrays, n: np.ndarray) -> np.ndarray:
         rules, config = self.rules, self.config
         with np.errstate(divide="ignore", invalid="ignore"):
             target = rules.neff_ratio * n
@@ -334,7 +335,7 @@ class PressureController:
 
     def _reasons(
         self,
-        view: _SnapshotView,
+        view: SnapshotArrays,
         pressure: np.ndarray,
         acting: np.ndarray,
         relaxing: np.ndarray,
@@ -417,88 +418,6 @@ class PressureController:
             key: np.asarray(state["layer_state"].get(key, template), dtype=template.dtype)
             for key, template in fresh.items()
         }
-
-
-def fit_into_box(
-    desired: np.ndarray, bias: np.ndarray, n_experts: np.ndarray, max_step: float, max_bias: float
-) -> np.ndarray:
-    """The change closest in direction to ``desired`` that keeps every bound (``[L, width]`` arrays).
-
-    ``desired`` sums to 0 over each layer's experts; the result does too, and
-    ``|change| <= max_step``, ``|bias + change| <= max_bias`` hold for every
-    expert (``bias`` must already be within ``max_bias``). Experts whose bias
-    is at the bound in the direction of their push are held (anti-windup) and
-    the rest re-centred, twice; then the whole row is scaled down to fit.
-    """
-    width = desired.shape[1]
-    real = np.arange(width)[None, :] < n_experts[:, None]
-    low = np.maximum(-max_step, -max_bias - bias)
-    high = np.minimum(max_step, max_bias - bias)
-    change = np.where(real, desired, 0.0)
-    for _ in range(2):
-        held = ((change > 0) & (high <= 0)) | ((change < 0) & (low >= 0))
-        free = real & ~held
-        change = np.where(free, change, 0.0)
-        free_count = np.maximum(free.sum(axis=1, keepdims=True), 1)
-        change = np.where(free, change - change.sum(axis=1, keepdims=True) / free_count, 0.0)
-    limits = np.full_like(change, np.inf)  # the largest factor each expert's change may be scaled by
-    np.divide(high, change, out=limits, where=change > 0)
-    np.divide(low, change, out=limits, where=change < 0)
-    scale = np.clip(limits.min(axis=1), 0.0, 1.0)
-    fitted: np.ndarray = change * scale[:, None]  # zero in padding: padding is never free
-    return fitted
-
-
-class _SnapshotView:
-    """A snapshot's layers as arrays in the actuator's layer order (what the policy reads)."""
-
-    def __init__(self, n_layers: int, width: int) -> None:
-        nan = np.full(n_layers, np.nan)
-        self.in_snapshot = np.zeros(n_layers, dtype=bool)
-        self.has_data = np.zeros(n_layers, dtype=bool)
-        self.states = np.full(n_layers, AlertState.NOMINAL.value, dtype=object)
-        self.n_effective, self.top2_share, self.max_vio, self.dead_fraction = (
-            nan.copy(),
-            nan.copy(),
-            nan.copy(),
-            nan.copy(),
-        )
-        self.direction = np.zeros((n_layers, width))
-        self.metrics: list[dict[str, float | int | None]] = [{} for _ in range(n_layers)]
-
-    @classmethod
-    def of(cls, snapshot: SystemSnapshot, actuator: Actuator) -> _SnapshotView:
-        position_of = {layer_id: position for position, layer_id in enumerate(actuator.layer_ids)}
-        view = cls(len(actuator.layer_ids), max(actuator.n_experts))
-        width = view.direction.shape[1]
-        shares = np.zeros_like(view.direction)
-        for layer in snapshot.layers:
-            position = position_of.get(layer.layer_id)
-            if position is None:
-                continue
-            view.in_snapshot[position] = True
-            view.states[position] = layer.alert_state.value
-            view.metrics[position] = {
-                "n_effective": layer.n_effective,
-                "top2_share": layer.top2_share,
-                "max_vio": layer.max_vio,
-                "dead_expert_count": layer.dead_expert_count,
-            }
-            if layer.no_data:
-                continue
-            view.has_data[position] = True
-            view.n_effective[position] = layer.n_effective
-            view.top2_share[position] = layer.top2_share
-            view.dead_fraction[position] = layer.dead_expert_count / layer.n_experts
-            shares[position, : layer.n_experts] = layer.utilization_shares
-        n = np.asarray(actuator.n_experts, dtype=np.float64)
-        real = np.arange(width)[None, :] < n[:, None]
-        # MaxVio from the shares (logs written before max_vio was recorded have none); NaN without data.
-        view.max_vio = np.where(view.has_data, n * shares.max(axis=1) - 1.0, np.nan)
-        deficit = np.where(real & view.has_data[:, None], 1.0 / n[:, None] - shares, 0.0)
-        largest = np.abs(deficit).max(axis=1, keepdims=True)
-        view.direction = np.divide(deficit, largest, out=np.zeros_like(deficit), where=largest > 0)
-        return view
 
 
 def _fresh_layer_state(n_layers: int) -> dict[str, np.ndarray]:

@@ -29,7 +29,8 @@ SUBCOMMAND_OPTIONS = {
     "demo": ["--output-dir", "--steps", "--seed", "--quiet"],
     "summary": ["RUN_DIR", "--mode", "collapse_confirmed"],
     "replay": ["RUN_DIR", "--rules", "--window", "--out"],
-    "report": ["RUN_DIR", "--output-dir", "--mode", "--steps", "chronomoe[report]"],
+    "report": ["RUN_DIR", "--output-dir", "--mode", "--layers", "--max-columns", "--no-figures", "chronomoe[report]"],
+    "watch": ["RUN_DIR", "--interval", "--history", "--plain", "Ctrl-C", "chronomoe[watch]"],
     "validate": ["RUN_DIR", "JSON Schema", "Exit code"],
     "schema": ["NAME", "RoutingEvent", "SystemSnapshot"],
 }
@@ -146,10 +147,10 @@ def test_replay_out_writes_a_run_folder_that_summary_and_validate_read(capsys, m
 
 
 def test_replay_of_a_large_log_on_a_terminal_shows_a_progress_bar(capsys, make_run, monkeypatch):
-    import chronomoe.cli
+    import chronomoe.progress
 
     run_dir = make_run()
-    monkeypatch.setattr(chronomoe.cli, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(chronomoe.progress, "PROGRESS_MIN_BYTES", 0)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     code, _, err = run_cli(capsys, "replay", run_dir)
     assert code == EXIT_OK
@@ -267,11 +268,39 @@ def test_validate_checks_the_manifest_rules(capsys, make_run):
 # -- report and schema -----------------------------------------------------------------------
 def test_report_prints_the_files_it_wrote(capsys, make_run, tmp_path):
     pytest.importorskip("matplotlib")
-    code, out, _ = run_cli(capsys, "report", make_run(), "-o", tmp_path / "report", "--steps", "10,40")
+    code, out, _ = run_cli(capsys, "report", make_run(), "-o", tmp_path / "report", "--layers", "2,0")
     written = [Path(line) for line in out.splitlines()]
     assert code == EXIT_OK
-    assert [path.name for path in written] == ["neff.png", "top2.png", "shares.png", "states.png", "report.html"]
+    assert [path.name for path in written] == ["overview.png", "experts.png", "loss.png", "report.html"]
     assert all(path.is_file() for path in written)
+
+
+def test_report_of_two_runs_without_figures_writes_one_page_into_the_first_run(capsys, make_run):
+    first, second = make_run("first"), make_run("second", collapsing_layers=())
+    code, out, _ = run_cli(capsys, "report", first, second, "--no-figures")
+    assert code == EXIT_OK and out.splitlines() == [str(first / "report-compare" / "report.html")]
+
+
+def test_report_of_a_large_run_on_a_terminal_shows_a_progress_bar(capsys, make_run, monkeypatch):
+    import chronomoe.progress
+
+    monkeypatch.setattr(chronomoe.progress, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, _, err = run_cli(capsys, "report", make_run(), "--no-figures")
+    assert code == EXIT_OK and "reading: 100%" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-columns", "3"], "must be an even integer >= 2"),
+        (["--layers", "a,b"], "comma-separated layer ids"),
+        (["--layers", "-1"], "comma-separated layer ids"),
+    ],
+)
+def test_report_refuses_bad_options_in_one_line(capsys, make_run, argv, message):
+    code, _, err = run_cli(capsys, "report", make_run(), *argv)
+    assert code == EXIT_ERROR and message in err and len(err.strip().splitlines()) == 1
 
 
 def test_schema_prints_the_committed_schema_of_one_record_type(capsys):

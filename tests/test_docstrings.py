@@ -34,7 +34,8 @@ def package_modules() -> list[str]:
         package = importlib.import_module(subpackage)
         names += [subpackage] + [m.name for m in pkgutil.walk_packages(package.__path__, f"{subpackage}.")]
     optional = ("chronomoe.integrations.",)  # import their framework; checked when it is installed
-    return sorted({name for name in names if not name.startswith(optional)})
+    # A __main__ module runs its program when imported.
+    return sorted({name for name in names if not name.startswith(optional) and not name.endswith(".__main__")})
 
 
 def docstrings(module) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from chronomoe import AlertTransition, CorruptRecordError, InvalidInputError, Monitor, RoutingEvent
 from chronomoe.cli import main
-from chronomoe.io.export import export_run
+from chronomoe.io.export import count_records, export_run
 from chronomoe.io.parquet_footer import shift_offsets
 from chronomoe.io.parquet_parts import MAGIC, PARTIAL_SUFFIX, encode_frame, read_part, scan_frames
 from chronomoe.io.parquet_schema import TABLE_MODELS, schema_text, stale_tables, table_schema
@@ -249,3 +249,11 @@ def test_export_refuses_an_existing_folder_and_a_run_already_in_that_storage(tmp
     assert "--out" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "run"), "--to", "parquet"]) == 0
     assert open_run(tmp_path / "run-parquet").storage == "parquet"
+
+
+def test_count_records_gives_the_total_of_what_export_writes_in_both_directions(tmp_path):
+    record_run(tmp_path / "jsonl", "jsonl", windows_of([[COLLAPSING]] * 6))
+    to_parquet = export_run(tmp_path / "jsonl" / "run", tmp_path / "parquet" / "run", "parquet")
+    to_jsonl = export_run(tmp_path / "parquet" / "run", tmp_path / "back" / "run", "jsonl")
+    assert count_records(tmp_path / "jsonl" / "run") == sum(to_parquet.records.values()) > 0
+    assert count_records(tmp_path / "parquet" / "run") == sum(to_jsonl.records.values())

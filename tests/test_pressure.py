@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from chronomoe import AlertRules, Monitor
 from chronomoe.controller import ControlDecision, PressureConfig, PressureController
-from chronomoe.controller.pressure import FREEZE_VARIABLE, fit_into_box
+from chronomoe.controller.pressure import FREEZE_VARIABLE
+from chronomoe.controller.snapshot_arrays import fit_into_box
 
 N_EXPERTS = 8
 BALANCED = [100] * N_EXPERTS

@@ -11,7 +11,7 @@ from ..errors import InvalidInputError
 
 def add_import_command(commands: Any) -> None:
     """Add ``import`` (with its formats: ``megatron``) to the ``chronomoe`` command's subparsers."""
-    from ..cli import _positive_int
+    from ..cli.options import positive_int
 
     formats = commands.add_parser(
         "import",
@@ -38,14 +38,14 @@ def add_import_command(commands: Any) -> None:
     for option, flag in (("--expert-parallel", "--expert-model-parallel-size"), ("--expert-tensor-parallel", None)):
         megatron.add_argument(
             option,
-            type=_positive_int,
+            type=positive_int,
             default=1,
             metavar="N",
             help=f"Megatron's {flag or '--expert-tensor-parallel-size'} (default 1)",
         )
     megatron.add_argument(
         "--top-k",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="K",
         help="--moe-router-topk, stored in the events (default 1)",
@@ -56,7 +56,7 @@ def add_import_command(commands: Any) -> None:
 def run_import_megatron(args: argparse.Namespace) -> int:
     """``chronomoe import megatron``: import, then print what was imported and what was skipped."""
     from ..alerts import AlertRules
-    from ..cli import EXIT_OK, _output_option
+    from ..cli.options import EXIT_OK, output_option
     from .megatron import MegatronLayout, import_megatron
 
     layout = MegatronLayout(
@@ -64,7 +64,7 @@ def run_import_megatron(args: argparse.Namespace) -> int:
     )
     rules = AlertRules.from_file(args.rules) if args.rules is not None else None
     run_id = args.run_id or f"megatron-{args.source.resolve().name}"
-    with _output_option("--output-dir", args.output_dir):
+    with output_option("--output-dir", args.output_dir):
         result = import_megatron(args.source, args.output_dir, run_id, layout=layout, rules=rules)
     steps = f"steps {result.iterations[0]}..{result.iterations[-1]}" if result.iterations else "no step"
     print(

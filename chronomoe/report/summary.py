@@ -16,6 +16,7 @@ its step, which are left out of the summary and counted.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,20 +116,31 @@ def summarize_run(run_dir: str | os.PathLike[str], mode: str = "TRAIN") -> RunSu
 
 def summary_warnings(summary: RunSummary) -> list[str]:
     """What the summary could not take from ``snapshots.jsonl`` as it stands, one line each (none: [])."""
+    return record_warnings(summary.corrupt_lines, summary.superseded_steps, summary.superseded_snapshots, summary.mode)
+
+
+def record_warnings(
+    corrupt_lines: Sequence[CorruptRecordError],
+    superseded_steps: tuple[int, int] | None,
+    superseded_snapshots: int,
+    mode: str,
+) -> list[str]:
+    """The warnings of a reader of ``snapshots.jsonl`` (summary, report) that skipped ``corrupt_lines`` and left
+    out ``superseded_snapshots`` earlier recordings of the steps ``superseded_steps`` (lowest, highest)."""
     warnings = []
-    if summary.corrupt_lines:
-        first = summary.corrupt_lines[0]
+    if corrupt_lines:
+        first = corrupt_lines[0]
         warnings.append(
-            f"{SNAPSHOTS_FILE}: {len(summary.corrupt_lines)} corrupt line(s) skipped (first: line "
+            f"{SNAPSHOTS_FILE}: {len(corrupt_lines)} corrupt line(s) skipped (first: line "
             f"{first.line_number}: {first.reason}); the figures leave those snapshots out. "
             "`chronomoe validate RUN_DIR` lists them"
         )
-    if summary.superseded_steps is not None:
-        low, high = summary.superseded_steps
+    if superseded_steps is not None:
+        low, high = superseded_steps
         warnings.append(
             f"{SNAPSHOTS_FILE}: steps {low}..{high} are recorded more than once (a reused run id, or a resume that "
-            f"recorded them again); the last recording of each is shown, {summary.superseded_snapshots} earlier "
-            f"{summary.mode} snapshot(s) left out. `chronomoe validate RUN_DIR` lists them"
+            f"recorded them again); the last recording of each is shown, {superseded_snapshots} earlier "
+            f"{mode} snapshot(s) left out. `chronomoe validate RUN_DIR` lists them"
         )
     return warnings
 
