@@ -31,10 +31,11 @@ def median_seconds(function: Callable[[], object], repeats: int = 7, warmup: int
     return statistics.median(samples)
 
 
-def interleaved_medians(
+def interleaved_samples(
     variants: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 2, number: int = 1
-) -> dict[str, float]:
-    """Median seconds per call of each variant, the variants run in turn within each repeat."""
+) -> dict[str, list[float]]:
+    """Seconds per call of each variant in each repeat, the variants run in turn within each repeat (so the
+    ``i``-th samples of two variants were taken side by side, and their ratio is one repeat's ratio)."""
     for _ in range(warmup):
         for function in variants.values():
             function()
@@ -45,6 +46,14 @@ def interleaved_medians(
             for _ in range(number):
                 function()
             samples[name].append((time.perf_counter() - start) / number)
+    return samples
+
+
+def interleaved_medians(
+    variants: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 2, number: int = 1
+) -> dict[str, float]:
+    """Median seconds per call of each variant, the variants run in turn within each repeat."""
+    samples = interleaved_samples(variants, repeats, warmup, number)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

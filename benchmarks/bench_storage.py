@@ -19,8 +19,15 @@ of 10 steps (580 events), as a Monitor does. In one process:
   revision: its ``chronomoe/io/fast_events.py`` making events, and the
   ``counts()`` of that revision filling the array one event at a time),
   interleaved, with the time ratio;
-* building ``RoutingEvent`` from Python lists, next to a plain dataclass that
-  derives the same fields (the seed's design), time ratio.
+* building ``RoutingEvent`` from Python lists (one list of ints per event):
+  ``RoutingEvent.from_lists`` (validated as a batch) and ``RoutingEvent(...)``
+  one event at a time, next to the seed's design, a plain dataclass that
+  derives the same fields in ``__post_init__`` (``token_count``,
+  ``active_experts``) but validates nothing and keeps the list (where
+  ``RoutingEvent`` checks every field and holds an int64 array); for one
+  step's 58 events and one snapshot's 580, interleaved, each repeat's time
+  ratio, min and median over the repeats (``--construction-only``: this part
+  alone).
 
 Run: ``.venv/bin/python benchmarks/bench_storage.py``; prints JSON (with the load average).
 """
@@ -39,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from _common import emit, interleaved_medians, median_seconds
+from _common import emit, interleaved_medians, interleaved_samples, median_seconds
 
 from chronomoe import RoutingEvent, TelemetryWriter
 from chronomoe.io.parquet_writer import ParquetRunWriter
@@ -136,7 +143,7 @@ def folder_bytes(folder: Path) -> int:
 
 @dataclasses.dataclass
 class SeedRoutingEvent:
-    """The seed's plain dataclass design: fields given, token_count and active experts derived."""
+    """The seed's plain dataclass design: fields given (unchecked), token_count and active experts derived."""
 
     run_id: str
     step: int
@@ -154,6 +161,74 @@ class SeedRoutingEvent:
         self.active_experts = [index for index, count in enumerate(self.expert_token_counts) if count > 0]
 
 
+def construction_variants(steps: int, counts: np.ndarray) -> dict[str, Callable[[], object]]:
+    """The three ways of building the events of ``counts``' first ``steps`` steps from lists (one per event)."""
+    rows = [row.tolist() for row in counts[:steps].reshape(-1, N_EXPERTS)]
+    step_ids = [step + 1 for step in range(steps) for _ in range(N_LAYERS)]
+    layer_ids = list(range(N_LAYERS)) * steps
+    per_event = list(zip(step_ids, layer_ids, rows, strict=True))
+
+    def from_lists() -> list[RoutingEvent]:
+        return RoutingEvent.from_lists(
+            run_id="b",
+            step=step_ids,
+            mode="TRAIN",
+            layer_id=layer_ids,
+            n_experts=N_EXPERTS,
+            top_k=TOP_K,
+            expert_token_counts=rows,
+        )
+
+    def one_at_a_time() -> list[RoutingEvent]:
+        return [
+            RoutingEvent(
+                run_id="b",
+                step=step,
+                mode="TRAIN",
+                layer_id=layer,
+                n_experts=N_EXPERTS,
+                top_k=TOP_K,
+                expert_token_counts=row,
+            )
+            for step, layer, row in per_event
+        ]
+
+    def seed() -> list[SeedRoutingEvent]:
+        return [SeedRoutingEvent("b", step, "TRAIN", layer, N_EXPERTS, TOP_K, row) for step, layer, row in per_event]
+
+    return {"from_lists": from_lists, "routing_event_one_at_a_time": one_at_a_time, "seed_dataclass": seed}
+
+
+def construction_figures(counts: np.ndarray, repeats: int) -> dict[str, object]:
+    """``RoutingEvent.from_lists``, ``RoutingEvent(...)`` per event and the seed's dataclass building the events
+    of ``counts``' first step (58 events) and first 10 steps (580), from lists; per-repeat time ratios."""
+    figures: dict[str, object] = {
+        "reference": "seed_dataclass: the seed's plain dataclass, token_count and active_experts derived in "
+        "__post_init__, no validation, the list kept as it is",
+        "repeats": repeats,
+    }
+    for name, steps in (("one_step", 1), ("one_snapshot", STEPS_PER_SNAPSHOT)):
+        samples = interleaved_samples(construction_variants(steps, counts), repeats=repeats, number=max(1, 10 // steps))
+        events = steps * N_LAYERS
+        ratios = {
+            variant: sorted(
+                time / reference for time, reference in zip(samples[variant], samples["seed_dataclass"], strict=True)
+            )
+            for variant in ("from_lists", "routing_event_one_at_a_time")
+        }
+        figures[name] = {
+            "events": events,
+            **{
+                f"{variant}_us_per_event": float(np.median(values)) / events * 1e6
+                for variant, values in samples.items()
+            },
+            "time_ratio_to_seed_dataclass": {
+                variant: {"min": values[0], "median": float(np.median(values))} for variant, values in ratios.items()
+            },
+        }
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--popularity", choices=("uniform", "dirichlet"), default="dirichlet")
@@ -165,8 +240,25 @@ def main() -> None:
         default="1e3d2e6",
         help="git revision whose JSONL reader is the reference (default: before issue 16 item 3)",
     )
+    parser.add_argument(
+        "--construction-only", action="store_true", help="only the figures of building events from lists"
+    )
+    parser.add_argument("--construction-repeats", type=int, default=31)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
+    if args.construction_only:
+        counts = draw_counts(STEPS_PER_SNAPSHOT, args.popularity, rng)
+        construction = construction_figures(counts, args.construction_repeats)
+        emit(
+            {
+                "benchmark": "storage",
+                "load_average_1_5_15": os.getloadavg(),
+                "popularity": args.popularity,
+                "experts": N_EXPERTS,
+                "routing_event_from_lists": construction,
+            }
+        )
+        return
     counts = draw_counts(max(args.parquet_steps, args.jsonl_steps), args.popularity, rng)
     small = make_events(counts[: args.jsonl_steps])
     payload = b"".join(event_line(event) for event in small)
@@ -210,21 +302,7 @@ def main() -> None:
         assert np.array_equal(open_run(folder / "jsonl" / "r0").counts().counts, expected), "JSONL counts differ"
         assert np.array_equal(baseline(folder / "jsonl" / "r0"), expected), "baseline JSONL counts differ"
 
-    lists = [row.tolist() for row in counts[0]]
-    construction = interleaved_medians(
-        {
-            "routing_event": lambda: [
-                RoutingEvent(
-                    run_id="b", step=1, mode="TRAIN", layer_id=i, n_experts=N_EXPERTS, top_k=8, expert_token_counts=row
-                )
-                for i, row in enumerate(lists)
-            ],
-            "seed_dataclass": lambda: [
-                SeedRoutingEvent("b", 1, "TRAIN", i, N_EXPERTS, 8, row) for i, row in enumerate(lists)
-            ],
-        },
-        repeats=15,
-    )
+    construction = construction_figures(counts, args.construction_repeats)
     n_small = len(small)
     megabytes = len(payload) / 1e6
     emit(
@@ -260,12 +338,7 @@ def main() -> None:
                 "jsonl_speedup_over_baseline": read["jsonl_baseline"] / read["jsonl"],
                 "orjson_parse_only_events_per_s": n_small / read["orjson_parse_only"],
             },
-            "routing_event_from_lists": {
-                "events": N_LAYERS,
-                "routing_event_us_per_event": construction["routing_event"] / N_LAYERS * 1e6,
-                "seed_dataclass_us_per_event": construction["seed_dataclass"] / N_LAYERS * 1e6,
-                "time_ratio_to_seed_dataclass": construction["routing_event"] / construction["seed_dataclass"],
-            },
+            "routing_event_from_lists": construction,
         }
     )
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import (
@@ -30,10 +30,9 @@ from pydantic import (
 )
 from typing_extensions import Self
 
-Mode = Literal["TRAIN", "INFER"]
-"""``TRAIN`` for forwards in training mode, ``INFER`` for ``model.eval()`` forwards."""
-MODES: tuple[Mode, ...] = ("TRAIN", "INFER")
-"""Every mode, in the order buffers index them."""
+from .event_batch import build_events
+from .modes import MODES as MODES
+from .modes import Mode as Mode
 
 INT64_LIMIT = 2.0**63
 """Counts (and their sums) must stay below this, so int64 arithmetic never wraps."""
@@ -220,15 +219,25 @@ class Record(BaseModel):
     def trusted(cls, **values: Any) -> Self:
         """Build from values the library computed and checked itself, skipping validation.
 
-        Every field must be given. About ten times cheaper than
-        ``model_construct``; used on the per-snapshot path only.
+        Every field must be given. About three times cheaper than ``model_construct``
+        (1.6 against 5.1 us per event); used where the library builds records in bulk
+        (snapshots, readers, event batches).
         """
-        record = cls.__new__(cls)
-        object.__setattr__(record, "__dict__", values)
-        object.__setattr__(record, "__pydantic_fields_set__", set(values))
-        object.__setattr__(record, "__pydantic_extra__", None)
-        object.__setattr__(record, "__pydantic_private__", None)
+        record = _new_object(cls)
+        _set_dict(record, values)
+        _set_fields_set(record, set(values))
+        _set_extra(record, None)
+        _set_private(record, None)
         return record
+
+
+# BaseModel's slots, set through their descriptors rather than object.__setattr__, which looks each name up
+# first: 1.6 instead of 2.0 us per record, and Record.trusted runs once per event read or batched.
+_new_object = object.__new__
+_set_dict = vars(BaseModel)["__dict__"].__set__
+_set_fields_set = vars(BaseModel)["__pydantic_fields_set__"].__set__
+_set_extra = vars(BaseModel)["__pydantic_extra__"].__set__
+_set_private = vars(BaseModel)["__pydantic_private__"].__set__
 
 
 class RoutingEvent(Record):
@@ -326,6 +335,59 @@ class RoutingEvent(Record):
             expert_token_counts=used_capacity,
             **fields,
         )
+
+    @classmethod
+    def from_lists(
+        cls,
+        *,
+        run_id: Any,
+        step: Any,
+        layer_id: Any,
+        n_experts: Any,
+        top_k: Any,
+        expert_token_counts: Any,
+        mode: Any = "TRAIN",
+        timestamp: Any = None,
+        router_prob_sums: Any = None,
+        loss: Any = None,
+        aux_loss: Any = None,
+    ) -> list[RoutingEvent]:
+        """Build many events at once, validated as ``RoutingEvent(...)`` validates each, about four times faster.
+
+        ``expert_token_counts`` is ``[events, n_experts]``: a list of count
+        rows (lists of ints, or 1-D integer arrays) or a 2-D integer array; it
+        fixes the number of events. Every other argument is one value for all
+        events, or a list, tuple or 1-D array of one value per event
+        (``layer_id=[0, 1, 2]``); ``router_prob_sums``, when given, is per
+        event (rows or ``None``). ``timestamp`` defaults to the time now, the
+        same for the whole batch.
+
+        The events equal those built one at a time (``==``, ``model_dump``),
+        and a batch is rejected when one of its events would be, with that
+        event's error (the first in batch order: ``pydantic.ValidationError``
+        naming the field and value, with a note giving the event's index); a
+        per-event argument of another length than the counts raises
+        :class:`~chronomoe.errors.InvalidInputError`. One difference: counts
+        given as integer objects that numpy does not know as integers (a class
+        with ``__index__``, ``gmpy2.mpz``) are read as the integers they stand
+        for, where ``RoutingEvent(...)`` rejects their object array. The
+        events' counts are read-only views of one matrix. Fast for plain
+        Python values (see :mod:`chronomoe.event_batch`); an event with other
+        values costs what ``RoutingEvent(...)`` costs.
+        """
+        columns = {
+            "timestamp": timestamp,
+            "run_id": run_id,
+            "step": step,
+            "mode": mode,
+            "layer_id": layer_id,
+            "n_experts": n_experts,
+            "top_k": top_k,
+            "loss": loss,
+            "aux_loss": aux_loss,
+        }
+        events: list[RoutingEvent] = build_events(cls, columns, expert_token_counts, router_prob_sums)
+        return events
 
 
 # The seed's home of ExpertState, beside RoutingEvent.

@@ -297,24 +297,22 @@ def _events(
         offset = (line.rank // layout.expert_tensor_parallel) % layout.expert_parallel * line.counts.shape[0]
         total = totals.setdefault(layer_id, np.zeros(width, dtype=np.int64))
         total[offset : offset + line.counts.shape[0]] += line.counts
-    now = time.time()
-    events = []
-    for layer_id, counts in sorted(totals.items()):
-        if layout.top_k > counts.shape[0]:
-            raise InvalidInputError("top_k", layout.top_k, f"exceeds layer {layer_id}'s {counts.shape[0]} experts")
-        events.append(
-            RoutingEvent(
-                timestamp=now,
-                run_id=run_id,
-                step=iteration,
-                mode="TRAIN",
-                layer_id=layer_id,
-                n_experts=counts.shape[0],
-                top_k=layout.top_k,
-                expert_token_counts=counts,
+    layer_ids = sorted(totals)
+    for layer_id in layer_ids:
+        if layout.top_k > totals[layer_id].shape[0]:
+            raise InvalidInputError(
+                "top_k", layout.top_k, f"exceeds layer {layer_id}'s {totals[layer_id].shape[0]} experts"
             )
-        )
-    return events
+    return RoutingEvent.from_lists(
+        run_id=run_id,
+        step=iteration,
+        mode="TRAIN",
+        layer_id=layer_ids,
+        n_experts=[totals[layer_id].shape[0] for layer_id in layer_ids],
+        top_k=layout.top_k,
+        expert_token_counts=[totals[layer_id] for layer_id in layer_ids],
+        timestamp=time.time(),
+    )
 
 
 def _name(key: tuple[str, int, int]) -> str:
