@@ -145,6 +145,15 @@ def test_microbatches_and_data_parallel_ranks_are_summed_per_iteration_and_layer
     assert (result.lines, dict(result.skipped)) == (6, {})
 
 
+def test_the_import_reports_its_progress_as_the_bytes_of_every_rank_file_read(tmp_path):
+    dump(tmp_path, 0, [line(10, 1, [1, 2, 3, 4]), "not json", line(20, 1, [2, 2, 2, 2])])
+    dump(tmp_path, 1, [line(10, 1, [0, 0, 0, 8]), line(20, 1, [1, 1, 1, 1])])
+    read: list[int] = []
+    import_megatron(tmp_path, tmp_path / "runs", "progress", progress=read.append)
+    sizes = sum(path.stat().st_size for path in (tmp_path / "tokens_per_expert").glob("rank*.jsonl"))
+    assert len(read) == 5 and sum(read) == sizes  # every line, the skipped one too
+
+
 def test_expert_parallel_ranks_fill_their_experts_and_tensor_parallel_copies_count_once(tmp_path):
     layout = MegatronLayout(expert_parallel=2, expert_tensor_parallel=2)
     # ranks 0, 1: ep_rank 0 (experts 0-1; rank 1 a copy); ranks 2, 3: ep_rank 1 (experts 2-3); rank 4: a second

@@ -57,15 +57,20 @@ def run_import_megatron(args: argparse.Namespace) -> int:
     """``chronomoe import megatron``: import, then print what was imported and what was skipped."""
     from ..alerts import AlertRules
     from ..cli.options import EXIT_OK, output_option
-    from .megatron import MegatronLayout, import_megatron
+    from ..progress import progress_bar, show_progress
+    from .megatron import MegatronLayout, import_megatron, rank_files
 
     layout = MegatronLayout(
         expert_parallel=args.expert_parallel, expert_tensor_parallel=args.expert_tensor_parallel, top_k=args.top_k
     )
     rules = AlertRules.from_file(args.rules) if args.rules is not None else None
     run_id = args.run_id or f"megatron-{args.source.resolve().name}"
-    with output_option("--output-dir", args.output_dir):
-        result = import_megatron(args.source, args.output_dir, run_id, layout=layout, rules=rules)
+    total = sum(path.stat().st_size for path in rank_files(args.source))
+    with (
+        output_option("--output-dir", args.output_dir),
+        progress_bar(total, unit="B", description="import", enabled=show_progress(total)) as bar,
+    ):
+        result = import_megatron(args.source, args.output_dir, run_id, layout=layout, rules=rules, progress=bar.update)
     steps = f"steps {result.iterations[0]}..{result.iterations[-1]}" if result.iterations else "no step"
     print(
         f"imported {result.lines} lines of {len(result.rank_files)} rank files: {len(result.iterations)} "

@@ -47,7 +47,7 @@ import itertools
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,11 +157,13 @@ def import_megatron(
     rules: Any = None,
     model_name: str = "megatron",
     max_line_bytes: int = MAX_LINE_BYTES,
+    progress: Callable[[int], None] | None = None,
 ) -> MegatronImport:
     """Write the run folder ``output_dir/run_id`` from the dump in ``source`` (see the module docstring).
 
     Streams: memory holds one iteration's lines of every rank. ``rules`` are
-    :class:`~chronomoe.AlertRules` (default: the defaults).
+    :class:`~chronomoe.AlertRules` (default: the defaults). ``progress`` is
+    called with the bytes of each line read (the rank files' sizes in all).
 
     Raises:
         InvalidInputError: no rank files, a layer count that contradicts an
@@ -176,7 +178,7 @@ def import_megatron(
     assert monitor.writer is not None  # an output_dir was given
     result = MegatronImport(monitor.writer.run_dir, files)
     try:
-        streams = [_counted_lines(path, layout, result, max_line_bytes) for path in files]
+        streams = [_counted_lines(path, layout, result, max_line_bytes, progress) for path in files]
         merged = heapq.merge(*streams, key=lambda line: line.iteration)
         for iteration, group in itertools.groupby(merged, key=lambda line: line.iteration):
             events = _events(iteration, list(group), layout, result, run_id)
@@ -213,14 +215,23 @@ def _manifest(monitor: Any) -> dict[str, Any]:
     return load_manifest(monitor.writer.run_dir / MANIFEST_FILE)
 
 
-def _counted_lines(path: Path, layout: MegatronLayout, result: MegatronImport, limit: int) -> Iterator[_Line]:
-    """The countable lines of one rank file, in file order; every other line is reported to ``result``."""
+def _counted_lines(
+    path: Path,
+    layout: MegatronLayout,
+    result: MegatronImport,
+    limit: int,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[_Line]:
+    """The countable lines of one rank file, in file order; every other line is reported to ``result``, and the
+    bytes of each to ``progress``."""
     match = RANK_FILE.fullmatch(path.name)
     assert match is not None  # rank_files found it by this pattern
     rank = int(match.group(1))
     copy = rank % layout.expert_tensor_parallel != 0
     previous = -1
     for number, raw in numbered_lines(path, limit):
+        if progress is not None:
+            progress(len(raw))
         where = f"{path.name}:{number}"
         if raw[-1] != 0x0A:
             result.skip(TORN, where, f"{len(raw)} bytes without a newline")
