@@ -86,6 +86,8 @@ FREEZE_VARIABLE = "CHRONOMOE_CONTROLLER_FROZEN"
 """Set to ``1``, ``true`` or ``yes`` to freeze every PressureController of the process."""
 
 ALERTING = (AlertState.PRE_COLLAPSE, AlertState.COLLAPSE_CONFIRMED)
+ALERTING_VALUES = frozenset(state.value for state in ALERTING)
+ALERT_STATE_OF = {state.value: state for state in AlertState}
 
 
 class PressureConfig(BaseModel):
@@ -240,7 +242,7 @@ class PressureController:
         newly_abstained = harmed & ~state["abstained"] & (state["harm_streak"] >= config.abstain_after)
         state["abstained"] |= newly_abstained
 
-        alerting = np.isin(view.states, [state.value for state in ALERTING])
+        alerting = np.array([state in ALERTING_VALUES for state in view.states.tolist()], dtype=bool)
         outside_band = view.has_data & (view.max_vio > config.tolerance)
         held = state["hold"] > 0  # snapshots left to keep acting after the layer left its alert state
         state["hold"] = np.where(alerting, config.hold_for, np.maximum(state["hold"] - 1, 0))
@@ -293,6 +295,11 @@ class PressureController:
             warming_up,
             frozen,
         )
+        # Plain Python values for the per-layer loop: element access on numpy arrays costs more than the rest.
+        in_snapshot, has_data = view.in_snapshot.tolist(), view.has_data.tolist()
+        pressures, acting_now, moved_now = pressure.tolist(), acting.tolist(), moved.tolist()
+        abstaining, states = state["abstained"].tolist(), view.states.tolist()
+        applies = actuator.changes_model and not config.dry_run
         return [
             ControlDecision.trusted(
                 controller=self.name,
@@ -302,23 +309,23 @@ class PressureController:
                 mode=snapshot.mode,
                 layer_id=layer_id,
                 run_id=snapshot.run_id,
-                alert_state=AlertState(view.states[position]) if view.in_snapshot[position] else None,
+                alert_state=ALERT_STATE_OF[states[position]],
                 metrics=view.metrics[position],
-                pressure=float(pressure[position]) if view.has_data[position] else None,
+                pressure=pressures[position] if has_data[position] else None,
                 heat=None,
                 forgetting=None,
-                action=("adjust" if acting[position] else "relax")
-                if moved[position]
-                else ("abstain" if state["abstained"][position] and view.has_data[position] else "none"),
+                action=("adjust" if acting_now[position] else "relax")
+                if moved_now[position]
+                else ("abstain" if abstaining[position] and has_data[position] else "none"),
                 actuator=actuator.name,
                 change=changes[position],
-                applied=bool(moved[position]) and actuator.changes_model and not config.dry_run,
+                applied=moved_now[position] and applies,
                 dry_run=config.dry_run,
                 reason=reasons[position],
                 timestamp=snapshot.timestamp,
             )
             for position, layer_id in enumerate(actuator.layer_ids)
-            if view.in_snapshot[position]
+            if in_snapshot[position]
         ]
 
     def _pressure(self, view: SnapshotArrays, n: np.ndarray) -> np.ndarray:
@@ -348,18 +355,24 @@ class PressureController:
         warming_up: bool,
         frozen: str | None,
     ) -> list[str]:
-        config, state = self.config, self._layer_state
+        config = self.config
+        # Plain Python values: element access on numpy arrays costs more than the words.
+        in_snapshot, has_data, max_vio = view.in_snapshot.tolist(), view.has_data.tolist(), view.max_vio.tolist()
+        pressure, acting, relaxing, moved = pressure.tolist(), acting.tolist(), relaxing.tolist(), moved.tolist()
+        harmed, abstained_now, allowed = harmed.tolist(), abstained_now.tolist(), allowed.tolist()
+        outside_band, warranted, states = outside_band.tolist(), warranted.tolist(), view.states.tolist()
+        abstained, step_scale = self._layer_state["abstained"].tolist(), self._layer_state["step_scale"].tolist()
         reasons = []
         for position in range(len(pressure)):
-            vio = view.max_vio[position]
+            vio = max_vio[position]
             words: str
-            if not view.in_snapshot[position]:
+            if not in_snapshot[position]:
                 words = ""
-            elif not view.has_data[position]:
+            elif not has_data[position]:
                 words = "no data in this window"
             elif not allowed[position]:
                 words = "layer not in the allow-list"
-            elif state["abstained"][position]:
+            elif abstained[position]:
                 words = (
                     f"abstains: {config.abstain_after} adjustments in a row raised MaxVio (now {vio:.3f})"
                     if abstained_now[position]
@@ -372,10 +385,10 @@ class PressureController:
             elif acting[position]:
                 verb = "adjusted" if moved[position] else "at its bounds"
                 back_off = " (backed off: MaxVio rose after the last adjustment)" if harmed[position] else ""
-                mode = "continuous balancing" if config.mode == "continuous" else f"layer is {view.states[position]}"
+                mode = "continuous balancing" if config.mode == "continuous" else f"layer is {states[position]}"
                 words = (
                     f"{verb} towards under-used experts: {mode}, pressure {pressure[position]:.3f}, "
-                    f"MaxVio {vio:.3f} > tolerance {config.tolerance}, step scale {state['step_scale'][position]:.2f}"
+                    f"MaxVio {vio:.3f} > tolerance {config.tolerance}, step scale {step_scale[position]:.2f}"
                     f"{back_off}"
                 )
             elif relaxing[position] and moved[position]:
@@ -383,7 +396,7 @@ class PressureController:
             elif not outside_band[position]:
                 words = f"within tolerance: MaxVio {vio:.3f} <= {config.tolerance}"
             else:
-                words = f"layer is {view.states[position]}: no action warranted in {config.mode} mode"
+                words = f"layer is {states[position]}: no action warranted in {config.mode} mode"
             if config.dry_run and moved[position]:
                 words = "dry run, not applied: " + words
             reasons.append(words)
