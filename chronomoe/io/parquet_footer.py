@@ -114,8 +114,8 @@ class _Rewriter:
         """Skip (and copy) one value of compact type ``kind``."""
         start = self.position
         if kind in (_TRUE, _FALSE):
-            pass  # a field's bool lives in its header
-        elif kind in _FIXED_SIZES:
+            return  # a field's bool lives in its header: no bytes to skip or copy
+        if kind in _FIXED_SIZES:
             self.position += _FIXED_SIZES[kind]
         elif kind in (_I16, _I32, _I64):
             self._varint(copy=False)
