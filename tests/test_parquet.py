@@ -222,6 +222,64 @@ def test_a_row_its_model_rejects_is_reported_naming_the_part_and_the_row(tmp_pat
         list(open_run(tmp_path / "run").events())
 
 
+# -- counts(): the run as one array ------------------------------------------------------------------------
+recorded_events = st.lists(
+    st.tuples(st.integers(1, 6), st.integers(0, 3), st.sampled_from(["TRAIN", "INFER"]), counts_rows),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(recorded_events, st.integers(1, 7), st.integers(1, 3))
+def test_counts_hold_the_last_record_of_each_step_and_layer_of_the_mode_in_either_storage(
+    tmp_path_factory, recorded, batch_size, row_groups_per_part
+):
+    """Whatever the order, repeats, modes, row groups and parts: the array holds the last record of each cell."""
+    folder = tmp_path_factory.mktemp("counts")
+    events = [
+        RoutingEvent(
+            run_id="run", step=step, mode=mode, layer_id=layer, n_experts=8, top_k=1, expert_token_counts=counts
+        )
+        for step, layer, mode, counts in recorded
+    ]
+    batches = [events[start : start + batch_size] for start in range(0, len(events), batch_size)]
+    with ParquetRunWriter("parquet", folder, row_groups_per_part=row_groups_per_part) as writer:
+        for batch in batches:
+            writer.write_events_batch(batch)
+    with Monitor("jsonl", folder, storage="jsonl") as monitor:
+        for batch in batches:
+            monitor.writer.write_events_batch(batch)
+    for mode in ("TRAIN", "INFER"):
+        last = {(event.step, event.layer_id): event.expert_token_counts for event in events if event.mode == mode}
+        steps, layers = sorted({step for step, _ in last}), sorted({layer for _, layer in last})
+        expected = np.zeros((len(steps), len(layers), 8 if last else 0), np.int64)  # no rows: no width
+        for (step, layer), counts in last.items():
+            expected[steps.index(step), layers.index(layer)] = counts
+        for storage in ("parquet", "jsonl"):
+            run_counts = open_run(folder / storage).counts(mode)
+            assert run_counts.steps.tolist() == steps and run_counts.layer_ids.tolist() == layers
+            assert run_counts.counts.dtype == np.int64 and np.array_equal(run_counts.counts, expected)
+
+
+def test_a_negative_count_in_a_later_row_group_is_reported_naming_its_row_in_the_part(tmp_path, make_event):
+    with ParquetRunWriter("run", tmp_path) as writer:
+        for step in (1, 2, 3):
+            writer.write_events_batch([make_event([1, 2], step=step), make_event([3, 4], step=step, layer_id=1)])
+    (part,) = (tmp_path / "run" / "routing_events").glob("*.parquet")
+    table = pq.read_table(part)
+    rows = table.column("expert_token_counts").to_pylist()
+    rows[4] = [5, -1]  # step 3, layer 0: the part's fifth row, in its third row group
+    index = table.schema.get_field_index("expert_token_counts")
+    field = table.schema.field(index)
+    counts = pa.FixedSizeListArray.from_arrays(
+        pa.array([value for row in rows for value in row], pa.int32()), type=field.type
+    )
+    pq.write_table(table.set_column(index, field, counts), part, row_group_size=2)
+    with pytest.raises(CorruptRecordError, match=r"\.parquet:5: expert_token_counts: negative count"):
+        open_run(tmp_path / "run").counts()
+
+
 # -- the Monitor and the commands --------------------------------------------------------------------------
 def test_a_monitor_with_storage_parquet_writes_tables_that_every_command_reads_like_the_jsonl_twin(tmp_path, capsys):
     windows = windows_of([[COLLAPSING, [125] * 8]] * 8)

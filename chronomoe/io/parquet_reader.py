@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from chronomoe.controller import ControlDecision
@@ -121,20 +122,44 @@ class ParquetRunReader(RunReader):
         return snapshot
 
     def counts(self, mode: str = "TRAIN") -> RunCounts:
-        """The ``mode`` events' counts as one array, read column-wise (no event objects)."""
+        """The ``mode`` events' counts as one array, read column-wise (no event objects): the row groups of a
+        part that follow each other in the table's order are read by one call."""
         steps, layers, rows = [], [], []
-        for group in self._row_groups(EVENTS_TABLE):
-            table = group.file.read_row_group(group.index, columns=_COUNT_COLUMNS)
-            keep = np.asarray(table.column("mode").to_pylist()) == mode
-            counts_column = table.column("expert_token_counts").combine_chunks()
-            width = counts_column.type.list_size
-            matrix = counts_column.values.to_numpy().reshape(-1, width)
-            if matrix.size and matrix.min() < 0:
-                row = int(np.argmin(matrix.min(axis=1)))
-                raise CorruptRecordError(str(group.path), group.first_row + row, "expert_token_counts: negative count")
-            steps.append(table.column("step").to_numpy()[keep])
-            layers.append(table.column("layer_id").to_numpy()[keep])
-            rows.append(matrix[keep])
+        for path, file, indices, first_rows in self._runs_of_groups(self._row_groups(EVENTS_TABLE)):
+            table = file.read_row_groups(indices, columns=_COUNT_COLUMNS, use_threads=False)
+            keep = pc.equal(table.column("mode"), mode).to_numpy(zero_copy_only=False)
+            every = bool(keep.all())  # usually: no copies but the one into the result
+            steps.append(table.column("step").to_numpy() if every else table.column("step").to_numpy()[keep])
+            layers.append(table.column("layer_id").to_numpy() if every else table.column("layer_id").to_numpy()[keep])
+            counts_column = table.column("expert_token_counts")
+            width, start = counts_column.type.list_size, 0
+            for chunk in counts_column.chunks:  # zero-copy views of the decoded values
+                matrix = chunk.flatten().to_numpy().reshape(-1, width)
+                if matrix.size and matrix.min() < 0:
+                    row = start + int(np.argmin(matrix.min(axis=1)))
+                    raise CorruptRecordError(
+                        str(path), _row_in_part(first_rows, row), "expert_token_counts: negative count"
+                    )
+                rows.append(matrix if every else matrix[keep[start : start + len(matrix)]])
+                start += len(matrix)
         if not steps:
             return stack_counts(np.zeros(0, np.int64), np.zeros(0, np.int64), [])
         return stack_counts(np.concatenate(steps), np.concatenate(layers), rows)
+
+    @staticmethod
+    def _runs_of_groups(groups: list[_RowGroup]) -> Iterator[tuple[Path, pq.ParquetFile, list[int], list[int]]]:
+        """Consecutive row groups of one part, in the order given: ``(path, file, indices, first rows)``."""
+        run: list[_RowGroup] = []
+        for group in groups:
+            if run and (group.path != run[-1].path or group.index != run[-1].index + 1):
+                yield run[0].path, run[0].file, [g.index for g in run], [g.first_row for g in run]
+                run = []
+            run.append(group)
+        if run:
+            yield run[0].path, run[0].file, [g.index for g in run], [g.first_row for g in run]
+
+
+def _row_in_part(first_rows: list[int], row: int) -> int:
+    """The part's row number (1-based) of row ``row`` (0-based) of row groups read together whose first rows in
+    the part are ``first_rows``: consecutive groups, so the rows follow on from the first."""
+    return first_rows[0] + row

@@ -118,8 +118,20 @@ def stack_counts(
     unique_steps, step_index = np.unique(steps, return_inverse=True)
     layer_ids, layer_index = np.unique(layers, return_inverse=True)
     width = max((matrix.shape[1] for matrix in rows if len(matrix)), default=0)  # of the rows given
-    counts = np.zeros((len(unique_steps), len(layer_ids), width), np.int64)
     cells = step_index * len(layer_ids) + layer_index
+    if (
+        len(cells)
+        and np.array_equal(cells, np.arange(len(unique_steps) * len(layer_ids)))
+        and all(matrix.shape[1] == width for matrix in rows if len(matrix))
+    ):
+        # The usual run: every layer once per step, in step and layer order, one width. The rows are the array's
+        # rows in order: copied (and widened to int64) in one pass, without a scatter.
+        counts = np.empty((len(unique_steps), len(layer_ids), width), np.int64)
+        np.concatenate(
+            [matrix for matrix in rows if len(matrix)] or [np.zeros((0, width))], out=counts.reshape(-1, width)
+        )
+        return RunCounts(unique_steps, layer_ids, counts)
+    counts = np.zeros((len(unique_steps), len(layer_ids), width), np.int64)
     sequence = np.arange(len(cells)) if order is None else np.asarray(order)
     # the last row (by sequence) of each cell, so that the assignments below never write a cell twice
     by_cell = np.lexsort((sequence, cells))
