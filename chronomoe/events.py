@@ -223,6 +223,13 @@ class Record(BaseModel):
         (1.6 against 5.1 us per event); used where the library builds records in bulk
         (snapshots, readers, event batches).
         """
+        return cls.trusted_from_dict(values)
+
+    @classmethod
+    def trusted_from_dict(cls, values: dict[str, Any]) -> Self:
+        """:meth:`trusted` from a dict of every field, which the record keeps (the caller must not change it
+        afterwards): for records built in bulk from a template dict, without unpacking keywords (1 against 4 us
+        per 19-field decision)."""
         record = _new_object(cls)
         _set_dict(record, values)
         _set_fields_set(record, set(values))

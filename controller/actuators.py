@@ -35,8 +35,6 @@ import numpy as np
 
 from chronomoe.errors import InvalidInputError
 
-from .decisions import ActuatorChange
-
 
 @runtime_checkable
 class Actuator(Protocol):
@@ -107,11 +105,13 @@ def check_values(actuator: Actuator, values: np.ndarray, layers: np.ndarray) -> 
         raise InvalidInputError("values", values.shape, f"must be {shape}: [layers, widest layer's experts]")
     if layers.shape != (shape[0],) or layers.dtype != np.bool_:
         raise InvalidInputError("layers", layers.shape, f"must be a boolean mask of {shape[0]} layers")
-    if not np.isfinite(values[layers]).all():
-        raise InvalidInputError("values", values[layers].tolist(), "must be finite")
-    padding = np.arange(shape[1])[None, :] >= np.asarray(actuator.n_experts)[:, None]
-    if np.any(values[padding & layers[:, None]]):
-        raise InvalidInputError("values", "padding", "columns beyond a layer's n_experts must stay 0")
+    selected = values if layers.all() else values[layers]  # no copy in the usual case of every layer
+    if not np.isfinite(selected).all():
+        raise InvalidInputError("values", selected.tolist(), "must be finite")
+    if min(actuator.n_experts) < shape[1]:
+        padding = np.arange(shape[1])[None, :] >= np.asarray(actuator.n_experts)[:, None]
+        if np.any(values[padding & layers[:, None]]):
+            raise InvalidInputError("values", "padding", "columns beyond a layer's n_experts must stay 0")
 
 
 def check_layout(actuator: Actuator, state: dict[str, Any]) -> None:
@@ -122,35 +122,3 @@ def check_layout(actuator: Actuator, state: dict[str, Any]) -> None:
             {"name": state.get("name"), "layer_ids": state.get("layer_ids")},
             f"is not of this actuator ({actuator.name}, layers {list(actuator.layer_ids)})",
         )
-
-
-def summarize_changes(
-    before: np.ndarray, after: np.ndarray, n_experts: Sequence[int], bound: float | None
-) -> list[ActuatorChange]:
-    """What changing values from ``before`` to ``after`` (``[L, width]``, padding zero) did to each layer."""
-    width = before.shape[1]
-    real = np.arange(width)[None, :] < np.asarray(n_experts)[:, None]
-    change = np.abs(after - before)
-    at_bound = np.zeros(len(before), dtype=np.int64)
-    if bound is not None:
-        at_bound = np.count_nonzero(real & (np.abs(after) >= bound * (1 - 1e-9)), axis=1)
-    columns = zip(
-        change.max(axis=1).tolist(),
-        change.sum(axis=1).tolist(),
-        np.abs(before).max(axis=1).tolist(),
-        np.abs(after).max(axis=1).tolist(),
-        (after.sum(axis=1) / np.asarray(n_experts)).tolist(),
-        at_bound.tolist(),
-        strict=True,
-    )
-    return [
-        ActuatorChange.trusted(
-            max_abs_change=largest_change,
-            l1_change=total_change,
-            max_abs_before=largest_before,
-            max_abs_after=largest_after,
-            mean_after=mean,
-            clamped=clamped,
-        )
-        for largest_change, total_change, largest_before, largest_after, mean, clamped in columns
-    ]

@@ -78,16 +78,15 @@ from chronomoe.alerts import AlertRules, AlertState, AlertTransition
 from chronomoe.errors import InvalidInputError
 from chronomoe.snapshots import SystemSnapshot
 
-from .actuators import Actuator, HostBiasActuator, check_layout, summarize_changes
+from .actuators import Actuator, HostBiasActuator, check_layout
 from .decisions import ControlDecision
 from .snapshot_arrays import SnapshotArrays, fit_into_box
+from .verdicts import Verdicts, change_summaries, decisions
 
 FREEZE_VARIABLE = "CHRONOMOE_CONTROLLER_FROZEN"
 """Set to ``1``, ``true`` or ``yes`` to freeze every PressureController of the process."""
 
-ALERTING = (AlertState.PRE_COLLAPSE, AlertState.COLLAPSE_CONFIRMED)
-ALERTING_VALUES = frozenset(state.value for state in ALERTING)
-ALERT_STATE_OF = {state.value: state for state in AlertState}
+ALERTING = frozenset((AlertState.PRE_COLLAPSE, AlertState.COLLAPSE_CONFIRMED))
 
 
 class PressureConfig(BaseModel):
@@ -157,6 +156,7 @@ class PressureController:
         """Act through ``actuator`` from now on (its current values are the starting bias)."""
         self.actuator = actuator
         self._layer_state = _fresh_layer_state(len(actuator.layer_ids))
+        self._allowed = np.isin(actuator.layer_ids, self.config.layers or [])  # used when config.layers is set
 
     def freeze(self, reason: str = "frozen by the operator") -> None:
         """Stop changing the model (decisions go on being made and recorded) until :meth:`unfreeze`."""
@@ -242,14 +242,12 @@ class PressureController:
         newly_abstained = harmed & ~state["abstained"] & (state["harm_streak"] >= config.abstain_after)
         state["abstained"] |= newly_abstained
 
-        alerting = np.array([state in ALERTING_VALUES for state in view.states.tolist()], dtype=bool)
+        alerting = np.array([layer_state in ALERTING for layer_state in view.states], dtype=bool)
         outside_band = view.has_data & (view.max_vio > config.tolerance)
         held = state["hold"] > 0  # snapshots left to keep acting after the layer left its alert state
         state["hold"] = np.where(alerting, config.hold_for, np.maximum(state["hold"] - 1, 0))
         warranted = alerting | held if config.mode == "alert" else np.ones_like(alerting)
-        allowed = view.in_snapshot & (
-            np.ones_like(alerting) if config.layers is None else np.isin(actuator.layer_ids, config.layers)
-        )
+        allowed = view.in_snapshot if config.layers is None else view.in_snapshot & self._allowed
         acting = allowed & outside_band & warranted & ~state["abstained"] & (not warming_up) & (frozen is None)
 
         balanced = view.has_data & ~alerting & (view.max_vio < config.relax_margin * config.tolerance)
@@ -263,70 +261,75 @@ class PressureController:
         )
 
         before = actuator.read()
-        desired = np.zeros_like(before)
-        gain = config.rate * state["step_scale"] * (0.5 + 0.5 * pressure)
-        desired[acting] = gain[acting, None] * view.direction[acting]
-        desired[relaxing] = -config.relax_rate * before[relaxing]
-        change = np.zeros_like(before)
-        moving = acting | relaxing
-        if moving.any():  # the box fit on the rows that may move only
-            change[moving] = fit_into_box(
-                desired[moving], before[moving], n[moving].astype(np.int64), config.max_step, config.max_bias
-            )
-        moved = moving & (np.abs(change).max(axis=1) > 0)
-        after = before + change
-        changes = summarize_changes(before, after, actuator.n_experts, config.max_bias)
+        after, moved = self._move(before, view, pressure, acting, relaxing, n)
         if moved.any():
             actuator.apply(after, moved)
-
         state["adjusted_last"] = acting & moved
         state["last_max_vio"] = np.where(view.has_data, view.max_vio, state["last_max_vio"])
-        reasons = self._reasons(
+        verdicts = Verdicts(
+            allowed=allowed,
+            outside_band=outside_band,
+            warranted=warranted,
+            acting=acting,
+            relaxing=relaxing,
+            moved=moved,
+            harmed=harmed,
+            newly_abstained=newly_abstained,
+            abstained=state["abstained"],
+            step_scale=state["step_scale"],
+            warming_up=warming_up,
+            frozen=frozen,
+            snapshots_seen=self._snapshots_seen,
+        )
+        return decisions(
+            snapshot,
             view,
             pressure,
-            acting,
-            relaxing,
-            moved,
-            harmed,
-            newly_abstained,
-            allowed,
-            outside_band,
-            warranted,
-            warming_up,
-            frozen,
+            verdicts,
+            change_summaries(before, after, n, config.max_bias),
+            template=self._decision_template(actuator),
+            layer_ids=actuator.layer_ids,
+            config=config,
+            applies=actuator.changes_model and not config.dry_run,
         )
-        # Plain Python values for the per-layer loop: element access on numpy arrays costs more than the rest.
-        in_snapshot, has_data = view.in_snapshot.tolist(), view.has_data.tolist()
-        pressures, acting_now, moved_now = pressure.tolist(), acting.tolist(), moved.tolist()
-        abstaining, states = state["abstained"].tolist(), view.states.tolist()
-        applies = actuator.changes_model and not config.dry_run
-        return [
-            ControlDecision.trusted(
-                controller=self.name,
-                config_hash=self.config_hash,
-                trigger="snapshot",
-                step=snapshot.step,
-                mode=snapshot.mode,
-                layer_id=layer_id,
-                run_id=snapshot.run_id,
-                alert_state=ALERT_STATE_OF[states[position]],
-                metrics=view.metrics[position],
-                pressure=pressures[position] if has_data[position] else None,
-                heat=None,
-                forgetting=None,
-                action=("adjust" if acting_now[position] else "relax")
-                if moved_now[position]
-                else ("abstain" if abstaining[position] and has_data[position] else "none"),
-                actuator=actuator.name,
-                change=changes[position],
-                applied=moved_now[position] and applies,
-                dry_run=config.dry_run,
-                reason=reasons[position],
-                timestamp=snapshot.timestamp,
-            )
-            for position, layer_id in enumerate(actuator.layer_ids)
-            if in_snapshot[position]
-        ]
+
+    def _move(
+        self,
+        before: np.ndarray,
+        view: SnapshotArrays,
+        pressure: np.ndarray,
+        acting: np.ndarray,
+        relaxing: np.ndarray,
+        n: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The bias after this decision (``[L, width]``) and which layers it moved (``[L]``): acting layers pushed
+        along their direction, relaxing layers shrunk towards 0, both fitted into the bounds' box."""
+        config = self.config
+        moving = acting | relaxing
+        if not moving.any():
+            return before, moving
+        rows = slice(None) if moving.all() else np.flatnonzero(moving)  # the box fit on the moving rows only
+        gain = config.rate * self._layer_state["step_scale"] * (0.5 + 0.5 * pressure) * acting
+        desired = gain[rows, None] * view.direction[rows]
+        if relaxing.any():
+            desired += (-config.relax_rate * relaxing[rows])[:, None] * before[rows]
+        change = fit_into_box(desired, before[rows], n[rows], config.max_step, config.max_bias)
+        moved = np.zeros_like(moving)
+        moved[rows] = np.abs(change).max(axis=1) > 0
+        after = before.copy()
+        after[rows] += change
+        return after, moved
+
+    def _decision_template(self, actuator: Actuator) -> dict[str, Any]:
+        """The fields every decision of this controller and actuator shares."""
+        return {
+            "controller": self.name,
+            "config_hash": self.config_hash,
+            "heat": None,
+            "forgetting": None,
+            "actuator": actuator.name,
+            "dry_run": self.config.dry_run,
+        }
 
     def _pressure(self, view: SnapshotArrays, n: np.ndarray) -> np.ndarray:
         rules, config = self.rules, self.config
@@ -339,68 +342,6 @@ class PressureController:
             terms = np.stack([neff_deficit, top2_excess, vio_excess, view.dead_fraction])
         pressure = np.nan_to_num(np.clip(terms, 0.0, 1.0), nan=0.0).max(axis=0)
         return np.where(view.has_data, pressure, 0.0)
-
-    def _reasons(
-        self,
-        view: SnapshotArrays,
-        pressure: np.ndarray,
-        acting: np.ndarray,
-        relaxing: np.ndarray,
-        moved: np.ndarray,
-        harmed: np.ndarray,
-        abstained_now: np.ndarray,
-        allowed: np.ndarray,
-        outside_band: np.ndarray,
-        warranted: np.ndarray,
-        warming_up: bool,
-        frozen: str | None,
-    ) -> list[str]:
-        config = self.config
-        # Plain Python values: element access on numpy arrays costs more than the words.
-        in_snapshot, has_data, max_vio = view.in_snapshot.tolist(), view.has_data.tolist(), view.max_vio.tolist()
-        pressure, acting, relaxing, moved = pressure.tolist(), acting.tolist(), relaxing.tolist(), moved.tolist()
-        harmed, abstained_now, allowed = harmed.tolist(), abstained_now.tolist(), allowed.tolist()
-        outside_band, warranted, states = outside_band.tolist(), warranted.tolist(), view.states.tolist()
-        abstained, step_scale = self._layer_state["abstained"].tolist(), self._layer_state["step_scale"].tolist()
-        reasons = []
-        for position in range(len(pressure)):
-            vio = max_vio[position]
-            words: str
-            if not in_snapshot[position]:
-                words = ""
-            elif not has_data[position]:
-                words = "no data in this window"
-            elif not allowed[position]:
-                words = "layer not in the allow-list"
-            elif abstained[position]:
-                words = (
-                    f"abstains: {config.abstain_after} adjustments in a row raised MaxVio (now {vio:.3f})"
-                    if abstained_now[position]
-                    else "abstaining since repeated adjustments made the layer worse"
-                )
-            elif frozen is not None and (outside_band[position] and warranted[position]):
-                words = f"{frozen}: would adjust (pressure {pressure[position]:.3f}, MaxVio {vio:.3f})"
-            elif warming_up and outside_band[position]:
-                words = f"warm-up: snapshot {self._snapshots_seen} of {config.warmup}"
-            elif acting[position]:
-                verb = "adjusted" if moved[position] else "at its bounds"
-                back_off = " (backed off: MaxVio rose after the last adjustment)" if harmed[position] else ""
-                mode = "continuous balancing" if config.mode == "continuous" else f"layer is {states[position]}"
-                words = (
-                    f"{verb} towards under-used experts: {mode}, pressure {pressure[position]:.3f}, "
-                    f"MaxVio {vio:.3f} > tolerance {config.tolerance}, step scale {step_scale[position]:.2f}"
-                    f"{back_off}"
-                )
-            elif relaxing[position] and moved[position]:
-                words = f"relaxed the bias by {config.relax_rate:g}: balanced with margin (MaxVio {vio:.3f})"
-            elif not outside_band[position]:
-                words = f"within tolerance: MaxVio {vio:.3f} <= {config.tolerance}"
-            else:
-                words = f"layer is {states[position]}: no action warranted in {config.mode} mode"
-            if config.dry_run and moved[position]:
-                words = "dry run, not applied: " + words
-            reasons.append(words)
-        return reasons
 
     # -- checkpointing ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -4,6 +4,10 @@ Pure numpy: no state, no I/O."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from operator import attrgetter
+from typing import Any
+
 import numpy as np
 
 from chronomoe.alerts import AlertState
@@ -15,30 +19,47 @@ from .actuators import Actuator
 def fit_into_box(
     desired: np.ndarray, bias: np.ndarray, n_experts: np.ndarray, max_step: float, max_bias: float
 ) -> np.ndarray:
-    """The change closest in direction to ``desired`` that keeps every bound (``[L, width]`` arrays).
+    """The change closest in direction to ``desired`` that keeps every bound (``[L, width]`` arrays; ``n_experts``
+    ``[L]``).
 
     ``desired`` sums to 0 over each layer's experts; the result does too, and
     ``|change| <= max_step``, ``|bias + change| <= max_bias`` hold for every
     expert (``bias`` must already be within ``max_bias``). Experts whose bias
     is at the bound in the direction of their push are held (anti-windup) and
-    the rest re-centred, twice; then the whole row is scaled down to fit.
+    the rest re-centred, once more if that turned another expert at its bound
+    outwards; then the whole row is scaled down to fit.
     """
-    width = desired.shape[1]
-    real = np.arange(width)[None, :] < n_experts[:, None]
-    low = np.maximum(-max_step, -max_bias - bias)
-    high = np.minimum(max_step, max_bias - bias)
-    change = np.where(real, desired, 0.0)
-    for _ in range(2):
-        held = ((change > 0) & (high <= 0)) | ((change < 0) & (low >= 0))
-        free = real & ~held
-        change = np.where(free, change, 0.0)
-        free_count = np.maximum(free.sum(axis=1, keepdims=True), 1)
-        change = np.where(free, change - change.sum(axis=1, keepdims=True) / free_count, 0.0)
-    limits = np.full_like(change, np.inf)  # the largest factor each expert's change may be scaled by
-    np.divide(high, change, out=limits, where=change > 0)
-    np.divide(low, change, out=limits, where=change < 0)
-    scale = np.clip(limits.min(axis=1), 0.0, 1.0)
-    fitted: np.ndarray = change * scale[:, None]  # zero in padding: padding is never free
+    n_layers, width = desired.shape
+    real = np.arange(width)[None, :] < n_experts[:, None] if (n_experts < width).any() else None
+    change = desired.copy() if real is None else desired * real
+    flat_change = change.reshape(-1)  # a view: C-contiguous
+    # Only experts at the bound can be held; usually there are none or few, so they are handled by index.
+    at_bound = np.flatnonzero(np.abs(bias) >= max_bias)
+    bias_at_bound = bias.reshape(-1)[at_bound]
+    held = at_bound[:0]
+    for iteration in range(2):
+        outwards = at_bound[flat_change[at_bound] * bias_at_bound > 0]  # pushing further out: held from now on
+        if iteration and not outwards.size:
+            break  # nothing newly held: the first re-centring stands
+        held = np.concatenate([held, outwards])
+        flat_change[held] = 0.0
+        free_count = n_experts - np.bincount(held // width, minlength=n_layers)
+        change -= change.sum(axis=1, keepdims=True) / np.maximum(free_count, 1)[:, None]
+        flat_change[held] = 0.0
+        if real is not None:
+            change *= real
+    # The largest factor each row may be scaled by: max_step / its largest |change|, unless that would carry an
+    # expert past max_bias; then, for those rows only, the least over experts of headroom / |change|.
+    magnitude = np.abs(change)
+    with np.errstate(divide="ignore"):
+        scale = np.minimum(max_step / magnitude.max(axis=1), 1.0)
+    fitted: np.ndarray = change * scale[:, None]
+    past = np.abs(bias + fitted).max(axis=1) > max_bias
+    if past.any():
+        headroom = max_bias - bias[past] * np.sign(change[past])  # how far each may move in its direction
+        limits = np.full_like(headroom, np.inf)
+        np.divide(np.minimum(headroom, max_step), magnitude[past], out=limits, where=magnitude[past] > 0)
+        fitted[past] = change[past] * np.clip(limits.min(axis=1), 0.0, 1.0)[:, None]
     return fitted
 
 
@@ -46,17 +67,18 @@ class SnapshotArrays:
     """A snapshot's layers as arrays in the actuator's layer order (what the policy reads).
 
     Shapes: per-layer fields ``[L]`` (``L = len(actuator.layer_ids)``; NaN
-    where a layer has no data or is not in the snapshot); ``direction``
-    ``[L, width]``, each expert's deficit of the balanced share ``1/n``
-    scaled so that the largest is 1 in magnitude (0 in padding beyond a
-    layer's ``n_experts``).
+    where a layer has no data or is not in the snapshot); ``states`` and
+    ``metrics`` lists of ``L`` (nominal and ``{}`` for a layer not in the
+    snapshot); ``direction`` ``[L, width]``, each expert's deficit of the
+    balanced share ``1/n`` scaled so that the largest is 1 in magnitude (0 in
+    padding beyond a layer's ``n_experts``).
     """
 
     def __init__(self, n_layers: int, width: int) -> None:
         nan = np.full(n_layers, np.nan)
         self.in_snapshot = np.zeros(n_layers, dtype=bool)
         self.has_data = np.zeros(n_layers, dtype=bool)
-        self.states = np.full(n_layers, AlertState.NOMINAL.value, dtype=object)
+        self.states: list[AlertState] = [AlertState.NOMINAL] * n_layers
         self.n_effective, self.top2_share, self.max_vio, self.dead_fraction = (
             nan.copy(),
             nan.copy(),
@@ -68,44 +90,71 @@ class SnapshotArrays:
 
     @classmethod
     def of(cls, snapshot: SystemSnapshot, actuator: Actuator) -> SnapshotArrays:
-        position_of = {layer_id: position for position, layer_id in enumerate(actuator.layer_ids)}
-        view = cls(len(actuator.layer_ids), max(actuator.n_experts))
-        width = view.direction.shape[1]
-        shares = np.zeros_like(view.direction)
-        # Gathered as Python lists and stored in one assignment per array: setting numpy elements one at a time
-        # costs more than the rest of the loop at 58 layers.
-        present, states = [], []
-        with_data, n_effective, top2_share, dead_fraction = [], [], [], []
-        for layer in snapshot.layers:
-            position = position_of.get(layer.layer_id)
-            if position is None:
-                continue
-            present.append(position)
-            states.append(layer.alert_state.value)
-            view.metrics[position] = {
-                "n_effective": layer.n_effective,
-                "top2_share": layer.top2_share,
-                "max_vio": layer.max_vio,
-                "dead_expert_count": layer.dead_expert_count,
-            }
-            if layer.no_data:
-                continue
-            with_data.append(position)
-            n_effective.append(layer.n_effective)
-            top2_share.append(layer.top2_share)
-            dead_fraction.append(layer.dead_expert_count / layer.n_experts)
-            shares[position, : layer.n_experts] = layer.utilization_shares
+        n_layers, width = len(actuator.layer_ids), max(actuator.n_experts)
+        view = cls(n_layers, width)
+        if not snapshot.layers:
+            return view
+        # Read column-wise (one attrgetter call per layer, transposed by zip) and stored in one assignment per
+        # array: per-element Python work costs more than the arithmetic at 58 layers.
+        columns: list[Sequence[Any]] = list(zip(*map(_LAYER_FIELDS, snapshot.layers), strict=True))
+        ids, states, no_data, widths, n_effective, top2_share, max_vio, dead, rows = columns
+        present: list[int]
+        if ids == actuator.layer_ids:  # the usual case: the actuator's layers, in its order
+            present = list(range(n_layers))
+        else:
+            position_of = {layer_id: position for position, layer_id in enumerate(actuator.layer_ids)}
+            found = [position_of.get(layer_id) for layer_id in ids]
+            kept = [index for index, position in enumerate(found) if position is not None]
+            present = [position for position in found if position is not None]
+            states, no_data, widths, n_effective, top2_share, max_vio, dead, rows = (
+                [column[index] for index in kept]
+                for column in (states, no_data, widths, n_effective, top2_share, max_vio, dead, rows)
+            )
+        for position, state, metrics in zip(
+            present, states, zip(n_effective, top2_share, max_vio, dead, strict=True), strict=True
+        ):
+            view.states[position] = state
+            view.metrics[position] = dict(zip(_METRIC_NAMES, metrics, strict=True))
         view.in_snapshot[present] = True
-        view.states[present] = states
-        view.has_data[with_data] = True
-        view.n_effective[with_data] = n_effective
-        view.top2_share[with_data] = top2_share
-        view.dead_fraction[with_data] = dead_fraction
+        if any(no_data):
+            data = [index for index, empty in enumerate(no_data) if not empty]
+            if not data:
+                return view
+            present, widths, n_effective, top2_share, dead, rows = (
+                [column[index] for index in data] for column in (present, widths, n_effective, top2_share, dead, rows)
+            )
+        view.has_data[present] = True
+        view.n_effective[present] = n_effective
+        view.top2_share[present] = top2_share
         n = np.asarray(actuator.n_experts, dtype=np.float64)
-        real = np.arange(width)[None, :] < n[:, None]
+        view.dead_fraction[present] = np.asarray(dead) / n[present]
+        shares = np.zeros((n_layers, width))
+        if len(present) == n_layers and present == sorted(present) and all(row_width == width for row_width in widths):
+            np.concatenate(rows, out=shares.reshape(-1))  # every row, in order: no scatter
+        else:
+            for position, row_width, row in zip(present, widths, rows, strict=True):
+                shares[position, :row_width] = row
         # MaxVio from the shares (logs written before max_vio was recorded have none); NaN without data.
         view.max_vio = np.where(view.has_data, n * shares.max(axis=1) - 1.0, np.nan)
-        deficit = np.where(real & view.has_data[:, None], 1.0 / n[:, None] - shares, 0.0)
+        deficit = 1.0 / n[:, None] - shares
+        if len(present) < n_layers:
+            deficit *= view.has_data[:, None]
+        if (n < width).any():
+            deficit *= np.arange(width)[None, :] < n[:, None]
         largest = np.abs(deficit).max(axis=1, keepdims=True)
-        view.direction = np.divide(deficit, largest, out=np.zeros_like(deficit), where=largest > 0)
+        np.divide(deficit, largest, out=view.direction, where=largest > 0)
         return view
+
+
+_LAYER_FIELDS = attrgetter(
+    "layer_id",
+    "alert_state",
+    "no_data",
+    "n_experts",
+    "n_effective",
+    "top2_share",
+    "max_vio",
+    "dead_expert_count",
+    "utilization_shares",
+)
+_METRIC_NAMES = ("n_effective", "top2_share", "max_vio", "dead_expert_count")

@@ -254,6 +254,37 @@ def test_fit_into_box_holds_experts_at_their_bound_and_recentres_the_rest():
     assert np.abs(change).max() <= 0.2 and np.abs(bias + change).max() <= 0.5
 
 
+boxes = st.integers(1, 4).flatmap(
+    lambda rows: st.tuples(
+        st.lists(st.lists(st.floats(-1, 1), min_size=6, max_size=6), min_size=rows, max_size=rows),
+        st.lists(
+            st.lists(st.sampled_from([-1.0, -0.5, 0.0, 0.3, 1.0]), min_size=6, max_size=6), min_size=rows, max_size=rows
+        ),
+        st.lists(st.integers(2, 6), min_size=rows, max_size=rows),
+    )
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(boxes, st.sampled_from([0.05, 0.3, 2.0]))
+def test_fit_into_box_keeps_both_bounds_the_mean_and_never_pushes_an_expert_at_its_bound_outwards(box, max_step):
+    """For any mean-zero wish and any bias within the bound (experts at the bound included), in padded rows."""
+    desired_rows, bias_rows, widths = box
+    n_experts = np.array(widths, dtype=np.float64)
+    real = np.arange(6)[None, :] < n_experts[:, None]
+    desired = np.where(real, np.array(desired_rows), 0.0)
+    desired = np.where(real, desired - desired.sum(axis=1, keepdims=True) / n_experts[:, None], 0.0)
+    bias = np.where(real, np.array(bias_rows), 0.0)
+    bias = np.where(real, bias - bias.sum(axis=1, keepdims=True) / n_experts[:, None], 0.0).clip(-1.0, 1.0)
+    change = fit_into_box(desired, bias, n_experts, max_step=max_step, max_bias=1.0)
+    assert np.abs(change).max() <= max_step * (1 + 1e-12)
+    assert np.abs(bias + change).max() <= 1.0 + 1e-12
+    assert np.abs(change.sum(axis=1)).max() <= 1e-12
+    assert not change[~real].any()
+    at_bound = np.abs(bias) >= 1.0
+    assert not (at_bound & (change * bias > 0)).any()
+
+
 def test_a_bad_policy_is_refused_naming_the_field(assert_rejected):
     assert_rejected(lambda: PressureController(max_step=0), "max_step")
     assert_rejected(lambda: PressureController(mode="sometimes"), "mode")
