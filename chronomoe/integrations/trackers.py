@@ -268,6 +268,31 @@ class TrackerSink(ABC):
         self.closed = False
         self._snapshots_seen: dict[str, int] = {}
 
+    def _take_run_arguments(
+        self,
+        run: Any,
+        step_metric: str | None,
+        run_config: Mapping[str, Any] | None,
+        init_options: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Check and keep the arguments that W&B and trackio sinks share (``step_metric``, ``run_config``, which
+        run is the sink's own); return the init options of a run the sink starts, with ``run_config`` added to
+        their ``config`` under ``"chronomoe"``. Raises :class:`~chronomoe.errors.InvalidInputError` naming the
+        argument."""
+        if step_metric is not None and (not isinstance(step_metric, str) or not step_metric):
+            raise InvalidInputError("step_metric", step_metric, "must be a non-empty string or None")
+        if run is not None and init_options is not None:
+            raise InvalidInputError(
+                "init_options", dict(init_options), "only apply to a run the sink starts (run=None)"
+            )
+        self.step_metric = step_metric
+        self.run_config = dict(run_config or {})
+        self.owns_run = run is None
+        options = dict(init_options or {})
+        if self.run_config:
+            options["config"] = {**dict(options.get("config") or {}), "chronomoe": self.run_config}
+        return options
+
     def on_snapshot(self, snapshot: SystemSnapshot) -> None:
         """Log the snapshot's scalars, and its histograms when due, at ``snapshot.step``."""
         self._check_open()

@@ -82,26 +82,15 @@ class TrackioSink(TrackerSink):
         **overrides: Any,
     ) -> None:
         super().__init__(config, overrides)
-        if step_metric is not None and (not isinstance(step_metric, str) or not step_metric):
-            raise InvalidInputError("step_metric", step_metric, "must be a non-empty string or None")
-        if run is not None and init_options is not None:
-            raise InvalidInputError(
-                "init_options", dict(init_options), "only apply to a run the sink starts (run=None)"
-            )
+        options = self._take_run_arguments(run, step_metric, run_config, init_options)
         if run is not None and run_config is not None:
             raise InvalidInputError("run_config", "...", "trackio cannot add to the config of a run it did not start")
         if run is None and "project" not in (init_options or {}):
             raise InvalidInputError("init_options", init_options, "must name the trackio project: {'project': ...}")
         if run is not None and run != CURRENT and not isinstance(run, trackio.Run):
             raise InvalidInputError("run", run, f"must be None, a trackio.Run or {CURRENT!r}")
-        self.step_metric = step_metric
-        self.run_config = dict(run_config or {})
-        self.owns_run = run is None
         self._run: trackio.Run | None = None
         if run is None:
-            options = dict(init_options or {})
-            if self.run_config:
-                options["config"] = {**dict(options.get("config") or {}), "chronomoe": self.run_config}
             self._run = trackio.init(**options)
         elif run != CURRENT:
             self._run = run

@@ -76,22 +76,11 @@ class WandbSink(TrackerSink):
         **overrides: Any,
     ) -> None:
         super().__init__(config, overrides)
-        if step_metric is not None and (not isinstance(step_metric, str) or not step_metric):
-            raise InvalidInputError("step_metric", step_metric, "must be a non-empty string or None")
-        if run is not None and init_options is not None:
-            raise InvalidInputError(
-                "init_options", dict(init_options), "only apply to a run the sink starts (run=None)"
-            )
+        options = self._take_run_arguments(run, step_metric, run_config, init_options)
         if isinstance(run, str) and run != CURRENT:
             raise InvalidInputError("run", run, f"must be None, a wandb run or {CURRENT!r}")
-        self.step_metric = step_metric
-        self.run_config = dict(run_config or {})
-        self.owns_run = run is None
         self._run: Any = None
         if run is None:
-            options = dict(init_options or {})
-            if self.run_config:
-                options["config"] = {**dict(options.get("config") or {}), "chronomoe": self.run_config}
             self._join(wandb.init(**options), log_config=False)
         elif run != CURRENT:
             self._join(run, log_config=True)
