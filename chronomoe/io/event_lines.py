@@ -99,8 +99,9 @@ def event_batches(
     warning, overlong line refused) in batches of ``batch_lines``, each read by :func:`read_batch`."""
     lines = iter_lines(Path(path), max_line_bytes)
     while numbered := list(islice(lines, batch_lines)):
+        line_numbers, batch_lines_read = zip(*numbered, strict=True)
         with _gc_paused():
-            batch = read_batch([number for number, _ in numbered], [line for _, line in numbered])
+            batch = read_batch(list(line_numbers), list(batch_lines_read))
         yield batch
 
 
