@@ -6,10 +6,14 @@ a Python int per value, which costs more than all the rest of reading. So
 for a line in the writer's canonical form
 (:func:`~chronomoe.io.serialize.event_line`):
 
-* the bytes inside both arrays are cut out of the line, and the rest (about
-  250 bytes) is parsed by orjson and checked field by field
-  (:func:`_accepts_fields`);
-* the counts of a batch's lines of one width are joined and parsed by one
+* the bytes around both arrays are cut into pieces and matched whole by
+  the byte patterns of :mod:`chronomoe.io.event_line_form`, which pin every
+  key and the syntax of every scalar; the scalars are read from the
+  patterns' groups by ``int()``, ``float()`` and UTF-8 decoding (no JSON
+  parser) and checked (``1 <= top_k <= n_experts``, finite floats), each
+  distinct piece once per batch (a step's lines share most of theirs);
+* the bytes inside both arrays are those up to the next ``]``; the counts
+  of a batch's lines of one width are joined and parsed by one
   ``np.fromstring`` call, after byte-level checks that make the result the
   JSON's integers exactly (digits and commas only, no empty number, no
   leading zero; a number beyond int64 reads as ``2**63 - 1``, which the
@@ -29,28 +33,25 @@ holds it to that).
 from __future__ import annotations
 
 import gc
-import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
-from ..events import MODES, RoutingEvent
+from ..events import RoutingEvent
+from . import event_line_form
+from .event_line_form import cut_line
 from .lines import MAX_LINE_BYTES, iter_lines
 
-COUNTS_KEY = b'"expert_token_counts":['
-ACTIVE_KEY = b'"active_experts":['
-_COUNTS_NAME = COUNTS_KEY[:-2]
-_ACTIVE_NAME = ACTIVE_KEY[:-2]
-_COMMA, _ZERO, _BRACE = 0x2C, 0x30, 0x7B
+_COMMA, _ZERO = 0x2C, 0x30
 
-_EVENT_KEYS = frozenset(RoutingEvent.model_fields)
+_EVENT_FIELDS = tuple(RoutingEvent.model_fields)
 
 BATCH_LINES = 256
 """Lines read together by default: at 256 experts a batch's lines, joined counts and parsed counts (about 1.5 MB)
@@ -64,12 +65,20 @@ are left to full validation."""
 
 @dataclass
 class Rows:
-    """A batch's accepted lines of one width ``W``: their batch indices ``[R]``, their fields (``fields[r]`` the
-    line's fields but its counts, ``active_experts`` already a tuple) and their counts ``[R, W]`` (read-only int64)."""
+    """A batch's accepted lines of one width ``W``: their batch indices ``[R]``, their counts ``[R, W]`` (read-only
+    int64) and, in ``columns[name][r]``, the value of every other field (``active_experts`` a tuple,
+    ``router_prob_sums`` ``None``) as ``RoutingEvent`` holds it."""
 
     indices: list[int]
-    fields: list[dict[str, Any]]
+    columns: dict[str, list[Any]]
     counts: np.ndarray
+
+    def event_fields(self, row: int) -> dict[str, Any]:
+        """The fields of the event of line ``row``, in the model's order (its counts a read-only view)."""
+        return {
+            name: self.counts[row] if name == "expert_token_counts" else self.columns[name][row]
+            for name in _EVENT_FIELDS
+        }
 
 
 @dataclass
@@ -90,164 +99,141 @@ def event_batches(
     warning, overlong line refused) in batches of ``batch_lines``, each read by :func:`read_batch`."""
     lines = iter_lines(Path(path), max_line_bytes)
     while numbered := list(islice(lines, batch_lines)):
+        line_numbers, batch_lines_read = zip(*numbered, strict=True)
         with _gc_paused():
-            batch = read_batch([number for number, _ in numbered], [line for _, line in numbered])
+            batch = read_batch(list(line_numbers), list(batch_lines_read))
         yield batch
 
 
 def read_batch(line_numbers: list[int], lines: list[bytes]) -> EventBatch:
     """Parse the lines on the fast path (module docstring); the others are listed in ``unaccepted``."""
     batch = EventBatch(line_numbers, lines)
-    candidates: dict[int, _Candidates] = {}  # by width
+    groups: dict[int, _WidthGroup] = {}  # by n_experts
+    # Each distinct piece parsed once: a step's lines share their opening and tail, a layer's its layer part.
+    openings, layer_parts = _Parsed(event_line_form.opening), _Parsed(event_line_form.layer_part)
+    tails = _Parsed(event_line_form.tail)
     for index, line in enumerate(lines):
-        cut = _cut(line)
-        if cut is not None:
-            rest, counts, active = cut
-            try:
-                fields = orjson.loads(rest)
-            except orjson.JSONDecodeError:
-                fields = None  # full validation reports it
-            if _accepts_fields(fields, counts):
-                width = fields["n_experts"]
-                group = candidates.get(width)
+        pieces = cut_line(line)
+        if pieces is not None:
+            opening, layer_part, counts, active, tail = pieces
+            opened, layer, ended = openings[opening], layer_parts[layer_part], tails[tail]
+            if opened is not None and layer is not None and ended is not None:
+                group = groups.get(layer[2])
                 if group is None:
-                    group = candidates[width] = _Candidates(width)
-                group.add(index, fields, counts, active)
+                    group = groups[layer[2]] = _WidthGroup(layer[2])
+                group.lines.append((index, opened, layer, ended, counts, active))
                 continue
         batch.unaccepted.append(index)
-    for group in candidates.values():
+    for group in groups.values():
         rows = group.check(batch.unaccepted)
-        if rows.indices:
+        if rows is not None:
             batch.rows.append(rows)
     batch.unaccepted.sort()
     return batch
 
 
-def _cut(line: bytes) -> tuple[bytes, bytes, bytes] | None:
-    """``(rest, counts, active)``: the bytes inside the line's ``expert_token_counts`` and ``active_experts``
-    arrays, and the line with both arrays emptied; ``None`` unless each key is written once, plainly, counts first.
+class _Parsed(dict[bytes, Any]):
+    """A parser's result for each piece of bytes, each computed once, when first looked up."""
 
-    With no backslash in the line no string holds an escaped quote, so each ``"expert_token_counts"`` in the
-    bytes is a whole JSON string, and when there is one it is the key whose array is cut: no duplicate key,
-    written another way, can hold the value the model reads.
-    """
-    start = line.find(COUNTS_KEY)
-    if start < 0:
-        return None
-    start += len(COUNTS_KEY)
-    end = line.find(b"]", start)
-    active_start = line.find(ACTIVE_KEY, end)
-    if end < 0 or active_start < 0:
-        return None
-    active_start += len(ACTIVE_KEY)
-    active_end = line.find(b"]", active_start)
-    if active_end < 0:
-        return None
-    rest = line[:start] + line[end:active_start] + line[active_end:]
-    # The cut bytes must be digits and commas (checked later) for the line to be accepted: the checks below, on the
-    # rest, are checks of the line.
-    if b"\\" in rest or rest.count(_COUNTS_NAME) != 1 or rest.count(_ACTIVE_NAME) != 1 or rest[0] != _BRACE:
-        return None
-    return rest, line[start:end], line[active_start:active_end]
+    def __init__(self, parse: Callable[[bytes], Any]) -> None:
+        super().__init__()
+        self.parse = parse
+
+    def __missing__(self, piece: bytes) -> Any:
+        value = self[piece] = self.parse(piece)
+        return value
 
 
-def _accepts_fields(fields: Any, counts: bytes) -> bool:
-    """Whether the rest of a line has the exact keys and scalar types the writer produces, and ``counts`` (the
-    bytes of its counts) ``n_experts`` numbers made of digits.
-
-    Each check is needed: tests/test_fuzz.py names, for each, a line the loader gets wrong without it. Checks that
-    others imply are left out: ``n_experts >= 1`` (by ``1 <= top_k <= n_experts``) and the type of ``mode`` (no
-    other type equals a mode). The arrays cut out read ``[]``: :func:`_cut` makes sure they are the keys' values.
-    """
-    if type(fields) is not dict or fields.keys() != _EVENT_KEYS:
-        return False
-    step, layer_id, n_experts, top_k = fields["step"], fields["layer_id"], fields["n_experts"], fields["top_k"]
-    return (
-        type(step) is int
-        and step >= 0
-        and type(layer_id) is int
-        and layer_id >= 0
-        and type(n_experts) is int
-        and type(top_k) is int
-        and 1 <= top_k <= n_experts
-        and type(fields["run_id"]) is str
-        and fields["run_id"] != ""
-        and fields["mode"] in MODES
-        and type(fields["timestamp"]) is float
-        and math.isfinite(fields["timestamp"])  # orjson reads no non-finite number, but another parser may
-        and type(fields["token_count"]) is int
-        and fields["router_prob_sums"] is None
-        and all(
-            value is None or (type(value) is float and math.isfinite(value))
-            for value in (fields["loss"], fields["aux_loss"])
-        )
-        and len(counts) >= 2 * n_experts - 1  # room for n_experts numbers (their count is checked by numpy)
-    )
+_Line = tuple[
+    int, tuple[float, str, int], tuple[str, int, int, int], tuple[int, float | None, float | None], bytes, bytes
+]
+"""A line whose pieces read: its batch index, its opening, layer part and tail as read, its counts' and active experts'
+bytes."""
 
 
-class _Candidates:
-    """Lines of one width whose fields passed :func:`_accepts_fields`, with the bytes of their arrays."""
+class _WidthGroup:
+    """Lines of one ``n_experts`` whose pieces read (:mod:`chronomoe.io.event_line_form`)."""
 
     def __init__(self, width: int) -> None:
         self.width = width
-        self.indices: list[int] = []
-        self.fields: list[dict[str, Any]] = []
-        self.counts: list[bytes] = []
-        self.active: list[bytes] = []
+        self.lines: list[_Line] = []
 
-    def add(self, index: int, fields: dict[str, Any], counts: bytes, active: bytes) -> None:
-        self.indices.append(index)
-        self.fields.append(fields)
-        self.counts.append(counts)
-        self.active.append(active)
-
-    def check(self, unaccepted: list[int]) -> Rows:
-        """Parse the counts and return the rows whose counts, ``token_count`` and ``active_experts`` pass the
-        checks, their fields completed with ``active_experts``; append the indices of the others to ``unaccepted``."""
+    def check(self, unaccepted: list[int]) -> Rows | None:
+        """The rows whose counts and ``active_experts`` pass the checks (``None`` if none); append the batch
+        indices of the others to ``unaccepted``."""
         width = self.width
-        if not _numbers_only(b",".join(self.counts)):  # rare: leave the lines at fault to full validation
-            self._keep([_numbers_only(counts) for counts in self.counts], unaccepted)
-        # A -1 after each line's counts (no count reads negative: digits only) checks that each has `width` of them.
-        values = np.fromstring(b",-1,".join(self.counts) + b",-1", np.int64, sep=",") if self.counts else np.zeros(0)
-        if values.size != len(self.counts) * (width + 1) or (values[width :: width + 1] != -1).any():  # rare
-            self._keep([counts.count(b",") + 1 == width for counts in self.counts], unaccepted)
+        if not self.lines:  # every line left to full validation: nothing built for a width (it may be 10**17)
+            return None
+        count_bytes = [line[4] for line in self.lines]
+        if not _numbers_only(b",".join(count_bytes)):  # rare: leave the lines at fault to full validation
+            self._keep([_numbers_only(counts) for counts in count_bytes], unaccepted)
             return self.check(unaccepted)
-        counts = values.reshape(-1, width + 1)[:, :width]
+        # A -1 after each line's counts (no count reads negative: digits only) checks that each has `width` of them.
+        values = np.fromstring(b",-1,".join(count_bytes) + b",-1", np.int64, sep=",")
+        if values.size != len(count_bytes) * (width + 1) or (values[width :: width + 1] != -1).any():  # rare
+            self._keep([counts.count(b",") + 1 == width for counts in count_bytes], unaccepted)
+            return self.check(unaccepted)
+        with_sentinel = values.reshape(-1, width + 1)
+        counts = with_sentinel[:, :width]
+        totals = with_sentinel.sum(axis=1) + 1  # exact where the bound below holds
+        token_counts = np.array([line[3][0] for line in self.lines], np.int64)  # below 10**18 (the pattern)
+        if values.max(initial=0) <= SAFE_TOTAL // width:  # the usual case: one test for the whole group
+            passed = totals == token_counts
+        else:
+            passed = (counts.max(axis=1) <= SAFE_TOTAL // width) & (totals == token_counts)
+        every_active = np.count_nonzero(values) == values.size  # no zero count (the sentinels are not zero)
+        names, every_expert, every_expert_tuple = _expert_names(width)
+        kept: list[_Line] = []
+        kept_rows: list[int] = []
+        active_experts: list[tuple[int, ...]] = []
+        for row in np.flatnonzero(passed).tolist():
+            line = self.lines[row]
+            if every_active or counts[row].all():
+                expected, active = every_expert, every_expert_tuple
+            else:
+                nonzero = counts[row].nonzero()[0].tolist()
+                expected, active = b",".join([names[expert] for expert in nonzero]), tuple(nonzero)
+            if line[5] == expected:
+                kept.append(line)
+                kept_rows.append(row)
+                active_experts.append(active)
+        if len(kept) < len(self.lines):
+            kept_indices = {line[0] for line in kept}
+            unaccepted.extend(line[0] for line in self.lines if line[0] not in kept_indices)
+            counts = counts[kept_rows]
+        if not kept:
+            return None
         counts.flags.writeable = False
-        valid = (counts.max(axis=1, initial=0) <= SAFE_TOTAL // width).tolist()
-        totals = counts.sum(axis=1).tolist()  # exact where valid
-        active_counts = np.count_nonzero(counts, axis=1).tolist()
-        names = [b"%d" % expert for expert in range(width)]
-        every_expert, every_expert_tuple = b",".join(names), tuple(range(width))
-        kept: list[int] = []
-        rows = Rows([], [], counts)
-        rows_of = zip(self.indices, self.fields, self.active, valid, totals, active_counts, strict=True)
-        for row, (index, fields, active, is_valid, total, active_count) in enumerate(rows_of):
-            if is_valid and fields["token_count"] == total:
-                if active_count == width:
-                    expected, active_experts = every_expert, every_expert_tuple
-                else:
-                    nonzero = counts[row].nonzero()[0].tolist()
-                    expected, active_experts = b",".join([names[expert] for expert in nonzero]), tuple(nonzero)
-                if active == expected:
-                    fields["active_experts"] = active_experts
-                    rows.indices.append(index)
-                    rows.fields.append(fields)
-                    kept.append(row)
-                    continue
-            unaccepted.append(index)
-        if len(kept) < len(counts):
-            rows.counts = counts[kept]
-            rows.counts.flags.writeable = False
-        return rows
+        _, openings, layer_parts, tails, _, _ = zip(*kept, strict=True)
+        columns = {
+            "timestamp": [opening[0] for opening in openings],
+            "run_id": [opening[1] for opening in openings],
+            "step": [opening[2] for opening in openings],
+            "mode": [layer_part[0] for layer_part in layer_parts],
+            "layer_id": [layer_part[1] for layer_part in layer_parts],
+            "n_experts": [width] * len(kept),
+            "top_k": [layer_part[3] for layer_part in layer_parts],
+            "active_experts": active_experts,
+            "token_count": [tail[0] for tail in tails],
+            "router_prob_sums": [None] * len(kept),
+            "loss": [tail[1] for tail in tails],
+            "aux_loss": [tail[2] for tail in tails],
+        }
+        return Rows([line[0] for line in kept], columns, counts)
 
     def _keep(self, keep: list[bool], unaccepted: list[int]) -> None:
-        """Keep the lines marked in ``keep``; append the indices of the others to ``unaccepted``."""
-        unaccepted.extend(index for index, kept in zip(self.indices, keep, strict=True) if not kept)
-        self.indices = [index for index, kept in zip(self.indices, keep, strict=True) if kept]
-        self.fields = [fields for fields, kept in zip(self.fields, keep, strict=True) if kept]
-        self.counts = [counts for counts, kept in zip(self.counts, keep, strict=True) if kept]
-        self.active = [active for active, kept in zip(self.active, keep, strict=True) if kept]
+        """Keep the lines marked in ``keep``; append the batch indices of the others to ``unaccepted``."""
+        if not all(keep):
+            unaccepted.extend(line[0] for line, kept in zip(self.lines, keep, strict=True) if not kept)
+            self.lines = [line for line, kept in zip(self.lines, keep, strict=True) if kept]
+
+
+@lru_cache(maxsize=8)
+def _expert_names(width: int) -> tuple[list[bytes], bytes, tuple[int, ...]]:
+    """Each expert index of a width as the writer writes it, all of them joined by commas (the ``active_experts``
+    of a line whose experts are all active), and as a tuple."""
+    names = [b"%d" % expert for expert in range(width)]
+    return names, b",".join(names), tuple(range(width))
 
 
 def _numbers_only(counts: bytes) -> bool:

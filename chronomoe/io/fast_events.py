@@ -34,9 +34,8 @@ def iter_events(
     for batch in event_batches(path, batch_lines, max_line_bytes=max_line_bytes):
         events: list[RoutingEvent | None] = [None] * len(batch.lines)
         for rows in batch.rows:
-            for index, fields, counts in zip(rows.indices, rows.fields, rows.counts, strict=True):
-                fields["expert_token_counts"] = counts
-                events[index] = RoutingEvent.trusted(**fields)
+            for row, index in enumerate(rows.indices):
+                events[index] = RoutingEvent.trusted(**rows.event_fields(row))
         for index, event in validated_events(Path(path), batch):
             events[index] = event
         yield from events  # type: ignore[misc]  # every index was filled above

@@ -68,10 +68,16 @@ class JsonlRunReader(RunReader):
         first_line = 0  # sequence number of the batch's first line
         for batch in event_batches(path):
             for matrix in batch.rows:
-                keep = [fields["mode"] == mode for fields in matrix.fields]
-                kept = [fields for fields, kept in zip(matrix.fields, keep, strict=True) if kept]
-                steps += [fields["step"] for fields in kept]
-                layers += [fields["layer_id"] for fields in kept]
+                columns = matrix.columns
+                keep = [row_mode == mode for row_mode in columns["mode"]]
+                if all(keep):  # a file of one mode: no row to drop
+                    steps += columns["step"]
+                    layers += columns["layer_id"]
+                    order.append(first_line + np.asarray(matrix.indices, np.int64))
+                    rows.append(matrix.counts)
+                    continue
+                steps += [step for step, kept in zip(columns["step"], keep, strict=True) if kept]
+                layers += [layer for layer, kept in zip(columns["layer_id"], keep, strict=True) if kept]
                 order.append(first_line + np.asarray(matrix.indices, np.int64)[keep])
                 rows.append(matrix.counts[keep])
             for index, event in validated_events(path, batch):

@@ -144,6 +144,9 @@ def stack_counts(
         end = start + len(matrix)
         if end > start:
             keep = wins[start:end]
-            flat[cells[start:end][keep], : matrix.shape[1]] = matrix[keep]
+            if keep.all():  # the usual case: no cell recorded twice, and no copy of the rows to select them
+                flat[cells[start:end], : matrix.shape[1]] = matrix
+            else:
+                flat[cells[start:end][keep], : matrix.shape[1]] = matrix[keep]
         start = end
     return RunCounts(unique_steps, layer_ids, counts)
