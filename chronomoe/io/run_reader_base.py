@@ -127,9 +127,7 @@ def stack_counts(
         # The usual run: every layer once per step, in step and layer order, one width. The rows are the array's
         # rows in order: copied (and widened to int64) in one pass, without a scatter.
         counts = np.empty((len(unique_steps), len(layer_ids), width), np.int64)
-        np.concatenate(
-            [matrix for matrix in rows if len(matrix)] or [np.zeros((0, width))], out=counts.reshape(-1, width)
-        )
+        np.concatenate([matrix for matrix in rows if len(matrix)], out=counts.reshape(-1, width))
         return RunCounts(unique_steps, layer_ids, counts)
     counts = np.zeros((len(unique_steps), len(layer_ids), width), np.int64)
     sequence = np.arange(len(cells)) if order is None else np.asarray(order)
