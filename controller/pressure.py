@@ -24,8 +24,10 @@ balancing, Wang et al. 2024) towards the under-used experts:
   integrates while clamped.
 
 When it acts (mode ``"alert"``, the default): on layers whose alert state is
-``pre_collapse`` or ``collapse_confirmed``, and for ``hold_for`` snapshots
-after they leave it while their MaxVio is still above ``tolerance``; mode
+``pre_collapse`` or ``collapse_confirmed``, and after they leave it until their
+MaxVio is back within ``tolerance`` (a rescue finishes its job: a layer that
+merely left its alert state is often still far from balance), or for at most
+``hold_for`` snapshots when set; mode
 ``"continuous"`` acts on every layer outside the tolerance band, as
 DeepSeek-V3's balancing does. Never: inside the tolerance band (MaxVio <=
 ``tolerance``), on INFER snapshots, during ``warmup`` TRAIN snapshots, on layers
@@ -101,10 +103,18 @@ class PressureConfig(BaseModel):
     max_step: float = Field(0.2, gt=0, description="largest change of one expert's bias per decision")
     max_bias: float = Field(4.0, gt=0, description="largest absolute bias of any expert")
     tolerance: float = Field(0.25, ge=0, description="MaxVio at or below which a layer is balanced enough")
-    hold_for: int = Field(3, ge=0, description="snapshots it keeps acting after a layer leaves its alert state")
+    hold_for: int | None = Field(
+        None,
+        ge=0,
+        description="snapshots it keeps acting after a layer leaves its alert state (None: until within tolerance)",
+    )
     warmup: int = Field(0, ge=0, description="TRAIN snapshots observed before the first action")
     layers: list[int] | None = Field(None, description="layer ids it may act on (None: all)")
-    harm_margin: float = Field(0.1, ge=0, description="rise of MaxVio after an adjustment that counts as harm")
+    harm_margin: float = Field(
+        0.5,
+        ge=0,
+        description="rise of MaxVio after an adjustment that counts as harm (above window-to-window noise)",
+    )
     abstain_after: int = Field(3, ge=1, description="harmful adjustments in a row after which it abstains")
     relax_rate: float = Field(
         0.0, ge=0, lt=1, description="fraction of the bias removed per relaxing snapshot (0: off)"
@@ -244,8 +254,11 @@ class PressureController:
 
         alerting = np.array([layer_state in ALERTING for layer_state in view.states], dtype=bool)
         outside_band = view.has_data & (view.max_vio > config.tolerance)
-        held = state["hold"] > 0  # snapshots left to keep acting after the layer left its alert state
-        state["hold"] = np.where(alerting, config.hold_for, np.maximum(state["hold"] - 1, 0))
+        held = state["hold"] > 0  # still engaged after the layer left its alert state
+        if config.hold_for is None:  # engaged from an alert until the layer is back within tolerance
+            state["hold"] = (alerting | (held & outside_band)).astype(np.int64)
+        else:  # snapshots left
+            state["hold"] = np.where(alerting, config.hold_for, np.maximum(state["hold"] - 1, 0))
         warranted = alerting | held if config.mode == "alert" else np.ones_like(alerting)
         allowed = view.in_snapshot if config.layers is None else view.in_snapshot & self._allowed
         acting = allowed & outside_band & warranted & ~state["abstained"] & (not warming_up) & (frozen is None)

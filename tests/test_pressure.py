@@ -223,7 +223,7 @@ def test_a_dry_run_decides_exactly_as_an_applying_run_and_says_it_did_not_apply(
 
 def test_an_adjustment_followed_by_more_pressure_backs_off_and_repeated_harm_makes_it_abstain():
     worse = [COLLAPSED, [800, 200, 0, 0, 0, 0, 0, 0], [950, 50, 0, 0, 0, 0, 0, 0], [1000, 0, 0, 0, 0, 0, 0, 0]]
-    controller = PressureController(mode="continuous", abstain_after=3)  # MaxVio 4.6, 5.4, 6.6, 7.0: rises > 0.1
+    controller = PressureController(mode="continuous", abstain_after=3, harm_margin=0.1)  # MaxVio 4.6, 5.4, 6.6, 7.0
     history = run(controller, [[w] for w in worse] + [[COLLAPSED]] * 2)
     reasons = [decisions[0].reason for decisions, _ in history]
     assert "backed off" in reasons[1] and "step scale 0.50" in reasons[1]
