@@ -18,7 +18,9 @@ of 10 steps (580 events), as a Monitor does. In one process:
   the same JSONL lines and to the JSONL reader of ``--baseline`` (a git
   revision: its ``chronomoe/io/fast_events.py`` making events, and the
   ``counts()`` of that revision filling the array one event at a time),
-  interleaved, with the time ratio;
+  interleaved, with the time ratio; and, interleaved with the Parquet read,
+  pyarrow alone reading the counts column of the same parts (no array built:
+  the decoding's own speed, the ceiling of this layout);
 * building ``RoutingEvent`` from Python lists (one list of ints per event):
   ``RoutingEvent.from_lists`` (validated as a batch) and ``RoutingEvent(...)``
   one event at a time, next to the seed's design, a plain dataclass that
@@ -46,7 +48,8 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from _common import emit, interleaved_medians, interleaved_samples, median_seconds
+import pyarrow.parquet as pq
+from _common import emit, interleaved_medians, interleaved_samples
 
 from chronomoe import RoutingEvent, TelemetryWriter
 from chronomoe.io.parquet_writer import ParquetRunWriter
@@ -284,8 +287,21 @@ def main() -> None:
                 orjson.loads(line)
 
         baseline = baseline_counts_reader(args.baseline)
+        parts = sorted((folder / "parquet" / "big" / "routing_events").glob("*.parquet"))
+
+        def pyarrow_column_only() -> None:
+            for part in parts:
+                pq.ParquetFile(part).read(columns=["expert_token_counts"], use_threads=False)
+
         read = {
-            "parquet": median_seconds(lambda: open_run(folder / "parquet" / "big").counts(), repeats=3, warmup=1),
+            **interleaved_medians(
+                {
+                    "parquet": lambda: open_run(folder / "parquet" / "big").counts(),
+                    "parquet_pyarrow_column_only": pyarrow_column_only,
+                },
+                repeats=3,
+                warmup=1,
+            ),
             **interleaved_medians(
                 {
                     "jsonl": lambda: open_run(folder / "jsonl" / "r0").counts(),
@@ -331,6 +347,9 @@ def main() -> None:
             "read_counts_array": {
                 "parquet_events": args.parquet_steps * N_LAYERS,
                 "parquet_events_per_s": args.parquet_steps * N_LAYERS / read["parquet"],
+                "parquet_pyarrow_column_only_events_per_s": args.parquet_steps
+                * N_LAYERS
+                / read["parquet_pyarrow_column_only"],
                 "jsonl_events": n_small,
                 "jsonl_events_per_s": n_small / read["jsonl"],
                 "jsonl_baseline_revision": args.baseline,
