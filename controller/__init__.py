@@ -15,7 +15,8 @@ for ``Monitor(controller=...)`` and ``monitor.set_controller(...)``.
 from .actuators import Actuator, HostBiasActuator
 from .decisions import ActuatorChange, ControlDecision
 from .noop import NoOpController
-from .pressure import PressureConfig, PressureController
+from .pressure import PressureController
+from .pressure_config import PressureConfig
 from .protocol import ActuatedController, Controller
 
 __all__ = [

@@ -9,17 +9,15 @@ values (numpy element access costs more than the words) and builds records from 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from chronomoe.snapshots import SystemSnapshot
 
 from .decisions import ActuatorChange, ControlDecision
+from .pressure_config import PressureConfig
 from .snapshot_arrays import SnapshotArrays
-
-if TYPE_CHECKING:
-    from .pressure import PressureConfig
 
 
 @dataclass(frozen=True)
