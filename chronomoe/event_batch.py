@@ -76,23 +76,26 @@ def build_events(
     if plain is not True:
         ok = [False] * size if plain is False else [a and b for a, b in zip(ok, plain, strict=True)]
     values = [per_event[name] if name in per_event else [columns[name]] * size for name in SCALARS]
-    # One comprehension calling RoutingEvent.trusted with the fields by name: assembling the events is a fifth
-    # of a batch's time, and an explicit loop with tuple unpacking costs a fifth more.
+    # One comprehension building each event from a dict literal: assembling the events is a fifth of a batch's
+    # time; an explicit loop with tuple unpacking costs a fifth more, and keywords (RoutingEvent.trusted) 1 us
+    # more per event than the dict.
     return [
-        event_type.trusted(
-            timestamp=timestamp,
-            run_id=run_id,
-            step=step,
-            mode=mode,
-            layer_id=layer_id,
-            n_experts=n_experts,
-            top_k=top_k,
-            expert_token_counts=row,
-            active_experts=active_experts,
-            token_count=total,
-            router_prob_sums=None,
-            loss=loss,
-            aux_loss=aux_loss,
+        event_type.trusted_from_dict(
+            {
+                "timestamp": timestamp,
+                "run_id": run_id,
+                "step": step,
+                "mode": mode,
+                "layer_id": layer_id,
+                "n_experts": n_experts,
+                "top_k": top_k,
+                "expert_token_counts": row,
+                "active_experts": active_experts,
+                "token_count": total,
+                "router_prob_sums": None,
+                "loss": loss,
+                "aux_loss": aux_loss,
+            }
         )
         if fast
         else _validated(event_type, index, values, expert_token_counts[index], sums[index])
