@@ -22,6 +22,7 @@ refused when written) and ``router_prob_sums`` a ``fixed_size_list<float64>[n_ex
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,7 +168,13 @@ class TableLayout:
 def table_layout(table: str, width: int | None = None) -> TableLayout:
     """The layout of ``table`` (a key of :data:`TABLE_MODELS`); ``width`` is the events' ``n_experts``
     (``routing_events`` only)."""
-    model = TABLE_MODELS[table]
+    return _layout(TABLE_MODELS[table], table, width)
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(model: type[BaseModel], table: str, width: int | None) -> TableLayout:
+    """:func:`table_layout`, derived once per model and width: deriving it from the model's JSON schema takes
+    about 4 ms, which the writer paid for every row group it wrote."""
     json_schema = model.model_json_schema(mode="serialization")
     node = {**json_schema, "properties": dict(json_schema["properties"])}
     for name in EVENT_FIELDS_NOT_STORED if table == EVENTS_TABLE else ():
