@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from pydantic import BaseModel
 
 from chronomoe.controller import ControlDecision
 
@@ -30,7 +29,7 @@ from .lines import MAX_LINE_BYTES, iter_lines, open_regular_file
 from .parse_errors import PARSE_ERRORS, describe_parse_error
 from .paths import ALERTS_FILE, DECISIONS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, file_in
 
-Record = TypeVar("Record", bound=BaseModel)
+Record = TypeVar("Record")
 
 
 def iter_records(

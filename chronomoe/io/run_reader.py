@@ -103,7 +103,7 @@ class JsonlRunReader(RunReader):
                 return None  # another mode's line: parsed as JSON, not validated
             return SystemSnapshot.model_validate(record)
 
-        records = iter_records(path, parse_if_mode, on_corrupt=on_corrupt)  # type: ignore[type-var]
+        records = iter_records(path, parse_if_mode, on_corrupt=on_corrupt)
         return (snapshot for snapshot in records if snapshot is not None)
 
     def transitions(self) -> Iterator[AlertTransition]:

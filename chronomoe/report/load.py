@@ -4,8 +4,8 @@ This module is the one place where the report touches storage. The run is
 opened with :func:`~chronomoe.io.run_reader.open_run`, so both storages work:
 
 * JSONL: :func:`snapshot_rows` and :func:`decision_rows` read the files
-  through the loaders' line reader (:func:`chronomoe.io.lines.iter_lines`: one
-  bounded line at a time, a torn last line skipped with a warning) and the
+  through the loaders' record reader (:func:`chronomoe.io.reader.iter_records`:
+  one bounded line at a time, a torn last line skipped with a warning) and the
   report's fast line parsers. A corrupt snapshot line is skipped and kept in
   :attr:`RunData.corrupt_lines` (the command warns and exits 2, as
   ``summary`` does); a corrupt decision line raises
@@ -28,14 +28,14 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from ..alerts import AlertRules, AlertTransition
 from ..errors import CorruptRecordError, InvalidInputError
 from ..io import DECISIONS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, load_manifest
-from ..io.lines import iter_lines
-from ..io.parse_errors import PARSE_ERRORS, describe_parse_error
+from ..io.reader import iter_records
 from ..io.run_reader import open_run
 from ..replay import recorded_rules, require_run_dir
 from .columns import DEFAULT_MAX_COLUMNS, ColumnSums
@@ -44,6 +44,7 @@ from .rows import NO_DATA, SnapshotRow, parse_snapshot_line, row_from_snapshot
 from .rundata import ControllerSeries, RunData
 
 Progress = Callable[[int], None]
+Row = TypeVar("Row")
 """Called with the number of bytes just read (JSONL runs only)."""
 
 
@@ -135,18 +136,7 @@ def snapshot_rows(
     path = run_dir / SNAPSHOTS_FILE
     if not path.is_file():
         raise InvalidInputError("RUN_DIR", str(run_dir), f"has no {SNAPSHOTS_FILE}")
-    for line_number, line in iter_lines(path):
-        if progress is not None:
-            progress(len(line))
-        try:
-            row = parse_snapshot_line(line)
-        except PARSE_ERRORS as error:
-            corrupt = CorruptRecordError(str(path), line_number, describe_parse_error(error))
-            if on_corrupt is None:
-                raise corrupt from None
-            on_corrupt(corrupt)
-            continue
-        yield row
+    yield from iter_records(path, _reporting(parse_snapshot_line, progress), on_corrupt=on_corrupt)
 
 
 def superseded_positions(steps: list[int]) -> set[int]:
@@ -164,14 +154,19 @@ def superseded_positions(steps: list[int]) -> set[int]:
 
 def decision_rows(run_dir: Path, progress: Progress | None = None) -> Iterator[DecisionRow]:
     """Every decision of ``decisions.jsonl`` as a :class:`~chronomoe.report.decision_rows.DecisionRow`, in order."""
-    path = run_dir / DECISIONS_FILE
-    for line_number, line in iter_lines(path):
-        try:
-            yield parse_decision_line(line)
-        except PARSE_ERRORS as error:
-            raise CorruptRecordError(str(path), line_number, describe_parse_error(error)) from None
-        if progress is not None:
-            progress(len(line))
+    yield from iter_records(run_dir / DECISIONS_FILE, _reporting(parse_decision_line, progress))
+
+
+def _reporting(parse: Callable[[bytes], Row], progress: Progress | None) -> Callable[[bytes], Row]:
+    """``parse``, reporting each line's bytes to ``progress`` first (when given)."""
+    if progress is None:
+        return parse
+
+    def parse_and_report(line: bytes) -> Row:
+        progress(len(line))
+        return parse(line)
+
+    return parse_and_report
 
 
 class RunBuilder:
