@@ -125,7 +125,7 @@ class ParquetRunReader(RunReader):
         """The ``mode`` events' counts as one array, read column-wise (no event objects): the row groups of a
         part that follow each other in the table's order are read by one call."""
         steps, layers, rows = [], [], []
-        for path, file, indices, first_rows in self._runs_of_groups(self._row_groups(EVENTS_TABLE)):
+        for path, file, indices, first_row in self._runs_of_groups(self._row_groups(EVENTS_TABLE)):
             table = file.read_row_groups(indices, columns=_COUNT_COLUMNS, use_threads=False)
             keep = pc.equal(table.column("mode"), mode).to_numpy(zero_copy_only=False)
             every = bool(keep.all())  # usually: no copies but the one into the result
@@ -137,9 +137,7 @@ class ParquetRunReader(RunReader):
                 matrix = chunk.flatten().to_numpy().reshape(-1, width)
                 if matrix.size and matrix.min() < 0:
                     row = start + int(np.argmin(matrix.min(axis=1)))
-                    raise CorruptRecordError(
-                        str(path), _row_in_part(first_rows, row), "expert_token_counts: negative count"
-                    )
+                    raise CorruptRecordError(str(path), first_row + row, "expert_token_counts: negative count")
                 rows.append(matrix if every else matrix[keep[start : start + len(matrix)]])
                 start += len(matrix)
         if not steps:
@@ -147,19 +145,14 @@ class ParquetRunReader(RunReader):
         return stack_counts(np.concatenate(steps), np.concatenate(layers), rows)
 
     @staticmethod
-    def _runs_of_groups(groups: list[_RowGroup]) -> Iterator[tuple[Path, pq.ParquetFile, list[int], list[int]]]:
-        """Consecutive row groups of one part, in the order given: ``(path, file, indices, first rows)``."""
+    def _runs_of_groups(groups: list[_RowGroup]) -> Iterator[tuple[Path, pq.ParquetFile, list[int], int]]:
+        """Consecutive row groups of one part, in the order given: ``(path, file, indices, first row)``, the first
+        row's number in the part (from 1); the groups' rows follow on from it."""
         run: list[_RowGroup] = []
         for group in groups:
             if run and (group.path != run[-1].path or group.index != run[-1].index + 1):
-                yield run[0].path, run[0].file, [g.index for g in run], [g.first_row for g in run]
+                yield run[0].path, run[0].file, [g.index for g in run], run[0].first_row
                 run = []
             run.append(group)
         if run:
-            yield run[0].path, run[0].file, [g.index for g in run], [g.first_row for g in run]
-
-
-def _row_in_part(first_rows: list[int], row: int) -> int:
-    """The part's row number (1-based) of row ``row`` (0-based) of row groups read together whose first rows in
-    the part are ``first_rows``: consecutive groups, so the rows follow on from the first."""
-    return first_rows[0] + row
+            yield run[0].path, run[0].file, [g.index for g in run], run[0].first_row
