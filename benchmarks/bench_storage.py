@@ -18,9 +18,10 @@ of 10 steps (580 events), as a Monitor does. In one process:
   the same JSONL lines and to the JSONL reader of ``--baseline`` (a git
   revision: its ``chronomoe/io/fast_events.py`` making events, and the
   ``counts()`` of that revision filling the array one event at a time),
-  interleaved, with the time ratio; and, interleaved with the Parquet read,
-  pyarrow alone reading the counts column of the same parts (no array built:
-  the decoding's own speed, the ceiling of this layout);
+  interleaved, with the time ratio; and, interleaved with the Parquet read
+  (which decodes the counts from their pages, :mod:`chronomoe.io.parquet_pages`),
+  pyarrow alone reading the counts column of the same parts into Arrow arrays
+  (no array of ours built), with the time ratio;
 * building ``RoutingEvent`` from Python lists (one list of ints per event):
   ``RoutingEvent.from_lists`` (validated as a batch) and ``RoutingEvent(...)``
   one event at a time, next to the seed's design, a plain dataclass that
@@ -350,6 +351,7 @@ def main() -> None:
                 "parquet_pyarrow_column_only_events_per_s": args.parquet_steps
                 * N_LAYERS
                 / read["parquet_pyarrow_column_only"],
+                "parquet_speedup_over_pyarrow_column_only": read["parquet_pyarrow_column_only"] / read["parquet"],
                 "jsonl_events": n_small,
                 "jsonl_events_per_s": n_small / read["jsonl"],
                 "jsonl_baseline_revision": args.baseline,

@@ -21,10 +21,9 @@ means "not set" (real offsets follow the 4-byte ``PAR1`` magic) and stays 0.
 from __future__ import annotations
 
 from ..errors import InvalidInputError
+from .thrift_compact import BINARY, BYTE, DOUBLE, FALSE, I16, I32, I64, LIST, MAP, SET, STOP, STRUCT, TRUE, zigzag
 
-# Thrift compact protocol type ids.
-_STOP, _TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = range(13)
-_FIXED_SIZES = {_BYTE: 1, _DOUBLE: 8}
+_FIXED_SIZES = {BYTE: 1, DOUBLE: 8}
 
 _OFFSET = "offset"
 """Marks an i64 field holding a byte offset into the file."""
@@ -72,17 +71,17 @@ class _Rewriter:
             header = self._byte()
             self.out.append(header)
             kind = header & 0x0F
-            if kind == _STOP:
+            if kind == STOP:
                 return
             if header >> 4:
                 field_id += header >> 4
             else:
-                field_id = _zigzag(self._varint(copy=True))
+                field_id = zigzag(self._varint(copy=True))
             role = fields.get(field_id)
-            if role == _OFFSET and kind == _I64:
+            if role == _OFFSET and kind == I64:
                 self._offset()
-            elif isinstance(role, tuple) and kind == (_LIST if role[0] == "list" else _STRUCT):
-                if kind == _LIST:
+            elif isinstance(role, tuple) and kind == (LIST if role[0] == "list" else STRUCT):
+                if kind == LIST:
                     self._list(role[1])
                 else:
                     self.struct(role[1])
@@ -97,13 +96,13 @@ class _Rewriter:
             size = self._varint(copy=True)
         kind = header & 0x0F
         for _ in range(size):
-            if kind == _STRUCT:
+            if kind == STRUCT:
                 self.struct(element)
             else:
                 self._value(kind, copy=True)
 
     def _offset(self) -> None:
-        value = _zigzag(self._varint(copy=False))
+        value = zigzag(self._varint(copy=False))
         if value:
             value += self.delta
             if value < 0:
@@ -113,29 +112,29 @@ class _Rewriter:
     def _value(self, kind: int, *, copy: bool) -> None:
         """Skip (and copy) one value of compact type ``kind``."""
         start = self.position
-        if kind in (_TRUE, _FALSE):
+        if kind in (TRUE, FALSE):
             return  # a field's bool lives in its header: no bytes to skip or copy
         if kind in _FIXED_SIZES:
             self.position += _FIXED_SIZES[kind]
-        elif kind in (_I16, _I32, _I64):
+        elif kind in (I16, I32, I64):
             self._varint(copy=False)
-        elif kind == _BINARY:
+        elif kind == BINARY:
             length = self._varint(copy=False)  # read before the position moves past it
             self.position += length
-        elif kind in (_LIST, _SET):
+        elif kind in (LIST, SET):
             header = self._byte()
             size = header >> 4
             if size == 15:
                 size = self._varint(copy=False)
             for _ in range(size):
                 self._element(header & 0x0F)
-        elif kind == _MAP:
+        elif kind == MAP:
             size = self._varint(copy=False)
             types = self._byte() if size else 0
             for _ in range(size):
                 self._element(types >> 4)
                 self._element(types & 0x0F)
-        elif kind == _STRUCT:
+        elif kind == STRUCT:
             saved = self.out
             self.out = bytearray()  # skipped: copied below as raw bytes
             self.struct(None)
@@ -149,7 +148,7 @@ class _Rewriter:
 
     def _element(self, kind: int) -> None:
         """Skip a collection element: booleans take one byte there, unlike in a field header."""
-        if kind in (_TRUE, _FALSE):
+        if kind in (TRUE, FALSE):
             self.position += 1
         else:
             self._value(kind, copy=False)
@@ -170,10 +169,6 @@ class _Rewriter:
         if copy:
             self.out += self.data[start : self.position]
         return result
-
-
-def _zigzag(value: int) -> int:
-    return (value >> 1) ^ -(value & 1)
 
 
 def _varint_bytes(value: int) -> bytes:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from chronomoe.controller import ControlDecision
@@ -26,12 +25,11 @@ from ..alerts import AlertTransition
 from ..errors import CorruptRecordError
 from ..events import RoutingEvent
 from ..snapshots import SystemSnapshot
+from .parquet_counts import GroupRun, read_counts
 from .parquet_parts import PARTIAL_SUFFIX, SEALED_SUFFIX, read_part
 from .parquet_records import events_from_table, records_from_table
 from .parquet_schema import ALERTS_TABLE, DECISIONS_TABLE, EVENTS_TABLE, SNAPSHOTS_TABLE
-from .run_reader_base import RunCounts, RunReader, Storage, stack_counts
-
-_COUNT_COLUMNS = ["step", "mode", "layer_id", "expert_token_counts"]
+from .run_reader_base import RunCounts, RunReader, Storage
 
 
 @dataclass(frozen=True)
@@ -122,37 +120,18 @@ class ParquetRunReader(RunReader):
         return snapshot
 
     def counts(self, mode: str = "TRAIN") -> RunCounts:
-        """The ``mode`` events' counts as one array, read column-wise (no event objects): the row groups of a
-        part that follow each other in the table's order are read by one call."""
-        steps, layers, rows = [], [], []
-        for path, file, indices, first_row in self._runs_of_groups(self._row_groups(EVENTS_TABLE)):
-            table = file.read_row_groups(indices, columns=_COUNT_COLUMNS, use_threads=False)
-            keep = pc.equal(table.column("mode"), mode).to_numpy(zero_copy_only=False)
-            every = bool(keep.all())  # usually: no copies but the one into the result
-            steps.append(table.column("step").to_numpy() if every else table.column("step").to_numpy()[keep])
-            layers.append(table.column("layer_id").to_numpy() if every else table.column("layer_id").to_numpy()[keep])
-            counts_column = table.column("expert_token_counts")
-            width, start = counts_column.type.list_size, 0
-            for chunk in counts_column.chunks:  # zero-copy views of the decoded values
-                matrix = chunk.flatten().to_numpy().reshape(-1, width)
-                if matrix.size and matrix.min() < 0:
-                    row = start + int(np.argmin(matrix.min(axis=1)))
-                    raise CorruptRecordError(str(path), first_row + row, "expert_token_counts: negative count")
-                rows.append(matrix if every else matrix[keep[start : start + len(matrix)]])
-                start += len(matrix)
-        if not steps:
-            return stack_counts(np.zeros(0, np.int64), np.zeros(0, np.int64), [])
-        return stack_counts(np.concatenate(steps), np.concatenate(layers), rows)
+        """The ``mode`` events' counts as one int32 array, read column-wise, the counts from their pages
+        (:func:`~chronomoe.io.parquet_counts.read_counts`)."""
+        return read_counts(self._runs_of_groups(self._row_groups(EVENTS_TABLE)), mode)
 
     @staticmethod
-    def _runs_of_groups(groups: list[_RowGroup]) -> Iterator[tuple[Path, pq.ParquetFile, list[int], int]]:
-        """Consecutive row groups of one part, in the order given: ``(path, file, indices, first row)``, the first
-        row's number in the part (from 1); the groups' rows follow on from it."""
+    def _runs_of_groups(groups: list[_RowGroup]) -> Iterator[GroupRun]:
+        """Consecutive row groups of one part, in the order given."""
         run: list[_RowGroup] = []
         for group in groups:
             if run and (group.path != run[-1].path or group.index != run[-1].index + 1):
-                yield run[0].path, run[0].file, [g.index for g in run], run[0].first_row
+                yield GroupRun(run[0].path, run[0].file, [g.index for g in run], run[0].first_row)
                 run = []
             run.append(group)
         if run:
-            yield run[0].path, run[0].file, [g.index for g in run], run[0].first_row
+            yield GroupRun(run[0].path, run[0].file, [g.index for g in run], run[0].first_row)

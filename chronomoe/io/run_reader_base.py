@@ -37,6 +37,8 @@ class RunCounts:
     sorted. A step recorded twice (a run resumed from a checkpoint) holds its later record.
 
     Shapes: ``steps [S]``, ``layer_ids [L]``, ``counts [S, L, E]`` with ``E`` the widest layer's ``n_experts``.
+    Dtypes: ``steps`` and ``layer_ids`` int64; ``counts`` int64 from JSONL, int32 from Parquet (its column's
+    type, so a large run's array takes half the memory). Sums over an int32 axis are int64 in numpy.
     """
 
     steps: np.ndarray
@@ -106,30 +108,61 @@ class RunReader(ABC):
         """The name of ``table``'s file or folder in this storage."""
 
 
+@dataclass(frozen=True)
+class Cells:
+    """Where count rows go in a :class:`RunCounts` array: its sorted distinct ``steps [S]`` and ``layer_ids [L]``,
+    and each row's cell ``cells [N]`` (step index * L + layer index); ``in_order`` when the rows are the cells
+    0, 1, 2, ... in turn (every layer once per step, in step and layer order, as a run of one writer is; never
+    for no rows)."""
+
+    steps: np.ndarray
+    layer_ids: np.ndarray
+    cells: np.ndarray
+    in_order: bool
+
+    @classmethod
+    def of(cls, steps: np.ndarray, layers: np.ndarray) -> Cells:
+        """The cells of rows with these steps and layer ids (``[N]`` each); O(N) when they are in order."""
+        if len(steps):
+            per_step = int(np.argmax(steps != steps[0])) or len(steps)  # rows of the first step
+            first_layers = layers[:per_step]
+            if (
+                len(steps) % per_step == 0
+                and np.all(first_layers[1:] > first_layers[:-1])
+                and np.array_equal(
+                    layers.reshape(-1, per_step), np.broadcast_to(first_layers, (len(steps) // per_step, per_step))
+                )
+                and np.all(steps.reshape(-1, per_step) == steps[::per_step, np.newaxis])
+                and np.all(steps[per_step::per_step] > steps[:-per_step:per_step])
+            ):
+                return cls(steps[::per_step].copy(), first_layers.copy(), np.arange(len(steps)), True)
+        unique_steps, step_index = np.unique(steps, return_inverse=True)
+        layer_ids, layer_index = np.unique(layers, return_inverse=True)
+        cells = step_index * len(layer_ids) + layer_index
+        in_order = bool(len(cells)) and np.array_equal(cells, np.arange(len(unique_steps) * len(layer_ids)))
+        return cls(unique_steps, layer_ids, cells, in_order)
+
+
 def stack_counts(
     steps: np.ndarray, layers: np.ndarray, rows: list[np.ndarray], order: np.ndarray | None = None
 ) -> RunCounts:
     """:class:`RunCounts` of count rows given as matrices (one width each, ``rows[k]`` ``[R_k, W_k]``), with their
     steps and layer ids (``[sum R_k]`` each, in the rows' order), scattered with one numpy assignment per matrix.
+    The counts' dtype is the rows' (int64 when there are none).
 
     Where a (step, layer) pair is given twice the later row wins: later in ``order`` (``[sum R_k]`` distinct
     sequence numbers, such as line numbers) when given, else in the order given.
     """
-    unique_steps, step_index = np.unique(steps, return_inverse=True)
-    layer_ids, layer_index = np.unique(layers, return_inverse=True)
+    where = Cells.of(steps, layers)
+    unique_steps, layer_ids, cells = where.steps, where.layer_ids, where.cells
     width = max((matrix.shape[1] for matrix in rows if len(matrix)), default=0)  # of the rows given
-    cells = step_index * len(layer_ids) + layer_index
-    if (
-        len(cells)
-        and np.array_equal(cells, np.arange(len(unique_steps) * len(layer_ids)))
-        and all(matrix.shape[1] == width for matrix in rows if len(matrix))
-    ):
-        # The usual run: every layer once per step, in step and layer order, one width. The rows are the array's
-        # rows in order: copied (and widened to int64) in one pass, without a scatter.
-        counts = np.empty((len(unique_steps), len(layer_ids), width), np.int64)
+    dtype = np.result_type(*{matrix.dtype for matrix in rows}) if rows else np.dtype(np.int64)
+    if where.in_order and all(matrix.shape[1] == width for matrix in rows if len(matrix)):
+        # The usual run: the rows are the array's rows in order: copied in one pass, without a scatter.
+        counts = np.empty((len(unique_steps), len(layer_ids), width), dtype)
         np.concatenate([matrix for matrix in rows if len(matrix)], out=counts.reshape(-1, width))
         return RunCounts(unique_steps, layer_ids, counts)
-    counts = np.zeros((len(unique_steps), len(layer_ids), width), np.int64)
+    counts = np.zeros((len(unique_steps), len(layer_ids), width), dtype)
     sequence = np.arange(len(cells)) if order is None else np.asarray(order)
     # the last row (by sequence) of each cell, so that the assignments below never write a cell twice
     by_cell = np.lexsort((sequence, cells))
