@@ -15,6 +15,7 @@ tables go through the models' JSON form (:func:`records_table`,
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -29,6 +30,8 @@ from .parse_errors import PARSE_ERRORS, describe_parse_error
 
 _SCALARS = ("timestamp", "run_id", "step", "mode", "layer_id", "n_experts", "top_k", "token_count", "loss", "aux_loss")
 """Event fields stored as one value per row."""
+_GATHERED = (*_SCALARS, "expert_token_counts", "router_prob_sums")
+_gather = operator.attrgetter(*_GATHERED)
 
 
 def records_table(table: str, records: Sequence[BaseModel]) -> pa.Table:
@@ -44,9 +47,11 @@ def events_table(events: Sequence[RoutingEvent]) -> pa.Table:
     table's int32 counts) or the widths differ.
     """
     width = events[0].n_experts
-    counts = np.stack([event.expert_token_counts for event in events])
-    if counts.shape[1] != width or any(event.n_experts != width for event in events):
-        raise InvalidInputError("events.n_experts", sorted({event.n_experts for event in events}), "must be one width")
+    # One attrgetter call per event, then columns by zip: several times fewer Python calls than a getattr per field.
+    fields = dict(zip(_GATHERED, zip(*map(_gather, events), strict=True), strict=True))
+    if fields["n_experts"].count(width) != len(events):
+        raise InvalidInputError("events.n_experts", sorted(set(fields["n_experts"])), "must be one width")
+    counts = np.concatenate(fields["expert_token_counts"]).reshape(len(events), width)
     if counts.size and counts.max() >= COUNTS_LIMIT:
         row = int(np.argmax(counts.max(axis=1)))
         raise InvalidInputError(
@@ -55,12 +60,12 @@ def events_table(events: Sequence[RoutingEvent]) -> pa.Table:
             "is beyond the int32 counts of Parquet storage (use storage='jsonl' for such counts)",
         )
     schema = table_layout(EVENTS_TABLE, width).schema
-    columns: dict[str, Any] = {name: [getattr(event, name) for event in events] for name in _SCALARS}
+    columns: dict[str, Any] = {name: list(fields[name]) for name in _SCALARS}
     columns["expert_token_counts"] = pa.FixedSizeListArray.from_arrays(
         pa.array(counts.astype(np.int32).ravel()), type=schema.field("expert_token_counts").type
     )
-    sums = [event.router_prob_sums for event in events]
-    if all(value is None for value in sums):
+    sums = fields["router_prob_sums"]
+    if sums.count(None) == len(sums):
         columns["router_prob_sums"] = pa.nulls(len(events), schema.field("router_prob_sums").type)
     else:
         columns["router_prob_sums"] = pa.array(
