@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import Field
 
@@ -234,6 +234,16 @@ recorded_events = st.lists(
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(recorded_events, st.integers(1, 7), st.integers(1, 3))
+@example(  # a step written again after earlier steps, in a later part of one width: write order, not step order
+    recorded=[
+        (2, 0, "TRAIN", [0] * 8),
+        (2, 0, "TRAIN", [0] * 7 + [1]),
+        (1, 0, "TRAIN", [0] * 8),
+        (2, 0, "TRAIN", [0] * 8),
+    ],
+    batch_size=2,
+    row_groups_per_part=1,
+)
 def test_counts_hold_the_last_record_of_each_step_and_layer_of_the_mode_in_either_storage(
     tmp_path_factory, recorded, batch_size, row_groups_per_part
 ):

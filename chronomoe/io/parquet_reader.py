@@ -26,6 +26,7 @@ from ..errors import CorruptRecordError
 from ..events import RoutingEvent
 from ..snapshots import SystemSnapshot
 from .parquet_counts import GroupRun, read_counts
+from .parquet_pages import COUNTS_FIELD
 from .parquet_parts import PARTIAL_SUFFIX, SEALED_SUFFIX, read_part
 from .parquet_records import events_from_table, records_from_table
 from .parquet_schema import ALERTS_TABLE, DECISIONS_TABLE, EVENTS_TABLE, SNAPSHOTS_TABLE
@@ -63,23 +64,30 @@ class ParquetRunReader(RunReader):
         return sorted(found, key=lambda path: path.name.removesuffix(".partial"))
 
     def _row_groups(self, table: str) -> list[_RowGroup]:
+        """The table's row groups in order: by writing session, then as written. The parts of one session
+        that hold events of several widths were written side by side, so their groups interleave by first step."""
         self.require(table)
-        groups = []
+        parts = []
         for position, path in enumerate(self.parts(table)):
             file = read_part(path)
-            if file is None:
-                continue
-            session = path.name.split("-")[1:3]  # rank, session
-            first_row = 1
+            if file is not None:
+                parts.append((tuple(path.name.split("-")[1:3]), position, path, file))  # (rank, session)
+        widths: dict[tuple[str, ...], set[Any]] = {}
+        if table == EVENTS_TABLE:
+            for session, _, _, file in parts:
+                widths.setdefault(session, set()).add(file.schema_arrow.field(COUNTS_FIELD).type.list_size)
+        groups = []
+        for session, position, path, file in parts:
+            by_step = len(widths.get(session, ())) > 1
             step_column = file.schema_arrow.get_field_index("step")
+            first_row = 1
             for index in range(file.metadata.num_row_groups):
                 group = file.metadata.row_group(index)
-                order: tuple[Any, ...] = (session, position, index)
-                if table == EVENTS_TABLE:  # parts of several widths interleave by step within a session
+                first_step = 0
+                if by_step:
                     statistics = group.column(step_column).statistics
                     first_step = statistics.min if statistics is not None and statistics.has_min_max else 0
-                    order = (session, first_step, position, index)
-                groups.append(_RowGroup(order, path, file, index, first_row))
+                groups.append(_RowGroup((session, first_step, position, index), path, file, index, first_row))
                 first_row += group.num_rows
         return sorted(groups, key=lambda group: group.order)
 

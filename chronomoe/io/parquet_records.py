@@ -65,7 +65,7 @@ def events_table(events: Sequence[RoutingEvent]) -> pa.Table:
         pa.array(counts.astype(np.int32).ravel()), type=schema.field("expert_token_counts").type
     )
     sums = fields["router_prob_sums"]
-    if sums.count(None) == len(sums):
+    if all(value is None for value in sums):  # (not count(None): it compares arrays with ==)
         columns["router_prob_sums"] = pa.nulls(len(events), schema.field("router_prob_sums").type)
     else:
         columns["router_prob_sums"] = pa.array(
