@@ -179,3 +179,15 @@ def test_counts_from_parquet_are_int32_and_equal_to_the_events(tmp_path):
     counts = open_run(tmp_path / "run").counts()
     assert counts.counts.dtype == np.int32
     assert counts.counts.tolist() == [[[1, 0, 2**20]], [[2, 0, 2**20]]]
+
+
+def test_counts_of_an_events_table_without_a_complete_row_group_are_empty_int32(tmp_path, make_event):
+    with ParquetRunWriter("run", tmp_path) as writer:
+        writer.write_events_batch([make_event([1, 2])])
+    folder = tmp_path / "run" / "routing_events"
+    for part in folder.glob("*.parquet"):
+        part.unlink()
+    (folder / "part-r00000-20260101T000000000000Z-p1-00000.parquet.partial").write_bytes(b"PAR1")  # torn at birth
+    counts = open_run(tmp_path / "run").counts()
+    assert counts.counts.shape == (0, 0, 0) and counts.counts.dtype == np.int32
+    assert counts.steps.size == 0 and counts.layer_ids.size == 0

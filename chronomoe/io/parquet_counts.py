@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import CorruptRecordError
-from .parquet_pages import COUNTS_FIELD, NotCanonical, decode_counts
+from .parquet_pages import COUNTS_FIELD, NotCanonical, decode_counts, leaf_index
 from .run_reader_base import Cells, RunCounts, stack_counts
 
 logger = logging.getLogger(__name__)
@@ -90,8 +90,8 @@ def read_counts(runs: Iterable[GroupRun], mode: str) -> RunCounts:
 
     with ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, len(runs)))) as pool:
         found = list(pool.map(read, range(len(runs))))
-    if not found:
-        return stack_counts(np.zeros(0, np.int64), np.zeros(0, np.int64), [])
+    if not found:  # parts without a row group
+        return RunCounts(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0, 0), np.int32))
     steps = np.concatenate([part.steps for part in found])
     layers = np.concatenate([part.layers for part in found])
     cells = Cells.of(steps, layers)
@@ -119,10 +119,10 @@ def _read_run(run: GroupRun, mode: str, out: np.ndarray | None) -> _RunRows:
 def _mode_rows(run: GroupRun, mode: str) -> np.ndarray | None:
     """Which rows of ``run`` are of ``mode`` (``None``: all), from each group's statistics when it holds one mode."""
     metadata = run.file.metadata
-    column = run.file.schema_arrow.get_field_index("mode")
+    column = leaf_index(metadata, "mode")
     per_group = []
     for index in run.indices:
-        statistics = metadata.row_group(index).column(column).statistics
+        statistics = None if column is None else metadata.row_group(index).column(column).statistics
         if statistics is None or not statistics.has_min_max or statistics.min != statistics.max:
             table = run.file.read_row_groups(run.indices, columns=["mode"], use_threads=False)
             keep: np.ndarray = pc.equal(table.column("mode"), mode).to_numpy(zero_copy_only=False)

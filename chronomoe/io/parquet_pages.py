@@ -72,7 +72,9 @@ def decode_counts(
     that fails its CRC or does not decompress, or the row of a negative count.
     """
     width = out.shape[1]
-    leaf = _leaf_index(metadata)
+    leaf = leaf_index(metadata, COUNTS_LEAF)
+    if leaf is None:
+        raise NotCanonical(f"no column {COUNTS_LEAF}")
     flat = out.reshape(-1)
     row = 0
     for index in indices:
@@ -173,9 +175,11 @@ def canonical_levels(rows: int, width: int) -> bytes:
     return bytes(page[: 8 + repetition_length + definition_length])
 
 
-def _leaf_index(metadata: pq.FileMetaData) -> int:
+def leaf_index(metadata: pq.FileMetaData, path: str) -> int | None:
+    """The index of the Parquet leaf column ``path`` (``"step"``, ``"expert_token_counts.list.element"``) among a
+    file's columns, as ``metadata.row_group(i).column(...)`` takes it (not the Arrow field's), or ``None``."""
     schema = metadata.schema
     for index in range(len(schema)):
-        if schema.column(index).path == COUNTS_LEAF:
+        if schema.column(index).path == path:
             return index
-    raise NotCanonical(f"no column {COUNTS_LEAF}")
+    return None

@@ -26,7 +26,7 @@ from ..errors import CorruptRecordError
 from ..events import RoutingEvent
 from ..snapshots import SystemSnapshot
 from .parquet_counts import GroupRun, read_counts
-from .parquet_pages import COUNTS_FIELD
+from .parquet_pages import COUNTS_FIELD, leaf_index
 from .parquet_parts import PARTIAL_SUFFIX, SEALED_SUFFIX, read_part
 from .parquet_records import events_from_table, records_from_table
 from .parquet_schema import ALERTS_TABLE, DECISIONS_TABLE, EVENTS_TABLE, SNAPSHOTS_TABLE
@@ -79,12 +79,12 @@ class ParquetRunReader(RunReader):
         groups = []
         for session, position, path, file in parts:
             by_step = len(widths.get(session, ())) > 1
-            step_column = file.schema_arrow.get_field_index("step")
+            step_column = leaf_index(file.metadata, "step")
             first_row = 1
             for index in range(file.metadata.num_row_groups):
                 group = file.metadata.row_group(index)
                 first_step = 0
-                if by_step:
+                if by_step and step_column is not None:
                     statistics = group.column(step_column).statistics
                     first_step = statistics.min if statistics is not None and statistics.has_min_max else 0
                 groups.append(_RowGroup((session, first_step, position, index), path, file, index, first_row))
