@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from chronomoe import CorruptRecordError, RoutingEvent
+from chronomoe.io import parquet_counts
 from chronomoe.io.parquet_pages import COUNTS_FIELD, COUNTS_LEAF, NotCanonical, decode_counts
+from chronomoe.io.parquet_parts import open_part
 from chronomoe.io.parquet_schema import EVENTS_TABLE, table_schema
 from chronomoe.io.parquet_writer import WRITE_OPTIONS, ParquetRunWriter
 from chronomoe.io.run_reader import open_run
@@ -45,7 +47,7 @@ def decoded(data: pa.Buffer, width: int) -> np.ndarray:
     """Every row group of ``data`` decoded from its pages (``NotCanonical`` when declined)."""
     metadata = pq.read_metadata(pa.BufferReader(data))
     out = np.full((metadata.num_rows, width), -7, np.int32)
-    decode_counts(pa.BufferReader(data), metadata, range(metadata.num_row_groups), out, path="p", first_row=1)
+    decode_counts(data, metadata, range(metadata.num_row_groups), out, path="p", first_row=1)
     return out
 
 
@@ -126,6 +128,55 @@ def test_a_page_that_fails_its_crc_is_reported_naming_the_part_and_the_row_where
         decoded(pa.py_buffer(bytes(data)), 4)
 
 
+@pytest.mark.parametrize(
+    ("offset", "byte"),
+    [(0, 0xFF), (19, 0x08), (6, 0xFF)],
+    ids=["an unknown thrift type", "a header cut short", "a negative page size"],
+)
+def test_a_damaged_page_header_is_reported_naming_the_part_and_the_row_where_its_page_begins(offset, byte):
+    counts = np.random.default_rng(1).integers(0, 70_000, (40, 8)).astype(np.int32)
+    data = bytearray(parquet_bytes(counts, row_group_size=20, data_page_size=300, **WRITERS_OPTIONS).to_pybytes())
+    data[pq.read_metadata(pa.BufferReader(bytes(data))).row_group(0).column(0).data_page_offset + offset] = byte
+    with pytest.raises(CorruptRecordError, match=r"^p:1: expert_token_counts: a page"):
+        decoded(pa.py_buffer(bytes(data)), 8)
+
+
+def test_counts_of_parts_read_on_several_threads_equal_the_events(tmp_path, monkeypatch):
+    """One session writing two widths side by side: each run of row groups is one group, and the runs of one
+    part are read at once on several threads (pyarrow's ParquetFile must not be shared between them)."""
+    monkeypatch.setattr(parquet_counts, "READ_THREADS", 4)
+    rng = np.random.default_rng(0)
+    expected = {}
+    with ParquetRunWriter("run", tmp_path, row_groups_per_part=10_000) as writer:
+        for step in range(120):
+            batch = []
+            for layer, width in ((0, 4), (1, 9)):
+                counts = rng.integers(0, 100_000, width)
+                batch.append(
+                    RoutingEvent(
+                        run_id="r", step=step, layer_id=layer, n_experts=width, top_k=1, expert_token_counts=counts
+                    )
+                )
+                expected[(step, layer)] = counts
+            writer.write_events_batch(batch)
+    for _ in range(5):
+        result = open_run(tmp_path / "run").counts()
+        for (step, layer), counts in expected.items():
+            assert result.counts[step, layer, : len(counts)].tolist() == counts.tolist()
+            assert not result.counts[step, layer, len(counts) :].any()
+
+
+def test_a_growing_part_sealed_after_it_was_listed_is_read_under_its_sealed_name(tmp_path, make_event):
+    writer = ParquetRunWriter("run", tmp_path)
+    writer.write_events_batch([make_event([1, 2], step=1)])
+    reader = open_run(tmp_path / "run")
+    (growing,) = reader.parts("routing_events")
+    writer.close()  # seals it: renamed to .parquet
+    assert not growing.exists()
+    part = open_part(growing)
+    assert part is not None and part.file.metadata.num_rows == 1
+
+
 def test_counts_of_parts_the_page_decoder_declines_are_read_by_pyarrow(tmp_path, make_event):
     with ParquetRunWriter("run", tmp_path) as writer:
         for step in (1, 2, 3):
@@ -135,7 +186,8 @@ def test_counts_of_parts_the_page_decoder_declines_are_read_by_pyarrow(tmp_path,
     pq.write_table(pq.read_table(part), part, data_page_version="2.0", row_group_size=2)  # version 2 pages
     with pytest.raises(NotCanonical):
         metadata = pq.read_metadata(part)
-        decode_counts(pa.memory_map(str(part)), metadata, [0], np.empty((2, 2), np.int32), path="p", first_row=1)
+        data = pa.py_buffer(part.read_bytes())
+        decode_counts(data, metadata, [0], np.empty((2, 2), np.int32), path="p", first_row=1)
     assert np.array_equal(open_run(tmp_path / "run").counts().counts, expected)
 
 

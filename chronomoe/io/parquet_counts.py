@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import pyarrow.parquet as pq
 
 from ..errors import CorruptRecordError
 from .parquet_pages import COUNTS_FIELD, NotCanonical, decode_counts, leaf_index
+from .parquet_parts import OpenPart
 from .run_reader_base import Cells, RunCounts, stack_counts
 
 logger = logging.getLogger(__name__)
@@ -43,13 +45,17 @@ READ_THREADS = min(4, os.cpu_count() or 1)
 
 @dataclass(frozen=True)
 class GroupRun:
-    """Consecutive row groups ``indices`` of the part at ``path`` (opened as ``file``); ``first_row``: the number
+    """Consecutive row groups ``indices`` of the part at ``path`` (opened as ``part``); ``first_row``: the number
     (from 1) of the first group's first row in the part, the groups' rows following on from it."""
 
     path: Path
-    file: pq.ParquetFile
+    part: OpenPart
     indices: list[int]
     first_row: int
+
+    @property
+    def file(self) -> pq.ParquetFile:
+        return self.part.file
 
     @property
     def rows(self) -> int:
@@ -74,8 +80,9 @@ class _RunRows:
 def read_counts(runs: Iterable[GroupRun], mode: str) -> RunCounts:
     """The counts of the ``mode`` events of ``runs`` (in the table's order) as :class:`RunCounts` (counts int32).
 
-    Raises :class:`~chronomoe.errors.CorruptRecordError` for a damaged page or a negative count, naming the part
-    and row; the first such error of the runs, in their order.
+    Raises :class:`~chronomoe.errors.CorruptRecordError` for a damaged page, a part pyarrow cannot read or a
+    negative count, naming the part and row (a run's first row when pyarrow's error says no more); the first such
+    error of the runs, in their order.
     """
     runs = list(runs)
     widths = {run.width for run in runs}
@@ -83,10 +90,17 @@ def read_counts(runs: Iterable[GroupRun], mode: str) -> RunCounts:
     starts = np.cumsum([0, *rows])
     buffer = np.empty((int(starts[-1]), widths.pop()), np.int32) if len(widths) == 1 else None
 
+    readers: dict[tuple[int, Path], pq.ParquetFile] = {}
+
     def read(position: int) -> _RunRows:
         run = runs[position]
+        # pyarrow's ParquetFile is not safe to share between threads: one per thread and part.
+        reader = readers.setdefault((threading.get_ident(), run.path), run.part.reader())
         out = buffer[starts[position] : starts[position + 1]] if buffer is not None else None
-        return _read_run(run, mode, out)
+        try:
+            return _read_run(run, reader, mode, out)
+        except (OSError, pa.ArrowException) as error:  # pyarrow's reading of a damaged part
+            raise CorruptRecordError(str(run.path), run.first_row, f"not readable by Parquet: {error}") from None
 
     with ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, len(runs)))) as pool:
         found = list(pool.map(read, range(len(runs))))
@@ -100,23 +114,23 @@ def read_counts(runs: Iterable[GroupRun], mode: str) -> RunCounts:
     return stack_counts(steps, layers, [part.counts for part in found])
 
 
-def _read_run(run: GroupRun, mode: str, out: np.ndarray | None) -> _RunRows:
-    """One run's rows of ``mode``: their steps and layers, and their counts (decoded into ``out``, ``[rows,
-    width]`` int32, when given)."""
-    keep = _mode_rows(run, mode)
+def _read_run(run: GroupRun, reader: pq.ParquetFile, mode: str, out: np.ndarray | None) -> _RunRows:
+    """One run's rows of ``mode``, read through ``reader`` (this thread's): their steps and layers, and their
+    counts (decoded into ``out``, ``[rows, width]`` int32, when given)."""
+    keep = _mode_rows(run, reader, mode)
     if keep is not None and not keep.any():
         empty = np.zeros(0, np.int64)
         return _RunRows(empty, empty, np.zeros((0, run.width), np.int32), False)
-    table = run.file.read_row_groups(run.indices, columns=["step", "layer_id"], use_threads=False)
+    table = reader.read_row_groups(run.indices, columns=["step", "layer_id"], use_threads=False)
     steps, layers = table.column("step").to_numpy(), table.column("layer_id").to_numpy()
     counts = np.empty((run.rows, run.width), np.int32) if out is None else out
-    _decode(run, counts)
+    _decode(run, reader, counts)
     if keep is None:
         return _RunRows(steps, layers, counts, True)
     return _RunRows(steps[keep], layers[keep], counts[keep], False)
 
 
-def _mode_rows(run: GroupRun, mode: str) -> np.ndarray | None:
+def _mode_rows(run: GroupRun, reader: pq.ParquetFile, mode: str) -> np.ndarray | None:
     """Which rows of ``run`` are of ``mode`` (``None``: all), from each group's statistics when it holds one mode."""
     metadata = run.file.metadata
     column = leaf_index(metadata, "mode")
@@ -124,7 +138,7 @@ def _mode_rows(run: GroupRun, mode: str) -> np.ndarray | None:
     for index in run.indices:
         statistics = None if column is None else metadata.row_group(index).column(column).statistics
         if statistics is None or not statistics.has_min_max or statistics.min != statistics.max:
-            table = run.file.read_row_groups(run.indices, columns=["mode"], use_threads=False)
+            table = reader.read_row_groups(run.indices, columns=["mode"], use_threads=False)
             keep: np.ndarray = pc.equal(table.column("mode"), mode).to_numpy(zero_copy_only=False)
             return None if keep.all() else keep
         per_group.append(statistics.min == mode)
@@ -134,15 +148,14 @@ def _mode_rows(run: GroupRun, mode: str) -> np.ndarray | None:
     return np.repeat(np.array(per_group, bool), group_rows)
 
 
-def _decode(run: GroupRun, out: np.ndarray) -> None:
+def _decode(run: GroupRun, reader: pq.ParquetFile, out: np.ndarray) -> None:
     """Fill ``out`` with the run's counts: from their pages, or by pyarrow when the pages are laid out otherwise."""
     try:
-        source = pa.memory_map(str(run.path))
-        decode_counts(source, run.file.metadata, run.indices, out, path=str(run.path), first_row=run.first_row)
+        decode_counts(run.part.data, run.file.metadata, run.indices, out, path=str(run.path), first_row=run.first_row)
         return
     except NotCanonical as why:
         logger.debug("%s: counts read by pyarrow (%s)", run.path, why)
-    column = run.file.read_row_groups(run.indices, columns=[COUNTS_FIELD], use_threads=False).column(0)
+    column = reader.read_row_groups(run.indices, columns=[COUNTS_FIELD], use_threads=False).column(0)
     start = 0
     for chunk in column.chunks:
         matrix = chunk.flatten().to_numpy().reshape(-1, out.shape[1])

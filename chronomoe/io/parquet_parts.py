@@ -137,21 +137,56 @@ def sealed_name(partial: Path) -> Path:
     return partial.with_name(partial.name[: -len(PARTIAL_SUFFIX)] + SEALED_SUFFIX)
 
 
-def read_part(path: Path) -> pq.ParquetFile | None:
-    """A part as a ``pyarrow.parquet.ParquetFile``, without changing it: a sealed part as it is, a growing or
-    torn one (``.partial``) through the footer of its complete frames; ``None`` for a part without any.
+@dataclass(frozen=True)
+class OpenPart:
+    """A part opened for reading: ``data``, its bytes as mapped when it was opened (zero-copy, and still valid
+    when the part is sealed or renamed meanwhile), and ``file``, a ``ParquetFile`` over them."""
+
+    data: pa.Buffer
+    file: pq.ParquetFile
+
+    def reader(self) -> pq.ParquetFile:
+        """Another ``ParquetFile`` over the same bytes and metadata, for another thread: pyarrow's are not safe
+        to share between threads (their read cache)."""
+        return pq.ParquetFile(pa.BufferReader(self.data), metadata=self.file.metadata)
+
+
+def open_part(path: Path) -> OpenPart | None:
+    """A part opened without being changed: a sealed part as it is, a growing or torn one (``.partial``) through
+    the footer of its complete frames; ``None`` for a part without any.
 
     Raises :class:`~chronomoe.errors.CorruptRecordError` for a sealed part that Parquet cannot read.
     """
     if path.name.endswith(PARTIAL_SUFFIX):
-        scan = scan_frames(path.read_bytes())
+        try:
+            data = _mapped(path)
+        except FileNotFoundError:
+            if not sealed_name(path).exists():
+                raise
+            return open_part(sealed_name(path))  # sealed since it was listed
+        scan = scan_frames(memoryview(data))
         if not scan.footers:
             return None
-        return pq.ParquetFile(pa.memory_map(str(path)), metadata=combine(scan.footers))
+        return OpenPart(data, pq.ParquetFile(pa.BufferReader(data), metadata=combine(scan.footers)))
     try:
-        return pq.ParquetFile(pa.memory_map(str(path)))
+        data = _mapped(path)
+        return OpenPart(data, pq.ParquetFile(pa.BufferReader(data)))
     except (OSError, pa.ArrowException) as error:
         raise CorruptRecordError(str(path), 0, f"not a readable Parquet file: {error}") from None
+
+
+def _mapped(path: Path) -> pa.Buffer:
+    """The file's bytes, memory-mapped (an empty buffer for an empty file, which cannot be mapped)."""
+    if not path.stat().st_size:
+        return pa.py_buffer(b"")
+    buffer: pa.Buffer = pa.memory_map(str(path)).read_buffer()
+    return buffer
+
+
+def read_part(path: Path) -> pq.ParquetFile | None:
+    """:func:`open_part`'s ``ParquetFile`` (``None`` for a part without a complete row group)."""
+    part = open_part(path)
+    return None if part is None else part.file
 
 
 def write_all(descriptor: int, data: bytes, offset: int) -> None:

@@ -27,7 +27,7 @@ from ..events import RoutingEvent
 from ..snapshots import SystemSnapshot
 from .parquet_counts import GroupRun, read_counts
 from .parquet_pages import COUNTS_FIELD, leaf_index
-from .parquet_parts import PARTIAL_SUFFIX, SEALED_SUFFIX, read_part
+from .parquet_parts import PARTIAL_SUFFIX, SEALED_SUFFIX, OpenPart, open_part
 from .parquet_records import events_from_table, records_from_table
 from .parquet_schema import ALERTS_TABLE, DECISIONS_TABLE, EVENTS_TABLE, SNAPSHOTS_TABLE
 from .run_reader_base import RunCounts, RunReader, Storage
@@ -39,9 +39,13 @@ class _RowGroup:
 
     order: tuple[Any, ...]
     path: Path
-    file: pq.ParquetFile
+    part: OpenPart
     index: int
     first_row: int
+
+    @property
+    def file(self) -> pq.ParquetFile:
+        return self.part.file
 
 
 class ParquetRunReader(RunReader):
@@ -69,15 +73,16 @@ class ParquetRunReader(RunReader):
         self.require(table)
         parts = []
         for position, path in enumerate(self.parts(table)):
-            file = read_part(path)
-            if file is not None:
-                parts.append((tuple(path.name.split("-")[1:3]), position, path, file))  # (rank, session)
+            part = open_part(path)
+            if part is not None:
+                parts.append((tuple(path.name.split("-")[1:3]), position, path, part))  # (rank, session)
         widths: dict[tuple[str, ...], set[Any]] = {}
         if table == EVENTS_TABLE:
-            for session, _, _, file in parts:
-                widths.setdefault(session, set()).add(file.schema_arrow.field(COUNTS_FIELD).type.list_size)
+            for session, _, _, part in parts:
+                widths.setdefault(session, set()).add(part.file.schema_arrow.field(COUNTS_FIELD).type.list_size)
         groups = []
-        for session, position, path, file in parts:
+        for session, position, path, part in parts:
+            file = part.file
             by_step = len(widths.get(session, ())) > 1
             step_column = leaf_index(file.metadata, "step")
             first_row = 1
@@ -87,7 +92,7 @@ class ParquetRunReader(RunReader):
                 if by_step and step_column is not None:
                     statistics = group.column(step_column).statistics
                     first_step = statistics.min if statistics is not None and statistics.has_min_max else 0
-                groups.append(_RowGroup((session, first_step, position, index), path, file, index, first_row))
+                groups.append(_RowGroup((session, first_step, position, index), path, part, index, first_row))
                 first_row += group.num_rows
         return sorted(groups, key=lambda group: group.order)
 
@@ -138,8 +143,8 @@ class ParquetRunReader(RunReader):
         run: list[_RowGroup] = []
         for group in groups:
             if run and (group.path != run[-1].path or group.index != run[-1].index + 1):
-                yield GroupRun(run[0].path, run[0].file, [g.index for g in run], run[0].first_row)
+                yield GroupRun(run[0].path, run[0].part, [g.index for g in run], run[0].first_row)
                 run = []
             run.append(group)
         if run:
-            yield GroupRun(run[0].path, run[0].file, [g.index for g in run], run[0].first_row)
+            yield GroupRun(run[0].path, run[0].part, [g.index for g in run], run[0].first_row)

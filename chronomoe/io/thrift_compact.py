@@ -38,7 +38,7 @@ def read_struct(data: bytes | memoryview, position: int) -> tuple[dict[int, Any]
     """The struct at ``position`` as ``{field id: value}`` (integers signed, binaries ``bytes``, structs dicts,
     lists and sets lists, maps dicts), and the position after it.
 
-    Raises ``IndexError`` when the bytes end inside the struct and
+    Raises ``IndexError`` (``struct.error`` inside a double) when the bytes end inside the struct, and
     :class:`~chronomoe.errors.InvalidInputError` for an unknown type id.
     """
     fields: dict[int, Any] = {}
