@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import CorruptRecordError
-from .parquet_pages import COUNTS_FIELD, NotCanonical, decode_counts, leaf_index
+from .parquet_pages import COUNTS_FIELD, NotCanonical, counts_width, decode_counts, leaf_index
 from .parquet_parts import OpenPart
 from .run_reader_base import Cells, RunCounts, stack_counts
 
@@ -63,8 +63,7 @@ class GroupRun:
 
     @property
     def width(self) -> int:
-        width: int = self.file.schema_arrow.field(COUNTS_FIELD).type.list_size
-        return width
+        return counts_width(self.file)
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,10 @@ def read_counts(runs: Iterable[GroupRun], mode: str) -> RunCounts:
     def read(position: int) -> _RunRows:
         run = runs[position]
         # pyarrow's ParquetFile is not safe to share between threads: one per thread and part.
-        reader = readers.setdefault((threading.get_ident(), run.path), run.part.reader())
+        key = (threading.get_ident(), run.path)
+        reader = readers.get(key)
+        if reader is None:  # only this thread writes this key
+            reader = readers[key] = run.part.reader()
         out = buffer[starts[position] : starts[position + 1]] if buffer is not None else None
         try:
             return _read_run(run, reader, mode, out)

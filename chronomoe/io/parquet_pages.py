@@ -197,6 +197,12 @@ def canonical_levels(rows: int, width: int) -> bytes:
     return bytes(page[: 8 + repetition_length + definition_length])
 
 
+def counts_width(file: pq.ParquetFile) -> int:
+    """The experts per event of an events part (its counts column's list size)."""
+    width: int = file.schema_arrow.field(COUNTS_FIELD).type.list_size
+    return width
+
+
 def leaf_index(metadata: pq.FileMetaData, path: str) -> int | None:
     """The index of the Parquet leaf column ``path`` (``"step"``, ``"expert_token_counts.list.element"``) among a
     file's columns, as ``metadata.row_group(i).column(...)`` takes it (not the Arrow field's), or ``None``."""

@@ -26,7 +26,7 @@ from ..errors import CorruptRecordError
 from ..events import RoutingEvent
 from ..snapshots import SystemSnapshot
 from .parquet_counts import GroupRun, read_counts
-from .parquet_pages import COUNTS_FIELD, leaf_index
+from .parquet_pages import counts_width, leaf_index
 from .parquet_parts import PARTIAL_SUFFIX, SEALED_SUFFIX, OpenPart, open_part
 from .parquet_records import events_from_table, records_from_table
 from .parquet_schema import ALERTS_TABLE, DECISIONS_TABLE, EVENTS_TABLE, SNAPSHOTS_TABLE
@@ -79,7 +79,7 @@ class ParquetRunReader(RunReader):
         widths: dict[tuple[str, ...], set[Any]] = {}
         if table == EVENTS_TABLE:
             for session, _, _, part in parts:
-                widths.setdefault(session, set()).add(part.file.schema_arrow.field(COUNTS_FIELD).type.list_size)
+                widths.setdefault(session, set()).add(counts_width(part.file))
         groups = []
         for session, position, path, part in parts:
             file = part.file
