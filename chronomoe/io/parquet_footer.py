@@ -20,10 +20,10 @@ means "not set" (real offsets follow the 4-byte ``PAR1`` magic) and stays 0.
 
 from __future__ import annotations
 
-from ..errors import InvalidInputError
-from .thrift_compact import BINARY, BYTE, DOUBLE, FALSE, I16, I32, I64, LIST, MAP, SET, STOP, STRUCT, TRUE, zigzag
+import struct
 
-_FIXED_SIZES = {BYTE: 1, DOUBLE: 8}
+from ..errors import InvalidInputError
+from .thrift_compact import FALSE, I64, LIST, STOP, STRUCT, TRUE, read_value, read_varint, zigzag
 
 _OFFSET = "offset"
 """Marks an i64 field holding a byte offset into the file."""
@@ -47,7 +47,7 @@ def shift_offsets(footer: bytes, delta: int) -> bytes:
     rewriter = _Rewriter(footer, delta)
     try:
         rewriter.struct("FileMetaData")
-    except IndexError:
+    except (IndexError, struct.error):
         raise InvalidInputError("footer", len(footer), "ends inside a Thrift struct: not a Parquet footer") from None
     if rewriter.position != len(footer):
         raise InvalidInputError("footer", len(footer), f"holds {len(footer) - rewriter.position} bytes after its end")
@@ -110,48 +110,13 @@ class _Rewriter:
         self.out += _varint_bytes((value << 1) ^ (value >> 63))
 
     def _value(self, kind: int, *, copy: bool) -> None:
-        """Skip (and copy) one value of compact type ``kind``."""
-        start = self.position
+        """Skip (and copy) one value of compact type ``kind``; a field's bool lives in its header, with no bytes."""
         if kind in (TRUE, FALSE):
-            return  # a field's bool lives in its header: no bytes to skip or copy
-        if kind in _FIXED_SIZES:
-            self.position += _FIXED_SIZES[kind]
-        elif kind in (I16, I32, I64):
-            self._varint(copy=False)
-        elif kind == BINARY:
-            length = self._varint(copy=False)  # read before the position moves past it
-            self.position += length
-        elif kind in (LIST, SET):
-            header = self._byte()
-            size = header >> 4
-            if size == 15:
-                size = self._varint(copy=False)
-            for _ in range(size):
-                self._element(header & 0x0F)
-        elif kind == MAP:
-            size = self._varint(copy=False)
-            types = self._byte() if size else 0
-            for _ in range(size):
-                self._element(types >> 4)
-                self._element(types & 0x0F)
-        elif kind == STRUCT:
-            saved = self.out
-            self.out = bytearray()  # skipped: copied below as raw bytes
-            self.struct(None)
-            self.out = saved
-        else:
-            raise InvalidInputError("footer", self.position, f"holds unknown Thrift compact type {kind}")
-        if self.position > len(self.data):
-            raise IndexError(self.position)
+            return
+        start = self.position
+        _, self.position = read_value(self.data, start, kind)
         if copy:
             self.out += self.data[start : self.position]
-
-    def _element(self, kind: int) -> None:
-        """Skip a collection element: booleans take one byte there, unlike in a field header."""
-        if kind in (TRUE, FALSE):
-            self.position += 1
-        else:
-            self._value(kind, copy=False)
 
     def _byte(self) -> int:
         value = self.data[self.position]
@@ -159,16 +124,11 @@ class _Rewriter:
         return value
 
     def _varint(self, *, copy: bool) -> int:
-        start, result, shift = self.position, 0, 0
-        while True:
-            byte = self._byte()
-            result |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
+        start = self.position
+        value, self.position = read_varint(self.data, start)
         if copy:
             self.out += self.data[start : self.position]
-        return result
+        return value
 
 
 def _varint_bytes(value: int) -> bytes:

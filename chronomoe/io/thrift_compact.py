@@ -57,10 +57,12 @@ def read_struct(data: bytes | memoryview, position: int) -> tuple[dict[int, Any]
         if kind in (TRUE, FALSE):  # a field's bool lives in its header
             fields[field_id] = kind == TRUE
         else:
-            fields[field_id], position = _read_value(data, position, kind)
+            fields[field_id], position = read_value(data, position, kind)
 
 
-def _read_value(data: bytes | memoryview, position: int, kind: int) -> tuple[Any, int]:
+def read_value(data: bytes | memoryview, position: int, kind: int) -> tuple[Any, int]:
+    """The value of compact type ``kind`` (not a field's bool, which lives in its header) at ``position``, and the
+    position after it; errors as :func:`read_struct`'s."""
     if kind in (I16, I32, I64):
         raw, position = read_varint(data, position)
         return zigzag(raw), position
@@ -102,4 +104,4 @@ def _read_element(data: bytes | memoryview, position: int, kind: int) -> tuple[A
     """A collection element: booleans take one byte there, unlike in a field header."""
     if kind in (TRUE, FALSE):
         return data[position] == TRUE, position + 1
-    return _read_value(data, position, kind)
+    return read_value(data, position, kind)
