@@ -232,7 +232,10 @@ class Record(BaseModel):
         per 19-field decision)."""
         record = _new_object(cls)
         _set_dict(record, values)
-        _set_fields_set(record, set(values))
+        every_field = _EVERY_FIELD.get(cls)
+        if every_field is None:
+            every_field = _EVERY_FIELD[cls] = set(cls.model_fields)
+        _set_fields_set(record, every_field)
         _set_extra(record, None)
         _set_private(record, None)
         return record
@@ -245,6 +248,10 @@ _set_dict = vars(BaseModel)["__dict__"].__set__
 _set_fields_set = vars(BaseModel)["__pydantic_fields_set__"].__set__
 _set_extra = vars(BaseModel)["__pydantic_extra__"].__set__
 _set_private = vars(BaseModel)["__pydantic_private__"].__set__
+_EVERY_FIELD: dict[type[BaseModel], set[str]] = {}
+"""Each record class's field names: the fields set of every record built by ``trusted``, one set shared by them
+all (0.6 us a record less than a set of its own). Safe because records are frozen: pydantic adds to a fields set
+only on assignment, and ``model_copy`` copies it first."""
 
 
 class RoutingEvent(Record):

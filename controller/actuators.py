@@ -83,7 +83,10 @@ class HostBiasActuator:
     def apply(self, values: np.ndarray, layers: np.ndarray) -> None:
         """Set the rows of ``values`` selected by the boolean mask ``layers`` (``[L]``)."""
         check_values(self, values, layers)
-        self._values[layers] = values[layers]
+        if layers.all():  # the usual case: no gathered copy of every row
+            np.copyto(self._values, values)
+        else:
+            self._values[layers] = values[layers]
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -81,7 +81,7 @@ from chronomoe.snapshots import SystemSnapshot
 from .actuators import Actuator, HostBiasActuator, check_layout
 from .decisions import ControlDecision
 from .pressure_config import PressureConfig
-from .snapshot_arrays import SnapshotArrays, fit_into_box
+from .snapshot_arrays import SnapshotArrays, Workspace, fit_into_box
 from .verdicts import Verdicts, change_summaries, decisions
 
 FREEZE_VARIABLE = "CHRONOMOE_CONTROLLER_FROZEN"
@@ -128,6 +128,7 @@ class PressureController:
         """Act through ``actuator`` from now on (its current values are the starting bias)."""
         self.actuator = actuator
         self._layer_state = _fresh_layer_state(len(actuator.layer_ids))
+        self._workspace = Workspace(len(actuator.layer_ids), max(actuator.n_experts))
         self._allowed = np.isin(actuator.layer_ids, self.config.layers or [])  # used when config.layers is set
 
     def freeze(self, reason: str = "frozen by the operator") -> None:
@@ -165,7 +166,7 @@ class PressureController:
         if snapshot.mode != "TRAIN":
             return None
         actuator = self._actuator_for(snapshot)
-        view = SnapshotArrays.of(snapshot, actuator)
+        view = SnapshotArrays.of(snapshot, actuator, self._workspace)
         self._snapshots_seen += 1
         return self._decide(snapshot, actuator, view)
 
@@ -261,7 +262,7 @@ class PressureController:
             view,
             pressure,
             verdicts,
-            change_summaries(before, after, n, config.max_bias),
+            change_summaries(before, after, n, config.max_bias, scratch=self._workspace.scratch),
             template=self._decision_template(actuator),
             layer_ids=actuator.layer_ids,
             config=config,
@@ -277,21 +278,32 @@ class PressureController:
         relaxing: np.ndarray,
         n: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The bias after this decision (``[L, width]``) and which layers it moved (``[L]``): acting layers pushed
-        along their direction, relaxing layers shrunk towards 0, both fitted into the bounds' box."""
+        """The bias after this decision (``[L, width]``, the workspace's ``after`` or ``before`` itself when no layer
+        moves) and which layers it moved (``[L]``): acting layers pushed along their direction, relaxing layers
+        shrunk towards 0, both fitted into the bounds' box."""
         config = self.config
         moving = acting | relaxing
         if not moving.any():
             return before, moving
-        rows = slice(None) if moving.all() else np.flatnonzero(moving)  # the box fit on the moving rows only
+        workspace = self._workspace
+        if moving.all():  # the box fit on the moving rows only, in the workspace's first rows
+            rows: slice | np.ndarray = slice(None)
+            count = len(moving)
+        else:
+            rows = np.flatnonzero(moving)
+            count = len(rows)
         gain = config.rate * self._layer_state["step_scale"] * (0.5 + 0.5 * pressure) * acting
-        desired = gain[rows, None] * view.direction[rows]
+        desired = np.multiply(gain[rows, None], view.direction[rows], out=workspace.change[:count])
         if relaxing.any():
             desired += (-config.relax_rate * relaxing[rows])[:, None] * before[rows]
-        change = fit_into_box(desired, before[rows], n[rows], config.max_step, config.max_bias)
+        scratch = workspace.scratch[:count]
+        change = fit_into_box(
+            desired, before[rows], n[rows], config.max_step, config.max_bias, out=desired, scratch=scratch
+        )
         moved = np.zeros_like(moving)
-        moved[rows] = np.abs(change).max(axis=1) > 0
-        after = before.copy()
+        moved[rows] = np.abs(change, out=scratch).max(axis=1) > 0
+        after = workspace.after
+        np.copyto(after, before)
         after[rows] += change
         return after, moved
 
@@ -314,8 +326,10 @@ class PressureController:
             top2_excess = np.where(n > 2, (view.top2_share - rules.pre_top2) / (1 - rules.pre_top2), 0.0)
             span = n - 1 - config.tolerance
             vio_excess = np.where(span > 0, (view.max_vio - config.tolerance) / span, 0.0)
-            terms = np.stack([neff_deficit, top2_excess, vio_excess, view.dead_fraction])
-        pressure = np.nan_to_num(np.clip(terms, 0.0, 1.0), nan=0.0).max(axis=0)
+        # The largest term clipped to 0..1, a NaN term counting as 0: fmax skips NaN, minimum keeps it.
+        pressure = np.zeros_like(n)
+        for term in (neff_deficit, top2_excess, vio_excess, view.dead_fraction):
+            np.fmax(pressure, np.minimum(term, 1.0), out=pressure)
         return np.where(view.has_data, pressure, 0.0)
 
     # -- checkpointing ------------------------------------------------------------------------------

@@ -48,16 +48,20 @@ class Verdicts:
 
 
 def change_summaries(
-    before: np.ndarray, after: np.ndarray, n_experts: np.ndarray, bound: float
+    before: np.ndarray, after: np.ndarray, n_experts: np.ndarray, bound: float, *, scratch: np.ndarray | None = None
 ) -> list[dict[str, Any]]:
     """The fields of each layer's :class:`~chronomoe.controller.ActuatorChange` from ``before`` to ``after``
-    (``[L, width]``, zero in padding; ``n_experts`` ``[L]``; ``bound > 0``, so padding never counts as clamped)."""
-    change = np.abs(after - before)
-    magnitude = np.abs(after)
+    (``[L, width]``, zero in padding; ``n_experts`` ``[L]``; ``bound > 0``, so padding never counts as clamped).
+    ``scratch`` (``[L, width]`` float64, overwritten) saves allocating one."""
+    work = np.empty_like(after) if scratch is None else scratch
+    change = np.abs(np.subtract(after, before, out=work), out=work)
+    change_max, change_sum = change.max(axis=1).tolist(), change.sum(axis=1).tolist()
+    before_max = np.abs(before, out=work).max(axis=1).tolist()
+    magnitude = np.abs(after, out=work)
     columns = zip(
-        change.max(axis=1).tolist(),
-        change.sum(axis=1).tolist(),
-        np.abs(before).max(axis=1).tolist(),
+        change_max,
+        change_sum,
+        before_max,
         magnitude.max(axis=1).tolist(),
         (after.sum(axis=1) / n_experts).tolist(),
         np.count_nonzero(magnitude >= bound * (1 - 1e-9), axis=1).tolist(),

@@ -285,6 +285,26 @@ def test_fit_into_box_keeps_both_bounds_the_mean_and_never_pushes_an_expert_at_i
     assert not (at_bound & (change * bias > 0)).any()
 
 
+@settings(max_examples=100, deadline=None)
+@given(boxes, st.sampled_from([0.05, 0.3, 2.0]))
+def test_fit_into_box_in_place_in_a_used_workspace_gives_the_same_change_bitwise(box, max_step):
+    """``out=desired`` and a scratch buffer full of leftovers change nothing but where the result is written."""
+    desired_rows, bias_rows, widths = box
+    n_experts = np.array(widths, dtype=np.float64)
+    real = np.arange(6)[None, :] < n_experts[:, None]
+    desired = np.where(real, np.array(desired_rows), 0.0)
+    desired = np.where(real, desired - desired.sum(axis=1, keepdims=True) / n_experts[:, None], 0.0)
+    bias = np.where(real, np.array(bias_rows), 0.0)
+    bias = np.where(real, bias - bias.sum(axis=1, keepdims=True) / n_experts[:, None], 0.0).clip(-1.0, 1.0)
+    kept = desired.copy()
+    fresh = fit_into_box(desired, bias, n_experts, max_step=max_step, max_bias=1.0)
+    assert np.array_equal(desired, kept)  # without ``out``, the wish is kept
+    leftovers = np.full_like(desired, 7.0)
+    in_place = fit_into_box(desired, bias, n_experts, max_step=max_step, max_bias=1.0, out=desired, scratch=leftovers)
+    assert in_place is desired
+    assert np.array_equal(in_place, fresh)
+
+
 def test_a_bad_policy_is_refused_naming_the_field(assert_rejected):
     assert_rejected(lambda: PressureController(max_step=0), "max_step")
     assert_rejected(lambda: PressureController(mode="sometimes"), "mode")
