@@ -33,6 +33,17 @@ def events(draw) -> RoutingEvent:
 
 
 @settings(max_examples=300, deadline=None)
+@given(events(), st.randoms())
+def test_a_writers_line_is_the_models_json_whatever_order_a_trusted_record_holds_its_fields_in(event, random):
+    shuffled = list(vars(event).items())
+    random.shuffle(shuffled)
+    trusted = RoutingEvent.trusted(**dict(shuffled))
+    expected = event.model_dump_json().encode() + b"\n"
+    assert event_line(event) == expected
+    assert event_line(trusted) == expected
+
+
+@settings(max_examples=300, deadline=None)
 @given(events())
 def test_a_writers_line_is_the_concatenation_of_its_pieces_and_the_two_keys_cut_out(event):
     line = event_line(event)

@@ -6,6 +6,7 @@ events loader (:mod:`chronomoe.io.fast_events`) reads without pydantic.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import orjson
@@ -17,25 +18,27 @@ _ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
 def event_line(event: RoutingEvent) -> bytes:
-    """One JSONL line for an event; equal to ``event.model_dump_json()`` as JSON, several times faster."""
-    return orjson.dumps(
-        {
-            "timestamp": event.timestamp,
-            "run_id": event.run_id,
-            "step": event.step,
-            "mode": event.mode,
-            "layer_id": event.layer_id,
-            "n_experts": event.n_experts,
-            "top_k": event.top_k,
-            "expert_token_counts": event.expert_token_counts,
-            "active_experts": event.active_experts,
-            "token_count": event.token_count,
-            "router_prob_sums": event.router_prob_sums,
-            "loss": event.loss,
-            "aux_loss": event.aux_loss,
-        },
-        option=_ORJSON_OPTIONS | orjson.OPT_APPEND_NEWLINE,
-    )
+    """One JSONL line for an event: ``event.model_dump_json()``'s bytes and a newline, several times faster.
+
+    The record's own field dict is serialised (keys in declaration order: the canonical form's), and an event
+    whose every expert got tokens, the usual case, shares one pre-serialised ``active_experts`` list per width
+    (``orjson.Fragment``) instead of serialising 256 integers again.
+    """
+    fields = event.__dict__
+    if tuple(fields) != _EVENT_FIELDS:  # a record built by ``trusted`` with its keys in another order
+        fields = {name: fields[name] for name in _EVENT_FIELDS}
+    if len(event.active_experts) == event.n_experts:  # active experts are distinct and ascending: 0..n-1
+        fields = {**fields, "active_experts": _every_expert(event.n_experts)}
+    return orjson.dumps(fields, option=_ORJSON_OPTIONS | orjson.OPT_APPEND_NEWLINE)
+
+
+_EVENT_FIELDS = tuple(RoutingEvent.model_fields)
+
+
+@functools.lru_cache(maxsize=64)
+def _every_expert(n_experts: int) -> orjson.Fragment:
+    """``[0, 1, ..., n_experts - 1]`` serialised once per width."""
+    return orjson.Fragment(orjson.dumps(list(range(n_experts))))
 
 
 def record_line(record: BaseModel) -> bytes:
