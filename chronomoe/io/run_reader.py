@@ -33,7 +33,7 @@ from .fast_events import iter_events, validated_events
 from .lines import last_line
 from .paths import ALERTS_FILE, DECISIONS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE
 from .reader import iter_records, load_manifest
-from .run_reader_base import STORAGES, TABLES, RunCounts, RunReader, Storage, stack_counts
+from .run_reader_base import STORAGES, TABLES, Cells, RowStack, RunCounts, RunReader, Storage, stack_counts
 
 
 class JsonlRunReader(RunReader):
@@ -64,9 +64,11 @@ class JsonlRunReader(RunReader):
         steps: list[int] = []
         layers: list[int] = []
         order: list[np.ndarray] = []
-        rows: list[np.ndarray] = []
+        rows = RowStack()
         first_line = 0  # sequence number of the batch's first line
         for batch in event_batches(path):
+            if not first_line:  # the file's rows, estimated from the first batch's bytes per line
+                rows.reserve(int(path.stat().st_size * len(batch.lines) / sum(map(len, batch.lines)) * 1.01) + 1)
             for matrix in batch.rows:
                 columns = matrix.columns
                 keep = [row_mode == mode for row_mode in columns["mode"]]
@@ -87,8 +89,16 @@ class JsonlRunReader(RunReader):
                     order.append(np.array([first_line + index], np.int64))
                     rows.append(event.expert_token_counts[np.newaxis])
             first_line += len(batch.lines)
+        step_array, layer_array = np.asarray(steps, np.int64), np.asarray(layers, np.int64)
+        stacked = rows.stacked()
+        if stacked is not None:
+            where = Cells.of(step_array, layer_array)
+            if where.in_order:  # the usual run: the stacked rows are the array
+                return RunCounts(
+                    where.steps, where.layer_ids, stacked.reshape(len(where.steps), len(where.layer_ids), -1)
+                )
         sequence = np.concatenate(order) if order else np.zeros(0, np.int64)
-        return stack_counts(np.asarray(steps, np.int64), np.asarray(layers, np.int64), rows, sequence)
+        return stack_counts(step_array, layer_array, rows.matrices(), sequence)
 
     def snapshots(
         self, mode: str | None = None, on_corrupt: Callable[[CorruptRecordError], None] | None = None

@@ -143,6 +143,61 @@ class Cells:
         return cls(unique_steps, layer_ids, cells, in_order)
 
 
+class RowStack:
+    """Count matrices (``[R_k, W]`` each) appended in the order read, copied one after another into one growing
+    ``[rows, W]`` buffer as they come, while the batch that parsed them is still in cache, rather than all at once
+    at the end (a reader's usual run has one width and is in order, so the buffer is its counts array).
+
+    A matrix of another width or dtype turns it into a plain list of the matrices. :meth:`stacked` is the
+    buffer (``None`` after that, or before any row); :meth:`matrices` what :func:`stack_counts` takes.
+    """
+
+    GROWTH = 1.5
+
+    def __init__(self) -> None:
+        self._buffer: np.ndarray | None = None
+        self._filled = 0
+        self._capacity_hint = 0
+        self._matrices: list[np.ndarray] | None = None  # once the widths or dtypes differ
+
+    def reserve(self, rows: int) -> None:
+        """Expect about ``rows`` rows in all (a hint: the buffer grows beyond it as needed)."""
+        self._capacity_hint = max(self._capacity_hint, rows)
+
+    def append(self, matrix: np.ndarray) -> None:
+        if not len(matrix):
+            return
+        if self._matrices is not None:
+            self._matrices.append(matrix)
+            return
+        buffer, filled, rows = self._buffer, self._filled, len(matrix)
+        if buffer is None:
+            buffer = np.empty((max(rows, self._capacity_hint), matrix.shape[1]), matrix.dtype)
+        elif matrix.shape[1] != buffer.shape[1] or matrix.dtype != buffer.dtype:
+            self._matrices, self._buffer = [buffer[:filled], matrix], None
+            return
+        elif filled + rows > len(buffer):
+            grown = np.empty((max(filled + rows, int(len(buffer) * self.GROWTH)), buffer.shape[1]), buffer.dtype)
+            grown[:filled] = buffer[:filled]
+            buffer = grown
+        buffer[filled : filled + rows] = matrix
+        self._buffer, self._filled = buffer, filled + rows
+
+    def stacked(self) -> np.ndarray | None:
+        """Every row appended, ``[rows, W]``, when they have one width and dtype (``None`` otherwise or without
+        rows): a view of the buffer, or a copy of its rows when more than an eighth of it is unused."""
+        buffer = self._buffer
+        if buffer is None:
+            return None
+        rows = buffer[: self._filled]
+        return rows if len(buffer) - self._filled <= len(buffer) // 8 else rows.copy()
+
+    def matrices(self) -> list[np.ndarray]:
+        if self._matrices is not None:
+            return self._matrices
+        return [] if self._buffer is None else [self._buffer[: self._filled]]
+
+
 def stack_counts(
     steps: np.ndarray, layers: np.ndarray, rows: list[np.ndarray], order: np.ndarray | None = None
 ) -> RunCounts:
