@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterator, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,8 @@ from .parse_errors import PARSE_ERRORS, describe_parse_error
 _SCALARS = ("timestamp", "run_id", "step", "mode", "layer_id", "n_experts", "top_k", "token_count", "loss", "aux_loss")
 """Event fields stored as one value per row."""
 _GATHERED = (*_SCALARS, "expert_token_counts", "router_prob_sums")
-_gather = operator.attrgetter(*_GATHERED)
+_gather = operator.itemgetter(*_GATHERED)
+"""Applied to a record's field dict (``vars(event)``): half the time of reading the fields as attributes."""
 
 
 def records_table(table: str, records: Sequence[BaseModel]) -> pa.Table:
@@ -47,8 +49,8 @@ def events_table(events: Sequence[RoutingEvent]) -> pa.Table:
     table's int32 counts) or the widths differ.
     """
     width = events[0].n_experts
-    # One attrgetter call per event, then columns by zip: several times fewer Python calls than a getattr per field.
-    fields = dict(zip(_GATHERED, zip(*map(_gather, events), strict=True), strict=True))
+    # One itemgetter call per event, then columns by zip: several times fewer Python calls than a getattr per field.
+    fields = dict(zip(_GATHERED, zip(*map(_gather, map(vars, events)), strict=True), strict=True))
     if fields["n_experts"].count(width) != len(events):
         raise InvalidInputError("events.n_experts", sorted(set(fields["n_experts"])), "must be one width")
     counts = np.concatenate(fields["expert_token_counts"]).reshape(len(events), width)
@@ -65,7 +67,7 @@ def events_table(events: Sequence[RoutingEvent]) -> pa.Table:
         pa.array(counts.astype(np.int32).ravel()), type=schema.field("expert_token_counts").type
     )
     sums = fields["router_prob_sums"]
-    if all(value is None for value in sums):  # (not count(None): it compares arrays with ==)
+    if all(map(operator.is_, sums, repeat(None))):  # (not count(None): it compares arrays with ==)
         columns["router_prob_sums"] = pa.nulls(len(events), schema.field("router_prob_sums").type)
     else:
         columns["router_prob_sums"] = pa.array(
