@@ -254,21 +254,9 @@ def test_fit_into_box_holds_experts_at_their_bound_and_recentres_the_rest():
     assert np.abs(change).max() <= 0.2 and np.abs(bias + change).max() <= 0.5
 
 
-boxes = st.integers(1, 4).flatmap(
-    lambda rows: st.tuples(
-        st.lists(st.lists(st.floats(-1, 1), min_size=6, max_size=6), min_size=rows, max_size=rows),
-        st.lists(
-            st.lists(st.sampled_from([-1.0, -0.5, 0.0, 0.3, 1.0]), min_size=6, max_size=6), min_size=rows, max_size=rows
-        ),
-        st.lists(st.integers(2, 6), min_size=rows, max_size=rows),
-    )
-)
-
-
-@settings(max_examples=200, deadline=None)
-@given(boxes, st.sampled_from([0.05, 0.3, 2.0]))
-def test_fit_into_box_keeps_both_bounds_the_mean_and_never_pushes_an_expert_at_its_bound_outwards(box, max_step):
-    """For any mean-zero wish and any bias within the bound (experts at the bound included), in padded rows."""
+def box_arrays(box: tuple[list[list[float]], list[list[float]], list[int]]) -> tuple[np.ndarray, ...]:
+    """A drawn box as ``(desired, bias, n_experts, real)``: a mean-zero wish and a bias within the bound 1.0
+    (experts at it included) in rows padded to 6 experts, each row's expert count, and the mask of real experts."""
     desired_rows, bias_rows, widths = box
     n_experts = np.array(widths, dtype=np.float64)
     real = np.arange(6)[None, :] < n_experts[:, None]
@@ -276,6 +264,25 @@ def test_fit_into_box_keeps_both_bounds_the_mean_and_never_pushes_an_expert_at_i
     desired = np.where(real, desired - desired.sum(axis=1, keepdims=True) / n_experts[:, None], 0.0)
     bias = np.where(real, np.array(bias_rows), 0.0)
     bias = np.where(real, bias - bias.sum(axis=1, keepdims=True) / n_experts[:, None], 0.0).clip(-1.0, 1.0)
+    return desired, bias, n_experts, real
+
+
+boxes = st.integers(1, 4).flatmap(
+    lambda rows: st.tuples(
+        st.lists(st.lists(st.floats(-1, 1), min_size=6, max_size=6), min_size=rows, max_size=rows),
+        st.lists(
+            st.lists(st.sampled_from([-1.0, -0.5, 0.0, 0.3, 1.0]), min_size=6, max_size=6), min_size=rows, max_size=rows
+        ),
+        st.lists(st.integers(2, 6), min_size=rows, max_size=rows),
+    ).map(box_arrays)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(boxes, st.sampled_from([0.05, 0.3, 2.0]))
+def test_fit_into_box_keeps_both_bounds_the_mean_and_never_pushes_an_expert_at_its_bound_outwards(box, max_step):
+    """For any mean-zero wish and any bias within the bound (experts at the bound included), in padded rows."""
+    desired, bias, n_experts, real = box
     change = fit_into_box(desired, bias, n_experts, max_step=max_step, max_bias=1.0)
     assert np.abs(change).max() <= max_step * (1 + 1e-12)
     assert np.abs(bias + change).max() <= 1.0 + 1e-12
@@ -289,13 +296,7 @@ def test_fit_into_box_keeps_both_bounds_the_mean_and_never_pushes_an_expert_at_i
 @given(boxes, st.sampled_from([0.05, 0.3, 2.0]))
 def test_fit_into_box_in_place_in_a_used_workspace_gives_the_same_change_bitwise(box, max_step):
     """``out=desired`` and a scratch buffer full of leftovers change nothing but where the result is written."""
-    desired_rows, bias_rows, widths = box
-    n_experts = np.array(widths, dtype=np.float64)
-    real = np.arange(6)[None, :] < n_experts[:, None]
-    desired = np.where(real, np.array(desired_rows), 0.0)
-    desired = np.where(real, desired - desired.sum(axis=1, keepdims=True) / n_experts[:, None], 0.0)
-    bias = np.where(real, np.array(bias_rows), 0.0)
-    bias = np.where(real, bias - bias.sum(axis=1, keepdims=True) / n_experts[:, None], 0.0).clip(-1.0, 1.0)
+    desired, bias, n_experts, _ = box
     kept = desired.copy()
     fresh = fit_into_box(desired, bias, n_experts, max_step=max_step, max_bias=1.0)
     assert np.array_equal(desired, kept)  # without ``out``, the wish is kept

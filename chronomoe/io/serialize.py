@@ -27,7 +27,8 @@ def event_line(event: RoutingEvent) -> bytes:
     fields = event.__dict__
     if tuple(fields) != _EVENT_FIELDS:  # a record built by ``trusted`` with its keys in another order
         fields = {name: fields[name] for name in _EVENT_FIELDS}
-    if len(event.active_experts) == event.n_experts:  # active experts are distinct and ascending: 0..n-1
+    active = event.active_experts  # derived by the model: never None in a record
+    if active is not None and len(active) == event.n_experts:  # distinct and ascending: 0..n-1
         fields = {**fields, "active_experts": _every_expert(event.n_experts)}
     return orjson.dumps(fields, option=_ORJSON_OPTIONS | orjson.OPT_APPEND_NEWLINE)
 
