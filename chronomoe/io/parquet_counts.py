@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from ..errors import CorruptRecordError
 from .parquet_pages import COUNTS_FIELD, NotCanonical, counts_width, decode_counts, leaf_index
 from .parquet_parts import OpenPart
-from .run_reader_base import Cells, RunCounts, stack_counts
+from .run_reader_base import RunCounts, stack_counts
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +108,12 @@ def read_counts(runs: Iterable[GroupRun], mode: str) -> RunCounts:
         found = list(pool.map(read, range(len(runs))))
     if not found:  # parts without a row group
         return RunCounts(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0, 0), np.int32))
-    steps = np.concatenate([part.steps for part in found])
-    layers = np.concatenate([part.layers for part in found])
-    cells = Cells.of(steps, layers)
-    if buffer is not None and cells.in_order and all(part.every_row for part in found):
-        return RunCounts(cells.steps, cells.layer_ids, buffer.reshape(len(cells.steps), len(cells.layer_ids), -1))
-    return stack_counts(steps, layers, [part.counts for part in found])
+    return stack_counts(
+        np.concatenate([part.steps for part in found]),
+        np.concatenate([part.layers for part in found]),
+        [part.counts for part in found],
+        stacked=buffer if all(part.every_row for part in found) else None,
+    )
 
 
 def _read_run(run: GroupRun, reader: pq.ParquetFile, mode: str, out: np.ndarray | None) -> _RunRows:

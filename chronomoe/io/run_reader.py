@@ -33,7 +33,7 @@ from .fast_events import iter_events, validated_events
 from .lines import last_line
 from .paths import ALERTS_FILE, DECISIONS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE
 from .reader import iter_records, load_manifest
-from .run_reader_base import STORAGES, TABLES, Cells, RowStack, RunCounts, RunReader, Storage, stack_counts
+from .run_reader_base import STORAGES, TABLES, RowStack, RunCounts, RunReader, Storage, stack_counts
 
 
 class JsonlRunReader(RunReader):
@@ -89,16 +89,10 @@ class JsonlRunReader(RunReader):
                     order.append(np.array([first_line + index], np.int64))
                     rows.append(event.expert_token_counts[np.newaxis])
             first_line += len(batch.lines)
-        step_array, layer_array = np.asarray(steps, np.int64), np.asarray(layers, np.int64)
-        stacked = rows.stacked()
-        if stacked is not None:
-            where = Cells.of(step_array, layer_array)
-            if where.in_order:  # the usual run: the stacked rows are the array
-                return RunCounts(
-                    where.steps, where.layer_ids, stacked.reshape(len(where.steps), len(where.layer_ids), -1)
-                )
         sequence = np.concatenate(order) if order else np.zeros(0, np.int64)
-        return stack_counts(step_array, layer_array, rows.matrices(), sequence)
+        return stack_counts(
+            np.asarray(steps, np.int64), np.asarray(layers, np.int64), rows.matrices(), sequence, stacked=rows.stacked()
+        )
 
     def snapshots(
         self, mode: str | None = None, on_corrupt: Callable[[CorruptRecordError], None] | None = None

@@ -199,7 +199,12 @@ class RowStack:
 
 
 def stack_counts(
-    steps: np.ndarray, layers: np.ndarray, rows: list[np.ndarray], order: np.ndarray | None = None
+    steps: np.ndarray,
+    layers: np.ndarray,
+    rows: list[np.ndarray],
+    order: np.ndarray | None = None,
+    *,
+    stacked: np.ndarray | None = None,
 ) -> RunCounts:
     """:class:`RunCounts` of count rows given as matrices (one width each, ``rows[k]`` ``[R_k, W_k]``), with their
     steps and layer ids (``[sum R_k]`` each, in the rows' order), scattered with one numpy assignment per matrix.
@@ -207,9 +212,14 @@ def stack_counts(
 
     Where a (step, layer) pair is given twice the later row wins: later in ``order`` (``[sum R_k]`` distinct
     sequence numbers, such as line numbers) when given, else in the order given.
+
+    ``stacked``, when the reader already holds the rows one after another in one ``[sum R_k, W]`` array, is the
+    result's counts array itself (reshaped, no copy) when the rows are the result's cells in order.
     """
     where = Cells.of(steps, layers)
     unique_steps, layer_ids, cells = where.steps, where.layer_ids, where.cells
+    if where.in_order and stacked is not None:
+        return RunCounts(unique_steps, layer_ids, stacked.reshape(len(unique_steps), len(layer_ids), -1))
     width = max((matrix.shape[1] for matrix in rows if len(matrix)), default=0)  # of the rows given
     dtype = np.result_type(*{matrix.dtype for matrix in rows}) if rows else np.dtype(np.int64)
     if where.in_order and all(matrix.shape[1] == width for matrix in rows if len(matrix)):
