@@ -86,7 +86,7 @@ class _Rewriter:
                 else:
                     self.struct(role[1])
             else:
-                self._value(kind, copy=True)
+                self._value(kind)
 
     def _list(self, element: str) -> None:
         header = self._byte()
@@ -99,7 +99,7 @@ class _Rewriter:
             if kind == STRUCT:
                 self.struct(element)
             else:
-                self._value(kind, copy=True)
+                self._value(kind)
 
     def _offset(self) -> None:
         value = zigzag(self._varint(copy=False))
@@ -109,14 +109,13 @@ class _Rewriter:
                 raise InvalidInputError("delta", self.delta, f"would move an offset to {value}")
         self.out += _varint_bytes((value << 1) ^ (value >> 63))
 
-    def _value(self, kind: int, *, copy: bool) -> None:
-        """Skip (and copy) one value of compact type ``kind``; a field's bool lives in its header, with no bytes."""
+    def _value(self, kind: int) -> None:
+        """Copy one value of compact type ``kind`` unread; a field's bool lives in its header, with no bytes."""
         if kind in (TRUE, FALSE):
             return
         start = self.position
         _, self.position = read_value(self.data, start, kind)
-        if copy:
-            self.out += self.data[start : self.position]
+        self.out += self.data[start : self.position]
 
     def _byte(self) -> int:
         value = self.data[self.position]
