@@ -8,10 +8,14 @@ mean, as in a balanced MoE). Events are written in batches of one snapshot
 of 10 steps (580 events), as a Monitor does. In one process:
 
 * size: bytes per event of each storage, and their ratio;
-* writing (``TelemetryWriter`` and ``ParquetRunWriter``, an ``fsync`` at the
-  end): events/s, and throughput as a fraction of the raw sequential write
-  bandwidth (the JSONL log's bytes, ``os.write`` of 1 MiB pieces and one
-  ``fsync``), both counted in the JSONL log's bytes (the same events);
+* writing (``TelemetryWriter`` and ``ParquetRunWriter`` with ``fsync=True``,
+  so syncing behind, every ``DEFAULT_BYTES_PER_SYNC`` bytes, and with
+  ``bytes_per_sync=0``; ``sync()`` at the end): events/s, and throughput as a
+  fraction of the raw sequential write bandwidth (the JSONL log's bytes,
+  ``os.write`` of 1 MiB pieces and one ``fsync``; also the same with a
+  background ``fdatasync`` every ``DEFAULT_BYTES_PER_SYNC`` bytes, the best
+  that syncing behind gets from this disk), both counted in the JSONL log's
+  bytes (the same events), all interleaved;
 * reading the events into a ``[steps, layers, experts]`` array
   (``open_run(run).counts()``): Parquet at ``--parquet-steps`` steps (580
   events each), JSONL at ``--jsonl-steps``, next to ``orjson.loads`` alone of
@@ -56,6 +60,7 @@ from chronomoe import RoutingEvent, TelemetryWriter
 from chronomoe.io.parquet_writer import ParquetRunWriter
 from chronomoe.io.run_reader import open_run
 from chronomoe.io.serialize import event_line
+from chronomoe.io.sync_behind import DEFAULT_BYTES_PER_SYNC, SyncBehind
 
 N_LAYERS, N_EXPERTS, TOP_K, TOKENS = 58, 256, 8, 4096
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,24 +96,28 @@ def make_events(counts: np.ndarray) -> list[RoutingEvent]:
     ]
 
 
-def write_seconds(writer_class: type[TelemetryWriter], folder: Path, events: list[RoutingEvent], run: str) -> float:
+def write_seconds(
+    writer_class: type[TelemetryWriter], folder: Path, events: list[RoutingEvent], run: str, bytes_per_sync: int | None
+) -> float:
     start = time.perf_counter()
-    with writer_class(run, folder) as writer:
+    with writer_class(run, folder, fsync=True, bytes_per_sync=bytes_per_sync) as writer:
         for offset in range(0, len(events), N_LAYERS * STEPS_PER_SNAPSHOT):
             writer.write_events_batch(events[offset : offset + N_LAYERS * STEPS_PER_SNAPSHOT])
         writer.sync()
     return time.perf_counter() - start
 
 
-def raw_write_seconds(path: Path, data: bytes) -> float:
+def raw_write_seconds(path: Path, data: bytes, bytes_per_sync: int) -> float:
     start = time.perf_counter()
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    syncer = SyncBehind(bytes_per_sync)
     try:
         view = memoryview(data)
         for offset in range(0, len(data), CHUNK):
-            os.write(descriptor, view[offset : offset + CHUNK])
+            syncer.wrote(path, descriptor, os.write(descriptor, view[offset : offset + CHUNK]))
         os.fsync(descriptor)
     finally:
+        syncer.close()
         os.close(descriptor)
     return time.perf_counter() - start
 
@@ -269,17 +278,25 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(dir=args.dir) as folder_name:
         folder = Path(folder_name)
-        samples: dict[str, list[float]] = {"raw": [], "jsonl": [], "parquet": []}
+        writers = {"jsonl": TelemetryWriter, "parquet": ParquetRunWriter}
+        samples: dict[str, list[float]] = {}
         for repeat in range(3):  # interleaved
-            samples["raw"].append(raw_write_seconds(folder / "raw.bin", payload))
-            samples["jsonl"].append(write_seconds(TelemetryWriter, folder / "jsonl", small, f"r{repeat}"))
-            samples["parquet"].append(write_seconds(ParquetRunWriter, folder / "parquet", small, f"r{repeat}"))
+            for sync_behind, bytes_per_sync in (("", 0), ("_sync_behind", DEFAULT_BYTES_PER_SYNC)):
+                samples.setdefault("raw" + sync_behind, []).append(
+                    raw_write_seconds(folder / "raw.bin", payload, bytes_per_sync)
+                )
+                for storage, writer_class in writers.items():
+                    samples.setdefault(storage + sync_behind, []).append(
+                        write_seconds(
+                            writer_class, folder / storage, small, f"r{repeat}{sync_behind}", None if sync_behind else 0
+                        )
+                    )
         seconds = {name: float(np.median(values)) for name, values in samples.items()}
         jsonl_bytes = folder_bytes(folder / "jsonl" / "r0")
         parquet_bytes = folder_bytes(folder / "parquet" / "r0")
 
         big = make_events(counts[: args.parquet_steps])
-        write_seconds(ParquetRunWriter, folder / "parquet", big, "big")
+        write_seconds(ParquetRunWriter, folder / "parquet", big, "big", None)
         del big
         lines = payload.splitlines()
 
@@ -335,14 +352,19 @@ def main() -> None:
                 "parquet_size_ratio_to_jsonl": parquet_bytes / jsonl_bytes,
             },
             "write": {
+                "bytes_per_sync": DEFAULT_BYTES_PER_SYNC,
                 "raw_write_megabytes_per_s": megabytes / seconds["raw"],
+                "raw_sync_behind_write_megabytes_per_s": megabytes / seconds["raw_sync_behind"],
                 **{
-                    storage: {
-                        "events_per_s": n_small / seconds[storage],
-                        "jsonl_megabytes_per_s": megabytes / seconds[storage],
-                        "fraction_of_raw_bandwidth": seconds["raw"] / seconds[storage],
+                    storage + sync_behind: {
+                        "events_per_s": n_small / seconds[storage + sync_behind],
+                        "jsonl_megabytes_per_s": megabytes / seconds[storage + sync_behind],
+                        "fraction_of_raw_bandwidth": seconds["raw"] / seconds[storage + sync_behind],
+                        "fraction_of_raw_sync_behind_bandwidth": seconds["raw_sync_behind"]
+                        / seconds[storage + sync_behind],
                     }
-                    for storage in ("jsonl", "parquet")
+                    for storage in writers
+                    for sync_behind in ("_sync_behind", "")
                 },
             },
             "read_counts_array": {

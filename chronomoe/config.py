@@ -74,6 +74,13 @@ class MonitorConfig(BaseModel):
         description="how the run folder is written: JSONL files, or Parquet tables (needs chronomoe[parquet])",
     )
     fsync: bool = Field(False, description="fsync the run's files after every snapshot (durable on power loss)")
+    bytes_per_sync: int | None = Field(
+        None,
+        ge=0,
+        strict=True,
+        description="fdatasync a file on a background thread every this many bytes written to it, so that an fsync "
+        "waits only for the tail (0: never; None: 8 MiB with fsync, else never)",
+    )
     io_errors: Literal["log", "raise"] = Field(
         "log", description="log: an I/O error is logged once and the run goes on; raise: it propagates"
     )

@@ -117,5 +117,14 @@ def _writer(run_id: str, output_dir: Path, config: MonitorConfig, rank: int) -> 
     if config.storage == "parquet":
         from .io.parquet_writer import ParquetRunWriter
 
-        return ParquetRunWriter(run_id, output_dir, rank=rank, fsync=config.fsync, on_error=config.io_errors)
-    return TelemetryWriter(run_id, output_dir, fsync=config.fsync, on_error=config.io_errors)
+        return ParquetRunWriter(
+            run_id,
+            output_dir,
+            rank=rank,
+            fsync=config.fsync,
+            bytes_per_sync=config.bytes_per_sync,
+            on_error=config.io_errors,
+        )
+    return TelemetryWriter(
+        run_id, output_dir, fsync=config.fsync, bytes_per_sync=config.bytes_per_sync, on_error=config.io_errors
+    )

@@ -83,7 +83,7 @@ class ParquetRunWriter(TelemetryWriter):
     """Writes a run folder as Parquet tables (see the module docstring); the methods of :class:`TelemetryWriter`.
 
     Args:
-        run_id, output_dir, fsync, on_error, max_pending_bytes: as for :class:`TelemetryWriter`.
+        run_id, output_dir, fsync, bytes_per_sync, on_error, max_pending_bytes: as for :class:`TelemetryWriter`.
         rank: the writing rank, in the part names (parts of several ranks read together as one table).
         row_groups_per_part: row groups after which a part is sealed (>= 1).
 
@@ -98,6 +98,7 @@ class ParquetRunWriter(TelemetryWriter):
         output_dir: str | os.PathLike[str] = "outputs",
         *,
         fsync: bool = False,
+        bytes_per_sync: int | None = None,
         on_error: str = "log",
         max_pending_bytes: int = MAX_PENDING_BYTES,
         rank: int = 0,
@@ -107,7 +108,14 @@ class ParquetRunWriter(TelemetryWriter):
             raise InvalidInputError("rank", rank, "must be an integer >= 0")
         if isinstance(row_groups_per_part, bool) or not isinstance(row_groups_per_part, int) or row_groups_per_part < 1:
             raise InvalidInputError("row_groups_per_part", row_groups_per_part, "must be an integer >= 1")
-        super().__init__(run_id, output_dir, fsync=fsync, on_error=on_error, max_pending_bytes=max_pending_bytes)
+        super().__init__(
+            run_id,
+            output_dir,
+            fsync=fsync,
+            bytes_per_sync=bytes_per_sync,
+            on_error=on_error,
+            max_pending_bytes=max_pending_bytes,
+        )
         self.events_path = self.run_dir / EVENTS_TABLE
         self.snapshots_path = self.run_dir / SNAPSHOTS_TABLE
         self.alerts_path = self.run_dir / ALERTS_TABLE

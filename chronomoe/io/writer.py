@@ -10,6 +10,11 @@ Durability (README's "Guarantees" lists the tests that pin each promise):
 * With ``fsync=True`` the writer also calls ``fsync`` after every snapshot,
   so a machine crash (power loss) loses at most the batches since the last
   snapshot; ``benchmarks/bench_io.py`` measures its cost per snapshot.
+* With ``bytes_per_sync`` (by default 8 MiB when ``fsync=True``, else off) a
+  background thread also ``fdatasync``s a file every ``bytes_per_sync``
+  bytes appended to it (:mod:`chronomoe.io.sync_behind`), so the disk writes
+  while the writer serialises and an ``fsync`` waits only for the tail
+  (``benchmarks/bench_storage.py`` measures the throughput with and without).
 * A new writer moves a torn tail aside (to ``<file>.torn``, see
   :mod:`chronomoe.io.lines`) before appending, so it never glues onto the
   next record.
@@ -50,6 +55,7 @@ from ..snapshots import SystemSnapshot
 from .lines import open_for_append
 from .paths import ALERTS_FILE, DECISIONS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, check_run_id
 from .serialize import event_line, manifest_bytes, record_line
+from .sync_behind import DEFAULT_BYTES_PER_SYNC, SyncBehind, check_bytes_per_sync
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +83,12 @@ class TelemetryWriter:
             constructor raises when the run folder cannot be created).
         fsync: ``fsync`` the files after every snapshot (durable against
             power loss, at the cost measured in ``benchmarks/bench_io.py``).
+        bytes_per_sync: ``fdatasync`` a file on a background thread every
+            ``bytes_per_sync`` bytes appended to it (0: never); ``None``
+            (default): :data:`~chronomoe.io.sync_behind.DEFAULT_BYTES_PER_SYNC`
+            with ``fsync=True``, 0 without. A failed background sync is
+            reported at the writer's next write, ``sync`` or ``close``: raised
+            with ``on_error="raise"``, else logged once per file.
         on_error: ``"log"`` (default): an I/O error is logged once per path
             and the records are kept for a retry (see the module docstring);
             ``"raise"``: it propagates.
@@ -95,10 +107,14 @@ class TelemetryWriter:
         output_dir: str | os.PathLike[str] = "outputs",
         *,
         fsync: bool = False,
+        bytes_per_sync: int | None = None,
         on_error: str = "log",
         max_pending_bytes: int = MAX_PENDING_BYTES,
     ) -> None:
         self.run_id = check_run_id(run_id)
+        if bytes_per_sync is None:
+            bytes_per_sync = DEFAULT_BYTES_PER_SYNC if fsync else 0
+        self._sync_behind = SyncBehind(check_bytes_per_sync(bytes_per_sync))
         if on_error not in ON_ERROR_CHOICES:
             raise InvalidInputError("on_error", on_error, f"must be one of {', '.join(ON_ERROR_CHOICES)}")
         if isinstance(max_pending_bytes, bool) or not isinstance(max_pending_bytes, int) or max_pending_bytes < 0:
@@ -122,6 +138,12 @@ class TelemetryWriter:
         self._dropping = False
         self._manifest: bytes | None = None
         self._manifest_pending = False
+        self._sync_failed: set[Path] = set()  # files whose background sync failure was logged
+
+    @property
+    def bytes_per_sync(self) -> int:
+        """Bytes appended to a file between its background syncs (0: none)."""
+        return self._sync_behind.bytes_per_sync
 
     # -- seed API -----------------------------------------------------------
     def write_event(self, event: RoutingEvent) -> None:
@@ -211,6 +233,7 @@ class TelemetryWriter:
         return count
 
     def _append(self, path: Path, data: bytes | bytearray, records: int) -> None:
+        self._report_sync_failures()
         if self.on_error == "raise":
             self._write(path, data)
             return
@@ -306,6 +329,7 @@ class TelemetryWriter:
             if len(view) < len(data):
                 self._cut_back(path, handle, start)
             raise
+        self._sync_behind.wrote(path, handle.fileno(), len(data))
 
     def _cut_back(self, path: Path, handle: io.FileIO, size: int) -> None:
         """Remove the part of a failed batch that reached the file, so it ends on a line boundary."""
@@ -340,6 +364,7 @@ class TelemetryWriter:
 
     def _close_handle(self, path: Path) -> None:
         handle = self._files.pop(path)
+        self._sync_behind.forget(path)
         try:
             handle.close()
         except OSError as error:
@@ -347,6 +372,7 @@ class TelemetryWriter:
 
     def sync(self) -> None:
         """``fsync`` every open file (with ``on_error="log"``, a failure is logged once per path)."""
+        self._report_sync_failures()
         for path, handle in list(self._files.items()):
             try:
                 os.fsync(handle.fileno())
@@ -365,6 +391,24 @@ class TelemetryWriter:
         self._pending_bytes = 0
         for path in list(self._files):
             self._close_handle(path)
+        self._sync_behind.close()
+        self._report_sync_failures()
+
+    def _report_sync_failures(self) -> None:
+        """Report the background syncs that failed: each file's first failure logged, and with
+        ``on_error="raise"`` the oldest failure raised."""
+        failures = self._sync_behind.failures()
+        for path, error in failures:
+            if path not in self._sync_failed:
+                self._sync_failed.add(path)
+                logger.error(
+                    "background fdatasync of %s failed: %s. What was written to it since its last successful sync "
+                    "may not be on disk (logged once per file)",
+                    path,
+                    error,
+                )
+        if failures and self.on_error == "raise":
+            raise failures[0][1]
 
     def __enter__(self) -> TelemetryWriter:
         return self

@@ -1,0 +1,124 @@
+"""Syncing files behind their writer: :class:`SyncBehind` (RocksDB's ``bytes_per_sync``).
+
+A writer that calls ``fsync`` only at the end of a batch of snapshots, or at
+the end of a run, waits at that call for everything written since the last
+one to reach the disk: on a disk that writes while the CPU serialises, that
+is time lost. :class:`SyncBehind` asks for a ``fdatasync`` of a file on a
+background thread every time ``bytes_per_sync`` more bytes were appended to
+it, so the disk writes one stretch while the writer serialises the next, and
+a later ``fsync`` has only the tail left to wait for.
+
+Guarantees:
+
+* It only ever syncs earlier than asked: no byte is written, moved or held
+  back by it, and the writer's own ``fsync`` calls are unchanged.
+* At most one sync per file waits at any time (a waiting one covers every
+  byte written before it runs), so a disk slower than the writer never
+  queues more than one request per file.
+* The background thread syncs a duplicate of the writer's descriptor, so
+  the writer may close a file at any time; the thread starts at the first
+  request and ends at :meth:`SyncBehind.close`, after the requests waiting.
+* A failed sync is kept for :meth:`SyncBehind.failures`, which the writer
+  reports in its own thread (logged, or raised with ``on_error="raise"``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from ..errors import InvalidInputError
+
+DEFAULT_BYTES_PER_SYNC = 8 * 2**20
+"""Bytes appended to a file between background syncs when the writer syncs (``fsync=True``) and no other value is
+given: large enough that a sync is one long sequential write, small enough to overlap most of a snapshot's."""
+
+_datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+
+def check_bytes_per_sync(bytes_per_sync: int) -> int:
+    """Refuse a ``bytes_per_sync`` that is not an integer >= 0 (bools refused too), naming it."""
+    if isinstance(bytes_per_sync, bool) or not isinstance(bytes_per_sync, int) or bytes_per_sync < 0:
+        raise InvalidInputError("bytes_per_sync", bytes_per_sync, "must be an integer >= 0 (0: no background sync)")
+    return bytes_per_sync
+
+
+class SyncBehind:
+    """Background ``fdatasync`` of files every ``bytes_per_sync`` bytes appended (see the module docstring).
+
+    :meth:`wrote` and :meth:`close` are called from the writer's thread only.
+    """
+
+    def __init__(self, bytes_per_sync: int) -> None:
+        self.bytes_per_sync = check_bytes_per_sync(bytes_per_sync)
+        self._unsynced: dict[Path, int] = {}  # bytes appended to each file since its last request
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._waiting: dict[Path, int] = {}  # file -> duplicate descriptor to sync (under the lock)
+        self._failures: list[tuple[Path, OSError]] = []  # under the lock
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    def wrote(self, path: Path, descriptor: int, size: int) -> None:
+        """``size`` bytes were appended to ``path`` through ``descriptor``: request a sync of it when
+        ``bytes_per_sync`` bytes have been appended since its last request (never when ``bytes_per_sync`` is 0)."""
+        if not self.bytes_per_sync:
+            return
+        unsynced = self._unsynced.get(path, 0) + size
+        if unsynced < self.bytes_per_sync:
+            self._unsynced[path] = unsynced
+            return
+        self._unsynced[path] = 0
+        with self._lock:
+            if path in self._waiting:  # the sync waiting covers these bytes too
+                return
+            try:
+                self._waiting[path] = os.dup(descriptor)
+            except OSError:
+                return  # no descriptor left: this sync is skipped; the writer's own fsync still covers the bytes
+            if self._thread is None or not self._thread.is_alive():  # first request, or a forked child's
+                self._thread = threading.Thread(target=self._run, name="chronomoe-sync-behind", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def forget(self, path: Path) -> None:
+        """The writer closed ``path``: count its bytes afresh if it opens it again (a sync waiting still runs)."""
+        self._unsynced.pop(path, None)
+
+    def failures(self) -> list[tuple[Path, OSError]]:
+        """The syncs that failed since the last call, as ``(path, error)``, oldest first."""
+        with self._lock:
+            failures, self._failures = self._failures, []
+        return failures
+
+    def close(self) -> None:
+        """Run the syncs still waiting, then end the thread (a later :meth:`wrote` starts another)."""
+        thread = self._thread
+        if thread is None:
+            return
+        with self._lock:
+            self._closing = True
+            self._wake.notify()
+        thread.join()
+        with self._lock:
+            self._closing = False
+            self._thread = None
+        self._unsynced.clear()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._closing:
+                    self._wake.wait()
+                if not self._waiting:
+                    return
+                path = next(iter(self._waiting))
+                descriptor = self._waiting.pop(path)
+            try:
+                _datasync(descriptor)
+            except OSError as error:
+                with self._lock:
+                    self._failures.append((path, error))
+            finally:
+                os.close(descriptor)
