@@ -35,7 +35,8 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import islice
@@ -93,20 +94,53 @@ class EventBatch:
 
 
 def event_batches(
-    path: str | os.PathLike[str], batch_lines: int = BATCH_LINES, *, max_line_bytes: int = MAX_LINE_BYTES
+    path: str | os.PathLike[str],
+    batch_lines: int = BATCH_LINES,
+    *,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    background_parse: bool | None = None,
 ) -> Iterator[EventBatch]:
     """The lines of an events file (read by :func:`~chronomoe.io.lines.iter_lines`: torn last line skipped with a
-    warning, overlong line refused) in batches of ``batch_lines``, each read by :func:`read_batch`."""
+    warning, overlong line refused) in batches of ``batch_lines``, each read as :func:`read_batch` reads it.
+
+    With ``background_parse`` (default: when this process may run on two CPUs or more) a batch's counts are
+    parsed by a worker thread while this one reads and cuts the next batch's lines and the caller uses the
+    previous batch: ``np.fromstring`` and the checks' numpy passes release the GIL, and they are half of the
+    reading. The batches, and an error reading the file (yielded after every batch read before it), are the
+    same either way; the worker lives as long as the iteration.
+    """
+    if background_parse is None:
+        background_parse = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else False
     lines = iter_lines(Path(path), max_line_bytes)
-    while numbered := list(islice(lines, batch_lines)):
-        line_numbers, batch_lines_read = zip(*numbered, strict=True)
-        with _gc_paused():
-            batch = read_batch(list(line_numbers), list(batch_lines_read))
-        yield batch
+    with ThreadPoolExecutor(1, thread_name_prefix="chronomoe-parse") if background_parse else nullcontext() as pool:
+        ahead: tuple[EventBatch, list[_WidthGroup], Future[None] | None] | None = None  # read, its parse started
+        while True:
+            try:
+                numbered = list(islice(lines, batch_lines))
+            except BaseException:
+                if ahead is not None:
+                    yield _checked(*ahead)  # every batch read before the error, as without the worker
+                raise
+            if numbered:
+                line_numbers, batch_lines_read = zip(*numbered, strict=True)
+                with _gc_paused():
+                    batch, groups = _group_lines(list(line_numbers), list(batch_lines_read))
+                parsing = None if pool is None else pool.submit(_parse_groups, groups)
+            if ahead is not None:
+                yield _checked(*ahead)
+            if not numbered:
+                return
+            ahead = batch, groups, parsing
 
 
 def read_batch(line_numbers: list[int], lines: list[bytes]) -> EventBatch:
     """Parse the lines on the fast path (module docstring); the others are listed in ``unaccepted``."""
+    batch, groups = _group_lines(line_numbers, lines)
+    return _checked(batch, groups, None)
+
+
+def _group_lines(line_numbers: list[int], lines: list[bytes]) -> tuple[EventBatch, list[_WidthGroup]]:
+    """A batch's lines cut into pieces and grouped by width (those whose pieces do not read are unaccepted)."""
     batch = EventBatch(line_numbers, lines)
     groups: dict[int, _WidthGroup] = {}  # by n_experts
     # Each distinct piece parsed once: a step's lines share their opening and tail, a layer's its layer part.
@@ -125,10 +159,28 @@ def read_batch(line_numbers: list[int], lines: list[bytes]) -> EventBatch:
                 continue
         batch.unaccepted.append(index)
     for group in groups.values():
-        rows = group.check(batch.unaccepted)
-        if rows is not None:
-            batch.rows.append(rows)
-    batch.unaccepted.sort()
+        group.prepare()
+    return batch, list(groups.values())
+
+
+def _parse_groups(groups: list[_WidthGroup]) -> None:
+    for group in groups:
+        group.parse()
+
+
+def _checked(batch: EventBatch, groups: list[_WidthGroup], parsing: Future[None] | None) -> EventBatch:
+    """``batch`` with the rows of its groups that pass every check, once their counts are parsed (by
+    ``parsing``, or here when it is ``None``)."""
+    if parsing is None:
+        _parse_groups(groups)
+    else:
+        parsing.result()
+    with _gc_paused():
+        for group in groups:
+            rows = group.check(batch.unaccepted)
+            if rows is not None:
+                batch.rows.append(rows)
+        batch.unaccepted.sort()
     return batch
 
 
@@ -152,27 +204,41 @@ bytes."""
 
 
 class _WidthGroup:
-    """Lines of one ``n_experts`` whose pieces read (:mod:`chronomoe.io.event_line_form`)."""
+    """Lines of one ``n_experts`` whose pieces read (:mod:`chronomoe.io.event_line_form`): :meth:`prepare`, then
+    :meth:`parse` (which a worker thread may run), then :meth:`check`."""
 
     def __init__(self, width: int) -> None:
         self.width = width
         self.lines: list[_Line] = []
+        self.rejected: list[int] = []  # batch indices of lines whose counts are not `width` numbers
+        self.joined = b""  # the lines' counts joined for parsing, each followed by ",-1"
+        self.values = np.zeros(0, np.int64)  # `joined` parsed
 
-    def check(self, unaccepted: list[int]) -> Rows | None:
-        """The rows whose counts and ``active_experts`` pass the checks (``None`` if none); append the batch
-        indices of the others to ``unaccepted``."""
-        width = self.width
-        if not self.lines:  # every line left to full validation: nothing built for a width (it may be 10**17)
-            return None
+    def prepare(self) -> None:
+        """Leave the lines whose counts are not digits and single commas to full validation (in
+        :attr:`rejected`); join the others' counts, each followed by a -1 (no count reads negative: digits only),
+        which checks that each line has ``width`` of them."""
         count_bytes = [line[4] for line in self.lines]
         if not _numbers_only(b",".join(count_bytes)):  # rare: leave the lines at fault to full validation
-            self._keep([_numbers_only(counts) for counts in count_bytes], unaccepted)
-            return self.check(unaccepted)
-        # A -1 after each line's counts (no count reads negative: digits only) checks that each has `width` of them.
-        values = np.fromstring(b",-1,".join(count_bytes) + b",-1", np.int64, sep=",")
-        if values.size != len(count_bytes) * (width + 1) or (values[width :: width + 1] != -1).any():  # rare
-            self._keep([counts.count(b",") + 1 == width for counts in count_bytes], unaccepted)
-            return self.check(unaccepted)
+            count_bytes = self._keep([_numbers_only(counts) for counts in count_bytes])
+        self.joined = b",-1,".join(count_bytes) + b",-1" if count_bytes else b""
+
+    def parse(self) -> None:
+        """Parse :attr:`joined` into :attr:`values`: one ``np.fromstring`` call, which releases the GIL while it
+        parses and touches nothing but this group, so a worker thread may run it."""
+        if self.joined:
+            self.values = np.fromstring(self.joined, np.int64, sep=",")
+
+    def check(self, unaccepted: list[int]) -> Rows | None:
+        """After :meth:`parse`: the rows whose counts and ``active_experts`` pass the checks (``None`` if none);
+        append the batch indices of the others to ``unaccepted``."""
+        width, values = self.width, self.values
+        if values.size != len(self.lines) * (width + 1) or (values[width :: width + 1] != -1).any():  # rare
+            count_bytes = self._keep([line[4].count(b",") + 1 == width for line in self.lines])
+            values = np.fromstring(b",-1,".join(count_bytes) + b",-1", np.int64, sep=",") if count_bytes else values
+        unaccepted += self.rejected
+        if not self.lines:  # nothing built for a width whose lines all failed (it may be 10**17)
+            return None
         with_sentinel = values.reshape(-1, width + 1)
         counts = with_sentinel[:, :width]
         totals = with_sentinel.sum(axis=1) + 1  # exact where the bound below holds
@@ -221,11 +287,13 @@ class _WidthGroup:
         }
         return Rows([line[0] for line in kept], columns, counts)
 
-    def _keep(self, keep: list[bool], unaccepted: list[int]) -> None:
-        """Keep the lines marked in ``keep``; append the batch indices of the others to ``unaccepted``."""
+    def _keep(self, keep: list[bool]) -> list[bytes]:
+        """Keep the lines marked in ``keep`` (the others' batch indices to :attr:`rejected`); return the counts'
+        bytes of those kept."""
         if not all(keep):
-            unaccepted.extend(line[0] for line, kept in zip(self.lines, keep, strict=True) if not kept)
+            self.rejected += [line[0] for line, kept in zip(self.lines, keep, strict=True) if not kept]
             self.lines = [line for line, kept in zip(self.lines, keep, strict=True) if kept]
+        return [line[4] for line in self.lines]
 
 
 @lru_cache(maxsize=8)
