@@ -16,9 +16,9 @@ from hypothesis.extra import numpy as hnp
 
 from chronomoe import CorruptRecordError, RoutingEvent
 from chronomoe.io import parquet_counts
-from chronomoe.io.parquet_pages import COUNTS_FIELD, COUNTS_LEAF, NotCanonical, decode_counts
+from chronomoe.io.parquet_pages import COUNTS_LEAF, NotCanonical, decode_counts
 from chronomoe.io.parquet_parts import open_part
-from chronomoe.io.parquet_schema import EVENTS_TABLE, table_schema
+from chronomoe.io.parquet_schema import COUNTS_FIELD, EVENTS_TABLE, table_schema
 from chronomoe.io.parquet_writer import WRITE_OPTIONS, ParquetRunWriter
 from chronomoe.io.run_reader import open_run
 from chronomoe.io.run_reader_base import Cells

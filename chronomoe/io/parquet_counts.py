@@ -33,8 +33,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import CorruptRecordError
-from .parquet_pages import COUNTS_FIELD, NotCanonical, counts_width, decode_counts, leaf_index
+from .parquet_pages import NotCanonical, counts_width, decode_counts, leaf_index
 from .parquet_parts import OpenPart
+from .parquet_schema import COUNTS_FIELD
 from .run_reader_base import RunCounts, stack_counts
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,19 @@ from __future__ import annotations
 import struct
 
 from ..errors import InvalidInputError
-from .thrift_compact import FALSE, I64, LIST, STOP, STRUCT, TRUE, read_value, read_varint, zigzag
+from .thrift_compact import (
+    FALSE,
+    I64,
+    LIST,
+    STOP,
+    STRUCT,
+    TRUE,
+    read_value,
+    read_varint,
+    varint_bytes,
+    zigzag,
+    zigzag_encode,
+)
 
 _OFFSET = "offset"
 """Marks an i64 field holding a byte offset into the file."""
@@ -107,7 +119,7 @@ class _Rewriter:
             value += self.delta
             if value < 0:
                 raise InvalidInputError("delta", self.delta, f"would move an offset to {value}")
-        self.out += _varint_bytes((value << 1) ^ (value >> 63))
+        self.out += varint_bytes(zigzag_encode(value))
 
     def _value(self, kind: int) -> None:
         """Copy one value of compact type ``kind`` unread; a field's bool lives in its header, with no bytes."""
@@ -128,14 +140,3 @@ class _Rewriter:
         if copy:
             self.out += self.data[start : self.position]
         return value
-
-
-def _varint_bytes(value: int) -> bytes:
-    """Unsigned LEB128 of ``value`` (a zigzag-encoded 64-bit integer)."""
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)

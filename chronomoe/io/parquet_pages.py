@@ -44,10 +44,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import CorruptRecordError
-from .parquet_schema import EVENTS_TABLE, table_schema
+from .parquet_schema import COUNTS_FIELD, EVENTS_TABLE, table_schema
 from .thrift_compact import read_struct
 
-COUNTS_FIELD = "expert_token_counts"
 COUNTS_LEAF = "expert_token_counts.list.element"
 
 # parquet.thrift: PageHeader and DataPageHeader field ids, page types and encodings.

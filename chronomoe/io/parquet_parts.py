@@ -62,15 +62,30 @@ _TRAILER = struct.Struct("<I4s")
 
 def encode_frame(table: pa.Table, **write_options: object) -> bytes:
     """One frame holding ``table`` as a single row group (``write_options`` go to ``pq.write_table``)."""
+    footer, body = encode_row_group(table, **write_options)
+    return pack_frame(footer, [body])
+
+
+def encode_row_group(table: pa.Table, **write_options: object) -> tuple[bytes, pa.Buffer]:
+    """``table`` as pyarrow writes it in a file of one row group: its footer (the Thrift ``FileMetaData``) and
+    its body (the bytes between the leading magic and the footer, offsets counted from the file's start)."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, row_group_size=max(1, table.num_rows), write_page_index=False, **write_options)
     data = sink.getvalue()
     footer_length, _ = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
     footer_start = len(data) - _TRAILER.size - footer_length
-    footer = data[footer_start : len(data) - _TRAILER.size].to_pybytes()
-    body = data[len(MAGIC) : footer_start]
-    header = _FRAME.pack(_FRAME_MAGIC, len(footer), len(body), zlib.crc32(footer), zlib.crc32(body))
-    return b"".join((header, footer, body.to_pybytes()))
+    return data[footer_start : len(data) - _TRAILER.size].to_pybytes(), data[len(MAGIC) : footer_start]
+
+
+def pack_frame(footer: bytes, body: Sequence[bytes | pa.Buffer]) -> bytes:
+    """A frame of a row group's ``footer`` and its body, given in pieces (offsets as if the body began at byte
+    4 of a file)."""
+    body_crc, body_length = 0, 0
+    for piece in body:
+        body_crc = zlib.crc32(piece, body_crc)
+        body_length += len(piece)
+    header = _FRAME.pack(_FRAME_MAGIC, len(footer), body_length, zlib.crc32(footer), body_crc)
+    return b"".join((header, footer, *body))
 
 
 @dataclass

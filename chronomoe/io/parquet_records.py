@@ -15,6 +15,7 @@ tables go through the models' JSON form (:func:`records_table`,
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Iterator, Sequence
 from itertools import repeat
@@ -26,7 +27,7 @@ from pydantic import BaseModel
 
 from ..errors import CorruptRecordError, InvalidInputError
 from ..events import MODES, RoutingEvent
-from .parquet_schema import COUNTS_LIMIT, EVENTS_TABLE, TABLE_MODELS, table_layout
+from .parquet_schema import COUNTS_FIELD, COUNTS_LIMIT, EVENTS_TABLE, TABLE_MODELS, table_layout
 from .parse_errors import PARSE_ERRORS, describe_parse_error
 
 _SCALARS = ("timestamp", "run_id", "step", "mode", "layer_id", "n_experts", "top_k", "token_count", "loss", "aux_loss")
@@ -34,6 +35,8 @@ _SCALARS = ("timestamp", "run_id", "step", "mode", "layer_id", "n_experts", "top
 _GATHERED = (*_SCALARS, "expert_token_counts", "router_prob_sums")
 _gather = operator.itemgetter(*_GATHERED)
 """Applied to a record's field dict (``vars(event)``): half the time of reading the fields as attributes."""
+_COUNTS_INDEX = table_layout(EVENTS_TABLE, 1).schema.get_field_index(COUNTS_FIELD)
+"""Where the counts column lies among ``routing_events``' columns (the same at every width)."""
 
 
 def records_table(table: str, records: Sequence[BaseModel]) -> pa.Table:
@@ -43,7 +46,17 @@ def records_table(table: str, records: Sequence[BaseModel]) -> pa.Table:
 
 
 def events_table(events: Sequence[RoutingEvent]) -> pa.Table:
-    """Events of one width (``n_experts``) as an Arrow table of ``routing_events``' schema.
+    """Events of one width (``n_experts``) as an Arrow table of ``routing_events``' schema; errors as
+    :func:`events_columns`'."""
+    others, counts = events_columns(events)
+    field = table_layout(EVENTS_TABLE, counts.shape[1]).schema.field(COUNTS_FIELD)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(counts.ravel()), type=field.type)
+    return others.add_column(_COUNTS_INDEX, field, column)
+
+
+def events_columns(events: Sequence[RoutingEvent]) -> tuple[pa.Table, np.ndarray]:
+    """Events of one width (``n_experts``) as the table of ``routing_events``' other columns (its schema without
+    ``expert_token_counts``) and their counts, ``[events, width]`` int32.
 
     Raises :class:`~chronomoe.errors.InvalidInputError` naming the event when a count reaches 2**31 (beyond the
     table's int32 counts) or the widths differ.
@@ -61,11 +74,8 @@ def events_table(events: Sequence[RoutingEvent]) -> pa.Table:
             int(counts[row].max()),
             "is beyond the int32 counts of Parquet storage (use storage='jsonl' for such counts)",
         )
-    schema = table_layout(EVENTS_TABLE, width).schema
+    schema = _other_columns_schema(width)
     columns: dict[str, Any] = {name: list(fields[name]) for name in _SCALARS}
-    columns["expert_token_counts"] = pa.FixedSizeListArray.from_arrays(
-        pa.array(counts.astype(np.int32).ravel()), type=schema.field("expert_token_counts").type
-    )
     sums = fields["router_prob_sums"]
     if all(map(operator.is_, sums, repeat(None))):  # (not count(None): it compares arrays with ==)
         columns["router_prob_sums"] = pa.nulls(len(events), schema.field("router_prob_sums").type)
@@ -73,7 +83,13 @@ def events_table(events: Sequence[RoutingEvent]) -> pa.Table:
         columns["router_prob_sums"] = pa.array(
             [None if value is None else value.tolist() for value in sums], schema.field("router_prob_sums").type
         )
-    return pa.table({field.name: columns[field.name] for field in schema}, schema=schema)
+    table = pa.table({field.name: columns[field.name] for field in schema}, schema=schema)
+    return table, counts.astype(np.int32)
+
+
+@functools.lru_cache(maxsize=16)
+def _other_columns_schema(width: int) -> pa.Schema:
+    return table_layout(EVENTS_TABLE, width).schema.remove(_COUNTS_INDEX)
 
 
 def events_from_table(table: pa.Table, path: str, first_row: int = 1) -> list[RoutingEvent]:

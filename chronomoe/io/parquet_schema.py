@@ -57,6 +57,7 @@ JSONL files without ``.jsonl``."""
 EVENT_FIELDS_NOT_STORED = ("active_experts",)
 """RoutingEvent fields left out of ``routing_events``: derived from the counts when read."""
 
+COUNTS_FIELD = "expert_token_counts"
 COUNTS_TYPE = pa.int32()
 COUNTS_LIMIT = 2**31
 """Event counts must stay below this to be stored in ``routing_events``."""

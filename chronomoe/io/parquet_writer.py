@@ -43,8 +43,9 @@ from ..alerts import AlertTransition
 from ..errors import InvalidInputError
 from ..events import RoutingEvent
 from ..snapshots import SystemSnapshot
+from .parquet_events_frame import encode_events_frame
 from .parquet_parts import PARTIAL_SUFFIX, encode_frame, open_part_for_append, seal
-from .parquet_records import events_table, records_table
+from .parquet_records import events_columns, records_table
 from .parquet_schema import ALERTS_TABLE, DECISIONS_TABLE, EVENTS_TABLE, SNAPSHOTS_TABLE
 from .writer import MAX_PENDING_BYTES, TelemetryWriter
 
@@ -142,10 +143,11 @@ class ParquetRunWriter(TelemetryWriter):
         by_width: dict[int, list[RoutingEvent]] = {}
         for event in events:
             by_width.setdefault(event.n_experts, []).append(event)
-        tables = {width: events_table(batch) for width, batch in by_width.items()}  # all checked before any write
-        for width, table in tables.items():
-            self._write_rows(EVENTS_TABLE, width, encode_frame(table, **WRITE_OPTIONS[EVENTS_TABLE]), table.num_rows)
-        return sum(table.num_rows for table in tables.values())
+        tables = {width: events_columns(batch) for width, batch in by_width.items()}  # all checked before any write
+        for width, (others, counts) in tables.items():
+            frame = encode_events_frame(others, counts, **WRITE_OPTIONS[EVENTS_TABLE])
+            self._write_rows(EVENTS_TABLE, width, frame, len(counts))
+        return sum(len(counts) for _, counts in tables.values())
 
     def write_snapshot(self, snapshot: SystemSnapshot) -> None:
         """Append a snapshot and, to ``alerts``, the transitions it carries; first retry pending writes."""

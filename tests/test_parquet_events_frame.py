@@ -1,0 +1,111 @@
+"""Events frames whose counts this package encodes (chronomoe.io.parquet_events_frame): read back by pyarrow as
+the events were, with the schema and metadata pyarrow writes for them, and decoded from their pages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from chronomoe import RoutingEvent
+from chronomoe.io import parquet_events_frame
+from chronomoe.io.parquet_events_frame import encode_events_frame
+from chronomoe.io.parquet_pages import COUNTS_LEAF, decode_counts, leaf_index
+from chronomoe.io.parquet_parts import MAGIC, PARTIAL_SUFFIX, encode_frame, seal
+from chronomoe.io.parquet_records import events_columns, events_table
+from chronomoe.io.parquet_schema import EVENTS_TABLE
+from chronomoe.io.parquet_writer import WRITE_OPTIONS
+
+OPTIONS = WRITE_OPTIONS[EVENTS_TABLE]
+
+
+def events_of(counts: np.ndarray, losses: list[float | None]) -> list[RoutingEvent]:
+    width = counts.shape[1]
+    return [
+        RoutingEvent(
+            run_id="run",
+            step=row // 3,
+            layer_id=row % 3,
+            n_experts=width,
+            top_k=1,
+            expert_token_counts=row_counts,
+            loss=losses[row % len(losses)],
+            timestamp=1.8e9 + row,
+        )
+        for row, row_counts in enumerate(counts.astype(np.int64))
+    ]
+
+
+def sealed(tmp_path, name: str, frame: bytes) -> pq.ParquetFile:
+    partial = tmp_path / (name + PARTIAL_SUFFIX)
+    partial.write_bytes(MAGIC + frame)
+    return pq.ParquetFile(seal(partial).sealed)
+
+
+counts_arrays = st.sampled_from([1, 3, 8, 37, 256]).flatmap(
+    lambda width: hnp.arrays(
+        np.int32,
+        st.tuples(st.integers(1, 30), st.just(width)),
+        elements=st.sampled_from([255, 65_535, 2**31 - 1]).flatmap(lambda top: st.integers(0, top)),
+    )
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts_arrays, st.lists(st.none() | st.floats(0, 10), min_size=1, max_size=3), st.sampled_from([64, 2**20]))
+def test_a_frame_reads_back_as_pyarrows_own_encoding_of_the_events(
+    tmp_path_factory, monkeypatch_module, counts, losses, page_bytes
+):
+    monkeypatch_module.setattr(parquet_events_frame, "PAGE_VALUE_BYTES", page_bytes)  # several pages at 64
+    folder = tmp_path_factory.mktemp("frames")
+    events = events_of(counts, losses)
+    ours = sealed(folder, "ours", encode_events_frame(*events_columns(events), **OPTIONS))
+    pyarrows = sealed(folder, "pyarrows", encode_frame(events_table(events), **OPTIONS))
+    assert ours.read().equals(pyarrows.read())
+    assert ours.schema_arrow.equals(pyarrows.schema_arrow, check_metadata=True)
+    assert ours.metadata.schema.equals(pyarrows.metadata.schema)
+    ours_group, pyarrows_group = ours.metadata.row_group(0), pyarrows.metadata.row_group(0)
+    assert ours_group.num_rows == pyarrows_group.num_rows == len(events)
+    for index in range(ours_group.num_columns):
+        mine, theirs = ours_group.column(index), pyarrows_group.column(index)
+        assert (mine.path_in_schema, mine.num_values, mine.compression, mine.encodings) == (
+            theirs.path_in_schema,
+            theirs.num_values,
+            theirs.compression,
+            theirs.encodings,
+        )
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def test_a_frames_counts_decode_from_their_pages(tmp_path, monkeypatch):
+    monkeypatch.setattr(parquet_events_frame, "PAGE_VALUE_BYTES", 4 * 256 * 7)  # pages of 7 rows and a last of 6
+    counts = np.random.default_rng(0).integers(0, 5000, (20, 256)).astype(np.int32)
+    file = sealed(tmp_path, "part", encode_events_frame(*events_columns(events_of(counts, [None])), **OPTIONS))
+    data = pa.py_buffer((tmp_path / "part.parquet").read_bytes())
+    out = np.full(counts.shape, -1, np.int32)
+    decode_counts(data, file.metadata, [0], out, path="part", first_row=1)  # raises NotCanonical if declined
+    assert np.array_equal(out, counts)
+    assert file.metadata.row_group(0).column(leaf_index(file.metadata, COUNTS_LEAF)).num_values == counts.size
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {**OPTIONS, "column_encoding": None},
+        {**OPTIONS, "use_dictionary": True},
+        {**OPTIONS, "compression": "lz4"},
+    ],
+)
+def test_options_it_cannot_write_the_counts_with_are_refused(options):
+    counts = np.ones((2, 4), np.int32)
+    with pytest.raises(ValueError, match=r"counts|compression"):
+        encode_events_frame(*events_columns(events_of(counts, [None])), **options)
