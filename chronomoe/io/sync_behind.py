@@ -18,12 +18,14 @@ Guarantees:
 * The background thread syncs a duplicate of the writer's descriptor, so
   the writer may close a file at any time; the thread starts at the first
   request and ends at :meth:`SyncBehind.close`, after the requests waiting.
-* A failed sync is kept for :meth:`SyncBehind.failures`, which the writer
-  reports in its own thread (logged, or raised with ``on_error="raise"``).
+* A failed sync is kept for the writer to report in its own thread
+  (:meth:`SyncBehind.report_failures`: logged once per file, and raised
+  with ``on_error="raise"``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -33,6 +35,8 @@ from ..errors import InvalidInputError
 DEFAULT_BYTES_PER_SYNC = 8 * 2**20
 """Bytes appended to a file between background syncs when the writer syncs (``fsync=True``) and no other value is
 given: large enough that a sync is one long sequential write, small enough to overlap most of a snapshot's."""
+
+logger = logging.getLogger(__name__)
 
 _datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
@@ -59,6 +63,7 @@ class SyncBehind:
         self._failures: list[tuple[Path, OSError]] = []  # under the lock
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._reported: set[Path] = set()  # files whose failed sync was logged
 
     def wrote(self, path: Path, descriptor: int, size: int) -> None:
         """``size`` bytes were appended to ``path`` through ``descriptor``: request a sync of it when
@@ -91,6 +96,22 @@ class SyncBehind:
         with self._lock:
             failures, self._failures = self._failures, []
         return failures
+
+    def report_failures(self, *, raise_first: bool) -> None:
+        """Log the first failed sync of each file (once per file for this object's life) among those since the
+        last call; with ``raise_first``, then raise the oldest of them (an ``OSError``)."""
+        failures = self.failures()
+        for path, error in failures:
+            if path not in self._reported:
+                self._reported.add(path)
+                logger.error(
+                    "background fdatasync of %s failed: %s. What was written to it since its last successful sync "
+                    "may not be on disk (logged once per file)",
+                    path,
+                    error,
+                )
+        if failures and raise_first:
+            raise failures[0][1]
 
     def close(self) -> None:
         """Run the syncs still waiting, then end the thread (a later :meth:`wrote` starts another)."""

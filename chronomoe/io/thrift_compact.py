@@ -185,7 +185,7 @@ def field_spans(data: bytes | memoryview, position: int) -> tuple[list[tuple[int
     """The fields of the struct at ``position`` as ``(field id, type, start, end)`` of their values, read without
     building them (a field's bool: type :data:`TRUE` or :data:`FALSE`, an empty span), and the position after it;
     errors as :func:`read_struct`'s."""
-    spans = []
+    spans: list[tuple[int, int, int, int]] = []
     field_id = 0
     while True:
         field_id, kind, start = read_field_header(data, position, field_id)

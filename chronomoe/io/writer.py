@@ -138,7 +138,6 @@ class TelemetryWriter:
         self._dropping = False
         self._manifest: bytes | None = None
         self._manifest_pending = False
-        self._sync_failed: set[Path] = set()  # files whose background sync failure was logged
 
     @property
     def bytes_per_sync(self) -> int:
@@ -233,7 +232,7 @@ class TelemetryWriter:
         return count
 
     def _append(self, path: Path, data: bytes | bytearray, records: int) -> None:
-        self._report_sync_failures()
+        self._sync_behind.report_failures(raise_first=self.on_error == "raise")
         if self.on_error == "raise":
             self._write(path, data)
             return
@@ -372,7 +371,7 @@ class TelemetryWriter:
 
     def sync(self) -> None:
         """``fsync`` every open file (with ``on_error="log"``, a failure is logged once per path)."""
-        self._report_sync_failures()
+        self._sync_behind.report_failures(raise_first=self.on_error == "raise")
         for path, handle in list(self._files.items()):
             try:
                 os.fsync(handle.fileno())
@@ -392,23 +391,7 @@ class TelemetryWriter:
         for path in list(self._files):
             self._close_handle(path)
         self._sync_behind.close()
-        self._report_sync_failures()
-
-    def _report_sync_failures(self) -> None:
-        """Report the background syncs that failed: each file's first failure logged, and with
-        ``on_error="raise"`` the oldest failure raised."""
-        failures = self._sync_behind.failures()
-        for path, error in failures:
-            if path not in self._sync_failed:
-                self._sync_failed.add(path)
-                logger.error(
-                    "background fdatasync of %s failed: %s. What was written to it since its last successful sync "
-                    "may not be on disk (logged once per file)",
-                    path,
-                    error,
-                )
-        if failures and self.on_error == "raise":
-            raise failures[0][1]
+        self._sync_behind.report_failures(raise_first=self.on_error == "raise")
 
     def __enter__(self) -> TelemetryWriter:
         return self
