@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +16,7 @@ from chronomoe.io.thrift_compact import (
     BINARY,
     BYTE,
     DOUBLE,
+    FALSE,
     I16,
     I32,
     I64,
@@ -22,10 +24,11 @@ from chronomoe.io.thrift_compact import (
     MAP,
     STRUCT,
     TRUE,
-    field_spans,
+    find_field,
     list_elements,
     read_struct,
     read_typed_struct,
+    read_typed_value,
     skip_struct,
     write_fields,
     write_struct,
@@ -93,8 +96,13 @@ def test_a_typed_struct_reads_back_as_written(fields):
     assert read_typed_struct(data, 0) == (fields, len(data))
     assert read_struct(data, 0) == (untyped(STRUCT, fields), len(data))
     assert skip_struct(data, 0) == len(data)
-    spans, end = field_spans(data, 0)
-    assert end == len(data) and [span[0] for span in spans] == sorted(fields)
+    for field_id, typed in fields.items():
+        kind, start = find_field(data, 0, field_id)
+        assert kind == typed[0] or (typed[0] == TRUE and kind in (TRUE, FALSE))
+        if typed[0] not in (TRUE, FALSE):
+            assert read_typed_value(data, start, kind)[0] == typed[1]
+    with pytest.raises(KeyError):
+        find_field(data, 0, 41)
 
 
 @settings(max_examples=100, deadline=None)
@@ -110,8 +118,8 @@ def test_fields_written_in_pieces_join_into_the_struct(fields, cut):
 @given(st.lists(structs(1), max_size=20))
 def test_list_elements_are_the_bytes_of_each_element(items):
     data = write_struct({1: (LIST, (STRUCT, items))})
-    start = field_spans(data, 0)[0][0][2]
-    assert list_elements(data, start) == [write_struct(item) for item in items]
+    start = find_field(data, 0, 1)[1]
+    assert list_elements(data, start) == ([write_struct(item) for item in items], len(data) - 1)
 
 
 def test_a_parquet_footer_is_written_back_byte_for_byte():

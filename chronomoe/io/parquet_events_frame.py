@@ -19,8 +19,11 @@ out and as :mod:`chronomoe.io.parquet_pages` reads them:
   metadata and its page header, whose sizes, offset, value count, page
   count and level histograms (one row's, times the rows) are set here.
 
-``tests/test_parquet_events_frame.py`` holds the result to what pyarrow reads
-back, for any rows, widths and page sizes.
+A page of a row count not seen before costs one pyarrow encoding of that
+many rows' levels (:func:`~chronomoe.io.parquet_pages.canonical_levels`,
+cached for 64 row counts): a writer's frames mostly share one size (a
+snapshot's events). ``tests/test_parquet_events_frame.py`` holds the result
+to what pyarrow reads back, for any rows, widths and page sizes.
 """
 
 from __future__ import annotations
@@ -38,20 +41,18 @@ from .parquet_pages import COUNTS_LEAF, canonical_levels
 from .parquet_parts import encode_row_group, pack_frame
 from .parquet_schema import COUNTS_FIELD, EVENTS_TABLE, table_schema
 from .thrift_compact import (
-    FALSE,
     I32,
     I64,
     LIST,
     STOP,
     STRUCT,
-    TRUE,
     Typed,
     field_header,
-    field_spans,
+    find_field,
     list_elements,
     list_header,
+    read_field_header,
     read_typed_struct,
-    read_typed_value,
     varint_bytes,
     write_fields,
     write_struct,
@@ -111,21 +112,16 @@ def encode_events_frame(others: pa.Table, counts: np.ndarray, **write_options: A
 
 
 def _row_group(footer: bytes) -> tuple[list[bytes], dict[int, Typed]]:
-    """The footer's one row group: its column chunks' bytes, and its other fields."""
-    metadata, _ = field_spans(footer, 0)
-    groups = [start for field_id, kind, start, _ in metadata if (field_id, kind) == (_ROW_GROUPS, LIST)]
-    if len(groups) != 1 or footer[groups[0]] != list_header(1, STRUCT)[0]:
+    """The footer's one row group: its column chunks' bytes, and its other fields (one pass over its chunks,
+    the footer's fields after them unread)."""
+    kind, position = find_field(footer, 0, _ROW_GROUPS)
+    if kind != LIST or footer[position] != list_header(1, STRUCT)[0]:
         raise ValueError("a footer without exactly one row group")
-    chunks: list[bytes] = []
-    group: dict[int, Typed] = {}
-    for field_id, kind, start, _ in field_spans(footer, groups[0] + 1)[0]:
-        if (field_id, kind) == (_COLUMNS, LIST):
-            chunks = list_elements(footer, start)
-        elif kind in (TRUE, FALSE):
-            group[field_id] = (TRUE, kind == TRUE)
-        else:
-            group[field_id] = (kind, read_typed_value(footer, start, kind)[0])
-    return chunks, group
+    field_id, kind, position = read_field_header(footer, position + 1, 0)
+    if (field_id, kind) != (_COLUMNS, LIST):  # a RowGroup's first field: pyarrow writes its fields in order
+        raise ValueError(f"a row group whose first field is {field_id}, not its columns")
+    chunks, position = list_elements(footer, position)
+    return chunks, read_typed_struct(footer, position, after=_COLUMNS)[0]
 
 
 @dataclass(frozen=True)

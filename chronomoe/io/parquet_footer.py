@@ -24,14 +24,14 @@ import struct
 
 from ..errors import InvalidInputError
 from .thrift_compact import (
-    FALSE,
     I64,
     LIST,
     STOP,
     STRUCT,
-    TRUE,
-    read_value,
+    collection_header,
+    read_field_header,
     read_varint,
+    skip_value,
     varint_bytes,
     zigzag,
     zigzag_encode,
@@ -47,7 +47,7 @@ _STRUCTS: dict[str, dict[int, str | tuple[str, str]]] = {
     "ColumnMetaData": {9: _OFFSET, 10: _OFFSET, 11: _OFFSET, 14: _OFFSET},
 }
 """The structs on the way to the offsets, by name: field id -> an offset, or a struct (or list of structs) to enter.
-Every other field is copied unread."""
+Every other field is skipped unread and copied as it is."""
 
 
 def shift_offsets(footer: bytes, delta: int) -> bytes:
@@ -56,87 +56,49 @@ def shift_offsets(footer: bytes, delta: int) -> bytes:
 
     Raises :class:`~chronomoe.errors.InvalidInputError` for bytes that are not a Thrift compact struct.
     """
-    rewriter = _Rewriter(footer, delta)
+    offsets: list[tuple[int, int]] = []  # (start, end) of each offset's varint, in order
     try:
-        rewriter.struct("FileMetaData")
+        end = _find_offsets(footer, 0, "FileMetaData", offsets)
     except (IndexError, struct.error):
         raise InvalidInputError("footer", len(footer), "ends inside a Thrift struct: not a Parquet footer") from None
-    if rewriter.position != len(footer):
-        raise InvalidInputError("footer", len(footer), f"holds {len(footer) - rewriter.position} bytes after its end")
-    return bytes(rewriter.out)
-
-
-class _Rewriter:
-    """Reads a compact-protocol struct from ``data`` and writes it to ``out``, offsets shifted by ``delta``."""
-
-    def __init__(self, data: bytes, delta: int) -> None:
-        self.data = data
-        self.delta = delta
-        self.position = 0
-        self.out = bytearray()
-
-    def struct(self, name: str | None) -> None:
-        """Copy one struct; ``name`` (a key of ``_STRUCTS``) says which of its fields to rewrite or enter."""
-        fields = _STRUCTS.get(name, {}) if name is not None else {}
-        field_id = 0
-        while True:
-            header = self._byte()
-            self.out.append(header)
-            kind = header & 0x0F
-            if kind == STOP:
-                return
-            if header >> 4:
-                field_id += header >> 4
-            else:
-                field_id = zigzag(self._varint(copy=True))
-            role = fields.get(field_id)
-            if role == _OFFSET and kind == I64:
-                self._offset()
-            elif isinstance(role, tuple) and kind == (LIST if role[0] == "list" else STRUCT):
-                if kind == LIST:
-                    self._list(role[1])
-                else:
-                    self.struct(role[1])
-            else:
-                self._value(kind)
-
-    def _list(self, element: str) -> None:
-        header = self._byte()
-        self.out.append(header)
-        size = header >> 4
-        if size == 15:
-            size = self._varint(copy=True)
-        kind = header & 0x0F
-        for _ in range(size):
-            if kind == STRUCT:
-                self.struct(element)
-            else:
-                self._value(kind)
-
-    def _offset(self) -> None:
-        value = zigzag(self._varint(copy=False))
+    if end != len(footer):
+        raise InvalidInputError("footer", len(footer), f"holds {len(footer) - end} bytes after its end")
+    pieces = []
+    copied = 0
+    for start, stop in offsets:
+        value = zigzag(read_varint(footer, start)[0])
         if value:
-            value += self.delta
+            value += delta
             if value < 0:
-                raise InvalidInputError("delta", self.delta, f"would move an offset to {value}")
-        self.out += varint_bytes(zigzag_encode(value))
+                raise InvalidInputError("delta", delta, f"would move an offset to {value}")
+        pieces += [footer[copied:start], varint_bytes(zigzag_encode(value))]
+        copied = stop
+    pieces.append(footer[copied:])
+    return b"".join(pieces)
 
-    def _value(self, kind: int) -> None:
-        """Copy one value of compact type ``kind`` unread; a field's bool lives in its header, with no bytes."""
-        if kind in (TRUE, FALSE):
-            return
-        start = self.position
-        _, self.position = read_value(self.data, start, kind)
-        self.out += self.data[start : self.position]
 
-    def _byte(self) -> int:
-        value = self.data[self.position]
-        self.position += 1
-        return value
-
-    def _varint(self, *, copy: bool) -> int:
-        start = self.position
-        value, self.position = read_varint(self.data, start)
-        if copy:
-            self.out += self.data[start : self.position]
-        return value
+def _find_offsets(data: bytes, position: int, name: str, offsets: list[tuple[int, int]]) -> int:
+    """Append to ``offsets`` the spans of the offsets in the struct ``name`` at ``position`` (see ``_STRUCTS``),
+    other fields skipped unread; return the position after the struct."""
+    roles = _STRUCTS.get(name, {})
+    field_id = 0
+    while True:
+        field_id, kind, position = read_field_header(data, position, field_id)
+        if kind == STOP:
+            return position
+        role = roles.get(field_id)
+        if role == _OFFSET and kind == I64:
+            start = position
+            position = skip_value(data, position, kind)
+            offsets.append((start, position))
+        elif isinstance(role, tuple) and role[0] == "struct" and kind == STRUCT:
+            position = _find_offsets(data, position, role[1], offsets)
+        elif isinstance(role, tuple) and role[0] == "list" and kind == LIST:
+            size, element, position = collection_header(data, position)
+            for _ in range(size):
+                if element == STRUCT:
+                    position = _find_offsets(data, position, role[1], offsets)
+                else:
+                    position = skip_value(data, position, element)
+        else:
+            position = skip_value(data, position, kind)

@@ -1,9 +1,12 @@
-"""Thrift's compact protocol, the little of it that Parquet's metadata needs: type ids, varints, and reading a struct.
+"""Thrift's compact protocol, the little of it that Parquet's metadata needs: type ids, varints, reading, skipping
+and writing structs.
 
 Parquet serialises its footer (``FileMetaData``) and each page's header
-(``PageHeader``) with Thrift's compact protocol. :mod:`~chronomoe.io.parquet_footer`
-rewrites offsets in a footer; :mod:`~chronomoe.io.parquet_counts` reads page
-headers with :func:`read_struct`.
+(``PageHeader``) with Thrift's compact protocol. :mod:`~chronomoe.io.parquet_pages`
+reads page headers with :func:`read_struct`; :mod:`~chronomoe.io.parquet_footer`
+finds a footer's offsets by skipping what surrounds them; :mod:`~chronomoe.io.parquet_events_frame`
+reads and writes footers and page headers as typed structs (:func:`read_typed_struct`,
+:func:`write_struct`) and splices raw pieces of them.
 """
 
 from __future__ import annotations
@@ -44,12 +47,6 @@ def read_struct(data: bytes | memoryview, position: int) -> tuple[dict[int, Any]
     return _read_struct(data, position, typed=False)
 
 
-def read_value(data: bytes | memoryview, position: int, kind: int) -> tuple[Any, int]:
-    """The value of compact type ``kind`` (not a field's bool, which lives in its header) at ``position``, and the
-    position after it; errors as :func:`read_struct`'s."""
-    return _read(data, position, kind, typed=False)
-
-
 # -- typed values, for rewriting ----------------------------------------------
 Typed = tuple[int, Any]
 """A value with its compact type id: ``(I32, 5)``, ``(BINARY, b"..")``, ``(STRUCT, {field id: Typed})``,
@@ -58,11 +55,12 @@ Typed = tuple[int, Any]
 list's an ``(element type, [elements])`` pair."""
 
 
-def read_typed_struct(data: bytes | memoryview, position: int) -> tuple[dict[int, Typed], int]:
+def read_typed_struct(data: bytes | memoryview, position: int, after: int = 0) -> tuple[dict[int, Typed], int]:
     """The struct at ``position`` as ``{field id: Typed}``, which :func:`write_struct` writes back (byte for byte
     when the fields came in increasing order, as Parquet's writers write them), and the position after it;
-    errors as :func:`read_struct`'s."""
-    return _read_struct(data, position, typed=True)
+    errors as :func:`read_struct`'s. ``after``: the id of the field before ``position``, to read the rest of a
+    struct from its middle (0: from its start)."""
+    return _read_struct(data, position, typed=True, after=after)
 
 
 def read_typed_value(data: bytes | memoryview, position: int, kind: int) -> tuple[Any, int]:
@@ -71,9 +69,9 @@ def read_typed_value(data: bytes | memoryview, position: int, kind: int) -> tupl
     return _read(data, position, kind, typed=True)
 
 
-def _read_struct(data: bytes | memoryview, position: int, *, typed: bool) -> tuple[dict[int, Any], int]:
+def _read_struct(data: bytes | memoryview, position: int, *, typed: bool, after: int = 0) -> tuple[dict[int, Any], int]:
     fields: dict[int, Any] = {}
-    field_id = 0
+    field_id = after
     while True:
         field_id, kind, position = read_field_header(data, position, field_id)
         if kind == STOP:
@@ -102,7 +100,7 @@ def _read(data: bytes | memoryview, position: int, kind: int, *, typed: bool) ->
     if kind == STRUCT:
         return _read_struct(data, position, typed=typed)
     if kind in (LIST, SET):
-        size, element, position = _collection_header(data, position)
+        size, element, position = collection_header(data, position)
         items = []
         for _ in range(size):
             item, position = _read_element(data, position, element, typed=typed)
@@ -127,7 +125,7 @@ def _read_element(data: bytes | memoryview, position: int, kind: int, *, typed: 
     return _read(data, position, kind, typed=typed)
 
 
-def _collection_header(data: bytes | memoryview, position: int) -> tuple[int, int, int]:
+def collection_header(data: bytes | memoryview, position: int) -> tuple[int, int, int]:
     """A list's or set's size and element type, and the position of its first element."""
     header = data[position]
     size = header >> 4
@@ -181,34 +179,41 @@ def list_header(size: int, element: int) -> bytes:
     return bytes((0xF0 | element,)) + varint_bytes(size)
 
 
-def field_spans(data: bytes | memoryview, position: int) -> tuple[list[tuple[int, int, int, int]], int]:
-    """The fields of the struct at ``position`` as ``(field id, type, start, end)`` of their values, read without
-    building them (a field's bool: type :data:`TRUE` or :data:`FALSE`, an empty span), and the position after it;
-    errors as :func:`read_struct`'s."""
-    spans: list[tuple[int, int, int, int]] = []
-    field_id = 0
-    while True:
-        field_id, kind, start = read_field_header(data, position, field_id)
-        if kind == STOP:
-            return spans, start
-        position = skip_value(data, start, kind)
-        spans.append((field_id, kind, start, position))
-
-
 def skip_struct(data: bytes | memoryview, position: int) -> int:
     """The position after the struct at ``position``, read without building its values (errors as
     :func:`read_struct`'s)."""
-    return field_spans(data, position)[1]
+    return _walk(data, position, None)[1]
 
 
-def list_elements(data: bytes, position: int) -> list[bytes]:
-    """The encoded bytes of each element of the list or set at ``position`` (not bools)."""
-    size, element, position = _collection_header(data, position)
+def list_elements(data: bytes, position: int) -> tuple[list[bytes], int]:
+    """The encoded bytes of each element of the list or set at ``position`` (not bools), and the position after
+    it."""
+    size, element, position = collection_header(data, position)
     elements = []
     for _ in range(size):
         start, position = position, skip_value(data, position, element)
         elements.append(data[start:position])
-    return elements
+    return elements, position
+
+
+def find_field(data: bytes | memoryview, position: int, field_id: int) -> tuple[int, int]:
+    """The type of field ``field_id`` of the struct at ``position`` and where its value starts, the fields before
+    it skipped unread; ``KeyError`` when the struct has no such field (errors as :func:`read_struct`'s)."""
+    kind, position = _walk(data, position, field_id)
+    if kind == STOP:
+        raise KeyError(field_id)
+    return kind, position
+
+
+def _walk(data: bytes | memoryview, position: int, field_id: int | None) -> tuple[int, int]:
+    """Skip the fields of the struct at ``position`` up to field ``field_id``: its type and value's start, or
+    :data:`STOP` and the position after the struct when it has no such field."""
+    current = 0
+    while True:
+        current, kind, position = read_field_header(data, position, current)
+        if kind == STOP or current == field_id:
+            return kind, position
+        position = skip_value(data, position, kind)
 
 
 def skip_value(data: bytes | memoryview, position: int, kind: int) -> int:
@@ -226,7 +231,7 @@ def skip_value(data: bytes | memoryview, position: int, kind: int) -> int:
         length, position = read_varint(data, position)
         return position + length
     if kind in (LIST, SET):
-        size, element, position = _collection_header(data, position)
+        size, element, position = collection_header(data, position)
         if element in (TRUE, FALSE, BYTE, DOUBLE):  # fixed sizes (a bool element takes a byte)
             return position + size * (8 if element == DOUBLE else 1)
         for _ in range(size):
