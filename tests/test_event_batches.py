@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chronomoe import CorruptRecordError, RoutingEvent
-from chronomoe.io.event_lines import EventBatch, event_batches
+from chronomoe.io.event_lines import EventBatch, event_batches, read_batch
 from chronomoe.io.serialize import event_line
 
 
@@ -23,19 +23,30 @@ def canonical_line(step: int, layer: int, counts: list[int]) -> bytes:
     return event_line(event)
 
 
+MUTATIONS = {
+    "leading zero": lambda counts: b"0" + counts,
+    "digit doubled": lambda counts: counts[:1] + counts,
+    "comma dropped": lambda counts: counts.replace(b",", b"", 1),
+    "comma doubled": lambda counts: counts.replace(b",", b",,", 1),
+    "sign": lambda counts: b"-" + counts,
+    "space": lambda counts: b" " + counts,
+}
+
+
 @st.composite
 def event_files(draw) -> bytes:
-    """Lines of two widths, some with their counts' bytes changed (a digit doubled, a leading zero, a comma
-    dropped or doubled, a sign), and maybe a torn last line."""
+    """Lines of two widths, some with their counts' bytes changed (:data:`MUTATIONS`), and maybe a torn last
+    line."""
     lines = []
     for step in range(draw(st.integers(1, 12))):
         width = draw(st.sampled_from([3, 5]))
         counts = draw(st.lists(st.integers(0, 10**6), min_size=width, max_size=width))
         line = canonical_line(step, step % 2, counts)
-        change = draw(st.sampled_from([None, None, None, (b"[", b"[0"), (b",", b""), (b",", b",,"), (b"[", b"[-")]))
-        if change is not None:
-            old, new = change
-            line = line.replace(b'"expert_token_counts":' + old, b'"expert_token_counts":' + new, 1)
+        mutation = draw(st.sampled_from([None, None, None, *MUTATIONS]))
+        if mutation is not None:
+            text = b",".join(b"%d" % count for count in counts)
+            key = b'"expert_token_counts":['
+            line = line.replace(key + text + b"]", key + MUTATIONS[mutation](text) + b"]", 1)
         lines.append(line)
     if draw(st.booleans()):
         lines.append(lines[-1][: len(lines[-1]) // 2])  # torn: no newline
@@ -82,8 +93,19 @@ def parse_threads() -> list[threading.Thread]:
 def test_the_worker_thread_ends_when_the_iteration_is_abandoned(tmp_path):
     path = tmp_path / "routing_events.jsonl"
     path.write_bytes(b"".join(canonical_line(step, 0, [1, 2, 3]) for step in range(10)))
+    before = set(parse_threads())
     batches = event_batches(path, 2, background_parse=True)
     next(batches)
-    assert parse_threads()
+    started = set(parse_threads()) - before
+    assert started
     batches.close()
-    assert not parse_threads()
+    assert not started & set(parse_threads())
+
+
+def test_mutated_counts_are_left_to_full_validation():
+    """The mutations of the property test above do reach the checks (else it would compare nothing)."""
+    for name, mutate in MUTATIONS.items():
+        line = canonical_line(0, 0, [12, 3, 40])
+        changed = line.replace(b"[12,3,40]", b"[" + mutate(b"12,3,40") + b"]")
+        assert changed != line, name
+        assert read_batch([1], [changed]).unaccepted == [0], name

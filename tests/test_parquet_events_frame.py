@@ -16,8 +16,8 @@ from chronomoe.io import parquet_events_frame
 from chronomoe.io.parquet_events_frame import encode_events_frame
 from chronomoe.io.parquet_pages import COUNTS_LEAF, decode_counts, leaf_index
 from chronomoe.io.parquet_parts import MAGIC, PARTIAL_SUFFIX, encode_frame, seal
-from chronomoe.io.parquet_records import events_columns, events_table
-from chronomoe.io.parquet_schema import EVENTS_TABLE
+from chronomoe.io.parquet_records import events_columns
+from chronomoe.io.parquet_schema import COUNTS_FIELD, EVENTS_TABLE, table_schema
 from chronomoe.io.parquet_writer import WRITE_OPTIONS
 
 OPTIONS = WRITE_OPTIONS[EVENTS_TABLE]
@@ -38,6 +38,14 @@ def events_of(counts: np.ndarray, losses: list[float | None]) -> list[RoutingEve
         )
         for row, row_counts in enumerate(counts.astype(np.int64))
     ]
+
+
+def events_table(events: list[RoutingEvent]) -> pa.Table:
+    """The events as one table of the full schema, for pyarrow to encode all of it."""
+    others, counts = events_columns(events)
+    field = table_schema(EVENTS_TABLE, counts.shape[1]).field(COUNTS_FIELD)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(counts.ravel()), type=field.type)
+    return others.add_column(table_schema(EVENTS_TABLE, 1).get_field_index(COUNTS_FIELD), field, column)
 
 
 def sealed(tmp_path, name: str, frame: bytes) -> pq.ParquetFile:
@@ -72,12 +80,19 @@ def test_a_frame_reads_back_as_pyarrows_own_encoding_of_the_events(
     assert ours_group.num_rows == pyarrows_group.num_rows == len(events)
     for index in range(ours_group.num_columns):
         mine, theirs = ours_group.column(index), pyarrows_group.column(index)
-        assert (mine.path_in_schema, mine.num_values, mine.compression, mine.encodings) == (
+        assert (mine.path_in_schema, mine.num_values, mine.compression, mine.encodings, mine.statistics) == (
             theirs.path_in_schema,
             theirs.num_values,
             theirs.compression,
             theirs.encodings,
+            theirs.statistics,
         )
+    if page_bytes >= 4 * counts.size:  # one page, as pyarrow writes it: the same bytes, so the same sizes
+        assert ours_group.total_byte_size == pyarrows_group.total_byte_size
+        for index in range(ours_group.num_columns):
+            mine, theirs = ours_group.column(index), pyarrows_group.column(index)
+            sizes = (mine.total_compressed_size, mine.total_uncompressed_size)
+            assert sizes == (theirs.total_compressed_size, theirs.total_uncompressed_size)
 
 
 @pytest.fixture(scope="module")
@@ -97,15 +112,39 @@ def test_a_frames_counts_decode_from_their_pages(tmp_path, monkeypatch):
     assert file.metadata.row_group(0).column(leaf_index(file.metadata, COUNTS_LEAF)).num_values == counts.size
 
 
+def test_more_rows_than_a_page_of_pyarrow_holds_are_cut_into_pages_pyarrow_reads(tmp_path):
+    counts = np.random.default_rng(1).integers(0, 300, (20_001, 8)).astype(np.int32)
+    events = events_of(counts, [None])
+    file = sealed(tmp_path, "part", encode_events_frame(*events_columns(events), **OPTIONS))
+    assert file.read().equals(sealed(tmp_path, "theirs", encode_frame(events_table(events), **OPTIONS)).read())
+    out = np.full(counts.shape, -1, np.int32)
+    decode_counts(
+        pa.py_buffer((tmp_path / "part.parquet").read_bytes()), file.metadata, [0], out, path="p", first_row=1
+    )
+    assert np.array_equal(out, counts)
+
+
+def test_page_checksums_and_compression_levels_asked_for_leave_pages_pyarrow_reads(tmp_path):
+    counts = np.random.default_rng(2).integers(0, 300, (50, 16)).astype(np.int32)
+    events = events_of(counts, [1.5])
+    for name, options in (
+        ("checksums", {**OPTIONS, "write_page_checksum": True}),
+        ("level", {**OPTIONS, "compression_level": 9}),
+    ):
+        file = sealed(tmp_path, name, encode_events_frame(*events_columns(events), **options))
+        assert file.read().equals(events_table(events))
+
+
 @pytest.mark.parametrize(
     "options",
     [
         {**OPTIONS, "column_encoding": None},
         {**OPTIONS, "use_dictionary": True},
         {**OPTIONS, "compression": "lz4"},
+        {**OPTIONS, "data_page_version": "2.0"},
     ],
 )
 def test_options_it_cannot_write_the_counts_with_are_refused(options):
     counts = np.ones((2, 4), np.int32)
-    with pytest.raises(ValueError, match=r"counts|compression"):
+    with pytest.raises(ValueError, match=r"counts|compression|version"):
         encode_events_frame(*events_columns(events_of(counts, [None])), **options)

@@ -4,6 +4,7 @@ wait, and how a failed one is reported."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import threading
@@ -17,11 +18,13 @@ from chronomoe.io.sync_behind import DEFAULT_BYTES_PER_SYNC, SyncBehind
 
 
 class Syncs:
-    """A stand-in for ``fdatasync`` that records the file (device, inode) of each descriptor it syncs, and holds
-    each call until :meth:`release` while :attr:`held`."""
+    """A stand-in for ``fdatasync`` that records the file (device, inode) of each descriptor it syncs and whether
+    that descriptor is read-only (the sync's own open file, not a dup of the writer's), and holds each call until
+    :meth:`release` while :attr:`held`."""
 
     def __init__(self) -> None:
         self.files: list[tuple[int, int]] = []
+        self.read_only: list[bool] = []
         self.started = threading.Semaphore(0)
         self.held = False
         self._gate = threading.Event()
@@ -32,6 +35,7 @@ class Syncs:
             self._gate.wait(10)
         stat = os.fstat(descriptor)
         self.files.append((stat.st_dev, stat.st_ino))
+        self.read_only.append(fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY)
 
     def release(self) -> None:
         self._gate.set()
@@ -133,6 +137,7 @@ def test_a_writer_syncs_the_files_it_appends_to(syncs, tmp_path, make_event):
             writer.write_event(event)
     assert set(syncs.files) == {file_of(writer.events_path)}
     assert 1 <= len(syncs.files) <= len(events)
+    assert all(syncs.read_only)  # an open file of its own: a write error it takes is still the writer's fsync's
 
 
 def test_a_monitor_passes_bytes_per_sync_to_its_writer(tmp_path):
@@ -163,11 +168,18 @@ def test_a_failed_background_sync_is_logged_once_per_file_and_the_run_goes_on(
     assert len(writer.events_path.read_bytes().splitlines()) == len(events)
 
 
-def test_a_failed_background_sync_is_raised_at_the_next_call_with_on_error_raise(monkeypatch, tmp_path, make_event):
+def test_a_failed_background_sync_is_raised_with_on_error_raise_and_the_records_stay(monkeypatch, tmp_path, make_event):
     monkeypatch.setattr(sync_behind, "_datasync", failing_sync)
     writer = TelemetryWriter("run", tmp_path, bytes_per_sync=1, on_error="raise")
-    writer.write_event(make_event([3, 1, 0, 4]))
-    writer._sync_behind.close()  # wait for the background sync (it fails)
+    writer.write_event(make_event([3, 1, 0, 4]))  # its background sync fails
     with pytest.raises(OSError, match="Input/output error"):
-        writer.sync()
-    writer.close()
+        writer.close()  # runs the syncs waiting, then reports
+    assert len(writer.events_path.read_bytes().splitlines()) == 1
+
+
+def test_a_parquet_writer_syncs_its_parts(syncs, tmp_path, make_event):
+    with ParquetRunWriter("run", tmp_path, bytes_per_sync=1) as writer:
+        for step in range(3):
+            writer.write_events_batch([make_event([3, 1, 0, 4], step=step)])
+    parts = {file_of(part) for part in (tmp_path / "run" / "routing_events").glob("*.parquet")}
+    assert syncs.files and set(syncs.files) <= parts

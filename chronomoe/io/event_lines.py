@@ -103,11 +103,13 @@ def event_batches(
     """The lines of an events file (read by :func:`~chronomoe.io.lines.iter_lines`: torn last line skipped with a
     warning, overlong line refused) in batches of ``batch_lines``, each read as :func:`read_batch` reads it.
 
-    With ``background_parse`` (default: when this process may run on two CPUs or more) a batch's counts are
-    parsed by a worker thread while this one reads and cuts the next batch's lines and the caller uses the
-    previous batch: ``np.fromstring`` and the checks' numpy passes release the GIL, and they are half of the
-    reading. The batches, and an error reading the file (yielded after every batch read before it), are the
-    same either way; the worker lives as long as the iteration.
+    Lines are read one batch ahead: a batch is yielded once the next one has been read and cut. With
+    ``background_parse`` (default: when this process may run on two CPUs or more) a batch's counts are parsed
+    by a worker thread meanwhile, while this one reads and cuts the next batch's lines and the caller uses the
+    previous batch: the worker makes one ``np.fromstring`` call per width, which releases the GIL (the checks
+    stay on this thread: a worker making several numpy calls waits for the GIL at each). The batches, and an
+    error reading the file (raised after every batch read before it has been yielded), are the same either way;
+    the worker lives as long as the iteration.
     """
     if background_parse is None:
         background_parse = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else False
@@ -117,7 +119,7 @@ def event_batches(
         while True:
             try:
                 numbered = list(islice(lines, batch_lines))
-            except BaseException:
+            except Exception:
                 if ahead is not None:
                     yield _checked(*ahead)  # every batch read before the error, as without the worker
                 raise

@@ -61,6 +61,8 @@ from .thrift_compact import (
 
 PAGE_VALUE_BYTES = 2**20
 """Bytes of values (before compression) after which a counts page ends, as pyarrow's default page size."""
+PAGE_ROWS = 20_000
+"""Rows after which a counts page ends whatever its bytes, as pyarrow's default ``max_rows_per_page``."""
 
 # parquet.thrift field ids
 _SCHEMA, _NUM_ROWS, _ROW_GROUPS = 2, 3, 4  # FileMetaData
@@ -70,8 +72,9 @@ _NUM_VALUES, _UNCOMPRESSED_SIZE, _COMPRESSED_SIZE, _DATA_PAGE_OFFSET = 5, 6, 7, 
 _STATISTICS, _ENCODING_STATS, _SIZE_STATISTICS = 12, 13, 16
 _PAGE_COUNT = 3  # PageEncodingStats
 _REPETITION_HISTOGRAM, _DEFINITION_HISTOGRAM = 2, 3  # SizeStatistics
-_PAGE_UNCOMPRESSED_SIZE, _PAGE_COMPRESSED_SIZE, _DATA_PAGE_HEADER = 2, 3, 5  # PageHeader
-_PAGE_NUM_VALUES = 1  # DataPageHeader
+_PAGE_TYPE, _PAGE_UNCOMPRESSED_SIZE, _PAGE_COMPRESSED_SIZE, _PAGE_CRC, _DATA_PAGE_HEADER = 1, 2, 3, 4, 5  # PageHeader
+_DATA_PAGE = 0
+_PAGE_NUM_VALUES, _PAGE_STATISTICS = 1, 5  # DataPageHeader
 
 _CODECS = {"zstd": "zstd", "snappy": "snappy", "gzip": "gzip", "brotli": "brotli", "none": None}
 """``pq.write_table``'s compression names this module writes pages with -> ``pyarrow.Codec`` names."""
@@ -158,6 +161,12 @@ def _template(width: int, options_json: str) -> _Template:
     if {10, 11} & set(chunk[_META_DATA][1]):  # an index or dictionary page: not the pages written here
         raise ValueError(f"the counts are written in data pages only, not as {options}")
     page_header, _ = read_typed_struct(memoryview(body), chunk[_META_DATA][1][_DATA_PAGE_OFFSET][1] - 4)
+    if page_header.get(_PAGE_TYPE) != (I32, _DATA_PAGE) or _DATA_PAGE_HEADER not in page_header:
+        raise ValueError(f"the counts are written in version 1 data pages, not as {options}")
+    page_header.pop(_PAGE_CRC, None)  # the template page's; pages written here carry none
+    data_page = dict(page_header[_DATA_PAGE_HEADER][1])
+    data_page[_PAGE_STATISTICS] = (STRUCT, {})  # none, as pyarrow writes them without statistics
+    page_header[_DATA_PAGE_HEADER] = (STRUCT, data_page)
     other_encodings = {name: encoding for name, encoding in encodings.items() if name != COUNTS_LEAF}
     return _Template(
         head=write_fields({key: value for key, value in metadata.items() if key < _NUM_ROWS}),
@@ -166,7 +175,7 @@ def _template(width: int, options_json: str) -> _Template:
         leaf=leaf,
         chunk=chunk,
         page_header=page_header,
-        codec=None if codec_name is None else pa.Codec(codec_name),
+        codec=None if codec_name is None else pa.Codec(codec_name, options.get("compression_level")),
         other_options={**options, "column_encoding": other_encodings or None},
     )
 
@@ -183,7 +192,7 @@ def _one_value(field: pa.Field, width: int) -> Any:
 def _counts_pages(counts: np.ndarray, template: _Template) -> tuple[list[bytes], int, int]:
     """The counts' pages, each as header and body, and their bytes before and after compression."""
     rows, width = counts.shape
-    page_rows = max(1, PAGE_VALUE_BYTES // (4 * width))
+    page_rows = max(1, min(PAGE_ROWS, PAGE_VALUE_BYTES // (4 * width)))
     pieces: list[bytes] = []
     uncompressed = compressed = 0
     for start in range(0, rows, page_rows):

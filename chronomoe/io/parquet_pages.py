@@ -185,11 +185,19 @@ def canonical_levels(rows: int, width: int) -> bytes:
     sink = pa.BufferOutputStream()
     table = pa.table([values], schema=pa.schema([table_schema(EVENTS_TABLE, width).field(COUNTS_FIELD)]))
     pq.write_table(
-        table, sink, compression="none", use_dictionary=False, write_statistics=False, data_page_size=1 << 40
+        table,
+        sink,
+        compression="none",
+        use_dictionary=False,
+        write_statistics=False,
+        data_page_size=1 << 40,
+        max_rows_per_page=max(1, rows),
     )
     data = sink.getvalue()
     column = pq.read_metadata(pa.BufferReader(data)).row_group(0).column(0)
     header, start = read_struct(memoryview(data), column.data_page_offset)
+    if header[_DATA_PAGE_HEADER][_NUM_VALUES] != rows * width:  # one page of every row, or these are not its levels
+        raise RuntimeError(f"pyarrow wrote {rows} rows of {width} values in more than one page")
     page = memoryview(data)[start : start + header[_COMPRESSED_SIZE]]
     repetition_length = int.from_bytes(page[:4], "little")
     definition_length = int.from_bytes(page[4 + repetition_length : 8 + repetition_length], "little")

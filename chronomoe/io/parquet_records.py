@@ -2,7 +2,8 @@
 
 Events take a vectorised path both ways: a batch of events of one width
 becomes columns with one ``numpy`` stack of their counts
-(:func:`events_table`); rows read back are checked column by column with
+(:func:`events_columns`: the counts as an int32 matrix, the other columns as
+a table); rows read back are checked column by column with
 numpy (the model's invariants: non-negative counts summing to
 ``token_count``, ``n_experts`` equal to the width, ``1 <= top_k <=
 n_experts``, finite floats, known modes, non-empty run ids) and become events
@@ -43,15 +44,6 @@ def records_table(table: str, records: Sequence[BaseModel]) -> pa.Table:
     """The rows of ``records`` (of the table's model; not events) as an Arrow table of the table's schema."""
     layout = table_layout(table)
     return pa.Table.from_pylist([layout.to_row(record.model_dump(mode="json")) for record in records], layout.schema)
-
-
-def events_table(events: Sequence[RoutingEvent]) -> pa.Table:
-    """Events of one width (``n_experts``) as an Arrow table of ``routing_events``' schema; errors as
-    :func:`events_columns`'."""
-    others, counts = events_columns(events)
-    field = table_layout(EVENTS_TABLE, counts.shape[1]).schema.field(COUNTS_FIELD)
-    column = pa.FixedSizeListArray.from_arrays(pa.array(counts.ravel()), type=field.type)
-    return others.add_column(_COUNTS_INDEX, field, column)
 
 
 def events_columns(events: Sequence[RoutingEvent]) -> tuple[pa.Table, np.ndarray]:

@@ -15,9 +15,14 @@ Guarantees:
 * At most one sync per file waits at any time (a waiting one covers every
   byte written before it runs), so a disk slower than the writer never
   queues more than one request per file.
-* The background thread syncs a duplicate of the writer's descriptor, so
-  the writer may close a file at any time; the thread starts at the first
-  request and ends at :meth:`SyncBehind.close`, after the requests waiting.
+* The background thread syncs the file through a descriptor of its own (the
+  path opened again, read-only, checked to be the writer's file), so the
+  writer may close its file at any time, and a write error the kernel
+  reports to the background sync is still reported to the writer's own
+  ``fsync`` (Linux reports such an error once per open file, so a
+  ``dup`` of the writer's descriptor would take it away from the writer).
+  The thread starts at the first request and ends at
+  :meth:`SyncBehind.close`, after the requests waiting.
 * A failed sync is kept for the writer to report in its own thread
   (:meth:`SyncBehind.report_failures`: logged once per file, and raised
   with ``on_error="raise"``).
@@ -59,7 +64,7 @@ class SyncBehind:
         self._unsynced: dict[Path, int] = {}  # bytes appended to each file since its last request
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._waiting: dict[Path, int] = {}  # file -> duplicate descriptor to sync (under the lock)
+        self._waiting: dict[Path, int] = {}  # file -> a descriptor of it to sync, this object's (under the lock)
         self._failures: list[tuple[Path, OSError]] = []  # under the lock
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -76,15 +81,14 @@ class SyncBehind:
             return
         self._unsynced[path] = 0
         with self._lock:
-            if path in self._waiting:  # the sync waiting covers these bytes too
-                return
-            try:
-                self._waiting[path] = os.dup(descriptor)
-            except OSError:
-                return  # no descriptor left: this sync is skipped; the writer's own fsync still covers the bytes
             if self._thread is None or not self._thread.is_alive():  # first request, or a forked child's
                 self._thread = threading.Thread(target=self._run, name="chronomoe-sync-behind", daemon=True)
                 self._thread.start()
+            if path not in self._waiting:  # (else the sync waiting covers these bytes too)
+                own = _open_same_file(path, descriptor)
+                if own is None:
+                    return  # this sync is skipped: the writer's own fsync still covers the bytes
+                self._waiting[path] = own
             self._wake.notify()
 
     def forget(self, path: Path) -> None:
@@ -117,6 +121,7 @@ class SyncBehind:
         """Run the syncs still waiting, then end the thread (a later :meth:`wrote` starts another)."""
         thread = self._thread
         if thread is None:
+            self._unsynced.clear()
             return
         with self._lock:
             self._closing = True
@@ -125,6 +130,9 @@ class SyncBehind:
         with self._lock:
             self._closing = False
             self._thread = None
+            left, self._waiting = self._waiting, {}  # none unless a forked child's thread never ran them
+        for descriptor in left.values():
+            _close(descriptor)
         self._unsynced.clear()
 
     def _run(self) -> None:
@@ -142,4 +150,26 @@ class SyncBehind:
                 with self._lock:
                     self._failures.append((path, error))
             finally:
-                os.close(descriptor)
+                _close(descriptor)
+
+
+def _open_same_file(path: Path, descriptor: int) -> int | None:
+    """A new read-only descriptor of the file ``descriptor`` has open, by ``path`` (``None`` when ``path`` no
+    longer names that file or cannot be opened)."""
+    try:
+        own = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    same = os.fstat(own), os.fstat(descriptor)
+    if (same[0].st_dev, same[0].st_ino) != (same[1].st_dev, same[1].st_ino):
+        _close(own)
+        return None
+    return own
+
+
+def _close(descriptor: int) -> None:
+    """Close a descriptor of this module's own (a failure to close a read-only descriptor loses nothing)."""
+    try:
+        os.close(descriptor)
+    except OSError:
+        logger.debug("closing a sync descriptor failed", exc_info=True)

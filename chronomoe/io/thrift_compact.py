@@ -63,12 +63,6 @@ def read_typed_struct(data: bytes | memoryview, position: int, after: int = 0) -
     return _read_struct(data, position, typed=True, after=after)
 
 
-def read_typed_value(data: bytes | memoryview, position: int, kind: int) -> tuple[Any, int]:
-    """The value of type ``kind`` at ``position`` as :data:`Typed` holds it bare (not a field's bool, which lives
-    in its header), and the position after it."""
-    return _read(data, position, kind, typed=True)
-
-
 def _read_struct(data: bytes | memoryview, position: int, *, typed: bool, after: int = 0) -> tuple[dict[int, Any], int]:
     fields: dict[int, Any] = {}
     field_id = after

@@ -232,16 +232,17 @@ class TelemetryWriter:
         return count
 
     def _append(self, path: Path, data: bytes | bytearray, records: int) -> None:
-        self._sync_behind.report_failures(raise_first=self.on_error == "raise")
         if self.on_error == "raise":
             self._write(path, data)
-            return
-        queue = self._pending.setdefault(path, deque())
-        queue.append(_PendingBatch(self._sequence, data, records))
-        self._sequence += 1
-        self._pending_bytes += len(data)
-        self._retry(path)
-        self._drop_beyond_bound()
+        else:
+            queue = self._pending.setdefault(path, deque())
+            queue.append(_PendingBatch(self._sequence, data, records))
+            self._sequence += 1
+            self._pending_bytes += len(data)
+            self._retry(path)
+            self._drop_beyond_bound()
+        # After the write: an earlier background sync's failure is reported without costing this batch.
+        self._sync_behind.report_failures(raise_first=self.on_error == "raise")
 
     def _retry(self, path: Path) -> None:
         """Write ``path``'s pending batches in order, stopping at the first failure."""
