@@ -3,6 +3,9 @@ the events were, with the schema and metadata pyarrow writes for them, and decod
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,7 +21,7 @@ from chronomoe.io.parquet_pages import COUNTS_LEAF, decode_counts, leaf_index
 from chronomoe.io.parquet_parts import MAGIC, PARTIAL_SUFFIX, encode_frame, seal
 from chronomoe.io.parquet_records import events_columns
 from chronomoe.io.parquet_schema import COUNTS_FIELD, EVENTS_TABLE, table_schema
-from chronomoe.io.parquet_writer import WRITE_OPTIONS
+from chronomoe.io.parquet_writer import WRITE_OPTIONS, ParquetRunWriter
 
 OPTIONS = WRITE_OPTIONS[EVENTS_TABLE]
 
@@ -148,3 +151,20 @@ def test_options_it_cannot_write_the_counts_with_are_refused(options):
     counts = np.ones((2, 4), np.int32)
     with pytest.raises(ValueError, match=r"counts|compression|version"):
         encode_events_frame(*events_columns(events_of(counts, [None])), **options)
+
+
+def test_a_frame_whose_pages_a_worker_encodes_is_the_same_bytes():
+    counts = np.random.default_rng(3).integers(0, 5000, (40, 256)).astype(np.int32)
+    others, matrix = events_columns(events_of(counts, [None, 2.0]))
+    with ThreadPoolExecutor(1) as pool:
+        assert encode_events_frame(others, matrix, pool=pool, **OPTIONS) == encode_events_frame(
+            others, matrix, **OPTIONS
+        )
+
+
+def test_a_parquet_writer_ends_its_encoding_thread_when_it_closes(tmp_path, make_event):
+    before = {thread for thread in threading.enumerate() if thread.name.startswith("chronomoe-encode")}
+    with ParquetRunWriter("run", tmp_path) as writer:
+        writer.write_events_batch([make_event([3, 1, 0, 4], step=step) for step in range(3)])
+    after = {thread for thread in threading.enumerate() if thread.name.startswith("chronomoe-encode")}
+    assert after <= before

@@ -49,6 +49,7 @@ from ..events import RoutingEvent
 from . import event_line_form
 from .event_line_form import cut_line
 from .lines import MAX_LINE_BYTES, iter_lines
+from .threads import available_cpus
 
 _COMMA, _ZERO = 0x2C, 0x30
 
@@ -112,7 +113,7 @@ def event_batches(
     the worker lives as long as the iteration.
     """
     if background_parse is None:
-        background_parse = len(os.sched_getaffinity(0)) > 1 if hasattr(os, "sched_getaffinity") else False
+        background_parse = available_cpus() > 1
     lines = iter_lines(Path(path), max_line_bytes)
     with ThreadPoolExecutor(1, thread_name_prefix="chronomoe-parse") if background_parse else nullcontext() as pool:
         ahead: tuple[EventBatch, list[_WidthGroup], Future[None] | None] | None = None  # read, its parse started

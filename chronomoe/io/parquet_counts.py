@@ -20,7 +20,6 @@ cell wins).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,10 +36,11 @@ from .parquet_pages import NotCanonical, counts_width, decode_counts, leaf_index
 from .parquet_parts import OpenPart
 from .parquet_schema import COUNTS_FIELD
 from .run_reader_base import RunCounts, stack_counts
+from .threads import available_cpus
 
 logger = logging.getLogger(__name__)
 
-READ_THREADS = min(4, os.cpu_count() or 1)
+READ_THREADS = min(4, available_cpus())
 """Runs of row groups read at once."""
 
 

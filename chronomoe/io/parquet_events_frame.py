@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,16 +81,23 @@ _CODECS = {"zstd": "zstd", "snappy": "snappy", "gzip": "gzip", "brotli": "brotli
 """``pq.write_table``'s compression names this module writes pages with -> ``pyarrow.Codec`` names."""
 
 
-def encode_events_frame(others: pa.Table, counts: np.ndarray, **write_options: Any) -> bytes:
+def encode_events_frame(
+    others: pa.Table, counts: np.ndarray, *, pool: Executor | None = None, **write_options: Any
+) -> bytes:
     """One frame (:mod:`chronomoe.io.parquet_parts`) holding the events whose other columns are ``others`` (the
     ``routing_events`` schema without ``expert_token_counts``) and whose counts are ``counts`` (``[rows, width]``
     int32, non-negative) as one row group; ``write_options`` as for ``pq.write_table`` (the counts are always
-    byte-stream split: the options must say so for their column, and name a codec of :data:`_CODECS`)."""
+    byte-stream split: the options must say so for their column, and name a codec of :data:`_CODECS`).
+
+    With a ``pool``, its worker encodes the counts pages while this thread has pyarrow encode the other columns:
+    both release the GIL for most of their work (a numpy copy and a compression; pyarrow's encoding).
+    """
     rows, width = counts.shape
     template = _template(width, json.dumps(write_options, sort_keys=True))
+    counts_pages = None if pool is None else pool.submit(_counts_pages, counts, template)
     footer, body = encode_row_group(others, **template.other_options)
     chunks, group = _row_group(footer)
-    pages, uncompressed, compressed = _counts_pages(counts, template)
+    pages, uncompressed, compressed = _counts_pages(counts, template) if counts_pages is None else counts_pages.result()
     counts_chunk = write_struct(_counts_chunk(template, rows, len(pages) // 2, uncompressed, compressed, len(body)))
     group[_TOTAL_BYTE_SIZE] = (I64, group[_TOTAL_BYTE_SIZE][1] + uncompressed)
     group[_GROUP_COMPRESSED_SIZE] = (I64, group[_GROUP_COMPRESSED_SIZE][1] + compressed)

@@ -33,6 +33,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from .parquet_events_frame import encode_events_frame
 from .parquet_parts import PARTIAL_SUFFIX, encode_frame, open_part_for_append, seal
 from .parquet_records import events_columns, records_table
 from .parquet_schema import ALERTS_TABLE, DECISIONS_TABLE, EVENTS_TABLE, SNAPSHOTS_TABLE
+from .threads import available_cpus
 from .writer import MAX_PENDING_BYTES, TelemetryWriter
 
 logger = logging.getLogger(__name__)
@@ -129,6 +131,7 @@ class ParquetRunWriter(TelemetryWriter):
         self._sequence_of_table: dict[str, int] = {}
         self._unsealed: list[Path] = []  # parts full or closed whose sealing waits for their pending writes
         self._recovered_tables: set[str] = set()
+        self._encoding_pool: ThreadPoolExecutor | None = None
 
     # -- the record kinds ---------------------------------------------------------------------------------
     def write_event(self, event: RoutingEvent) -> None:
@@ -145,7 +148,7 @@ class ParquetRunWriter(TelemetryWriter):
             by_width.setdefault(event.n_experts, []).append(event)
         tables = {width: events_columns(batch) for width, batch in by_width.items()}  # all checked before any write
         for width, (others, counts) in tables.items():
-            frame = encode_events_frame(others, counts, **WRITE_OPTIONS[EVENTS_TABLE])
+            frame = encode_events_frame(others, counts, pool=self._encoder(), **WRITE_OPTIONS[EVENTS_TABLE])
             self._write_rows(EVENTS_TABLE, width, frame, len(counts))
         return sum(len(counts) for _, counts in tables.values())
 
@@ -247,6 +250,13 @@ class ParquetRunWriter(TelemetryWriter):
                     "sealed %s, left growing by an earlier writer: %d row groups", repair.sealed, repair.row_groups
                 )
 
+    def _encoder(self) -> ThreadPoolExecutor | None:
+        """The worker that encodes counts pages beside pyarrow (:func:`encode_events_frame`), made at the first
+        events written, when this process may run on two CPUs or more (``None`` otherwise); ended by :meth:`close`."""
+        if self._encoding_pool is None and available_cpus() > 1:
+            self._encoding_pool = ThreadPoolExecutor(1, thread_name_prefix="chronomoe-encode")
+        return self._encoding_pool
+
     def _open_file(self, path: Path) -> io.FileIO:
         path.parent.mkdir(parents=True, exist_ok=True)
         return open_part_for_append(path)
@@ -261,6 +271,9 @@ class ParquetRunWriter(TelemetryWriter):
         """Seal every part (after retrying pending writes), then close as :meth:`TelemetryWriter.close`."""
         self._unsealed += [part.path for part in self._parts.values()]
         self._parts.clear()
+        if self._encoding_pool is not None:
+            self._encoding_pool.shutdown()
+            self._encoding_pool = None
         self.flush()
         super().close()
         leftover = [path for path in self._unsealed if path.exists()]
