@@ -7,7 +7,9 @@ import errno
 import fcntl
 import logging
 import os
+import signal
 import threading
+import time
 
 import pytest
 
@@ -183,3 +185,27 @@ def test_a_parquet_writer_syncs_its_parts(syncs, tmp_path, make_event):
             writer.write_events_batch([make_event([3, 1, 0, 4], step=step)])
     parts = {file_of(part) for part in (tmp_path / "run" / "routing_events").glob("*.parquet")}
     assert syncs.files and set(syncs.files) <= parts
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_syncs_behind_afresh_even_when_the_fork_caught_the_lock_held(opened):
+    path, descriptor = opened
+    syncer = SyncBehind(1)
+    syncer.wrote(path, descriptor, 1)  # the thread now exists
+    with syncer._lock:  # as when the fork catches the thread inside its lock
+        child = os.fork()
+        if child == 0:
+            try:
+                syncer.wrote(path, descriptor, 1)
+                syncer.close()
+                os._exit(0 if syncer.failures() == [] else 1)
+            finally:
+                os._exit(2)
+    deadline = time.monotonic() + 30
+    while (finished := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if finished[0] == 0:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    syncer.close()
+    assert finished[0] == child and os.waitstatus_to_exitcode(finished[1]) == 0

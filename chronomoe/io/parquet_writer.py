@@ -132,6 +132,7 @@ class ParquetRunWriter(TelemetryWriter):
         self._unsealed: list[Path] = []  # parts full or closed whose sealing waits for their pending writes
         self._recovered_tables: set[str] = set()
         self._encoding_pool: ThreadPoolExecutor | None = None
+        self._encoding_pid = 0  # the process that made the pool
 
     # -- the record kinds ---------------------------------------------------------------------------------
     def write_event(self, event: RoutingEvent) -> None:
@@ -253,8 +254,11 @@ class ParquetRunWriter(TelemetryWriter):
     def _encoder(self) -> ThreadPoolExecutor | None:
         """The worker that encodes counts pages beside pyarrow (:func:`encode_events_frame`), made at the first
         events written, when this process may run on two CPUs or more (``None`` otherwise); ended by :meth:`close`."""
+        if self._encoding_pool is not None and self._encoding_pid != os.getpid():
+            self._encoding_pool = None  # a forked child's copy: its worker lives in the parent only
         if self._encoding_pool is None and available_cpus() > 1:
             self._encoding_pool = ThreadPoolExecutor(1, thread_name_prefix="chronomoe-encode")
+            self._encoding_pid = os.getpid()
         return self._encoding_pool
 
     def _open_file(self, path: Path) -> io.FileIO:
@@ -271,9 +275,9 @@ class ParquetRunWriter(TelemetryWriter):
         """Seal every part (after retrying pending writes), then close as :meth:`TelemetryWriter.close`."""
         self._unsealed += [part.path for part in self._parts.values()]
         self._parts.clear()
-        if self._encoding_pool is not None:
+        if self._encoding_pool is not None and self._encoding_pid == os.getpid():
             self._encoding_pool.shutdown()
-            self._encoding_pool = None
+        self._encoding_pool = None
         self.flush()
         super().close()
         leftover = [path for path in self._unsealed if path.exists()]

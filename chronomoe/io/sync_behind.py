@@ -22,7 +22,9 @@ Guarantees:
   ``fsync`` (Linux reports such an error once per open file, so a
   ``dup`` of the writer's descriptor would take it away from the writer).
   The thread starts at the first request and ends at
-  :meth:`SyncBehind.close`, after the requests waiting.
+  :meth:`SyncBehind.close`, after the requests waiting. In a process forked
+  from the writer's, the object starts afresh (its lock, as the fork may
+  have caught the thread holding it, and its thread, which the child lacks).
 * A failed sync is kept for the writer to report in its own thread
   (:meth:`SyncBehind.report_failures`: logged once per file, and raised
   with ``on_error="raise"``).
@@ -69,12 +71,14 @@ class SyncBehind:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._reported: set[Path] = set()  # files whose failed sync was logged
+        self._pid = os.getpid()  # the process whose thread and lock these are
 
     def wrote(self, path: Path, descriptor: int, size: int) -> None:
         """``size`` bytes were appended to ``path`` through ``descriptor``: request a sync of it when
         ``bytes_per_sync`` bytes have been appended since its last request (never when ``bytes_per_sync`` is 0)."""
         if not self.bytes_per_sync:
             return
+        self._start_afresh_if_forked()
         unsynced = self._unsynced.get(path, 0) + size
         if unsynced < self.bytes_per_sync:
             self._unsynced[path] = unsynced
@@ -97,6 +101,7 @@ class SyncBehind:
 
     def failures(self) -> list[tuple[Path, OSError]]:
         """The syncs that failed since the last call, as ``(path, error)``, oldest first."""
+        self._start_afresh_if_forked()
         with self._lock:
             failures, self._failures = self._failures, []
         return failures
@@ -119,6 +124,7 @@ class SyncBehind:
 
     def close(self) -> None:
         """Run the syncs still waiting, then end the thread (a later :meth:`wrote` starts another)."""
+        self._start_afresh_if_forked()
         thread = self._thread
         if thread is None:
             self._unsynced.clear()
@@ -134,6 +140,18 @@ class SyncBehind:
         for descriptor in left.values():
             _close(descriptor)
         self._unsynced.clear()
+
+    def _start_afresh_if_forked(self) -> None:
+        """In a forked child: a new lock and no thread; the child's copies of the descriptors waiting closed, their
+        syncs dropped (the parent's thread runs them), the parent's failures left to the parent."""
+        if self._pid == os.getpid():
+            return
+        for descriptor in self._waiting.values():
+            _close(descriptor)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._waiting, self._failures, self._thread, self._closing = {}, [], None, False
+        self._pid = os.getpid()
 
     def _run(self) -> None:
         while True:
