@@ -8,6 +8,9 @@ the library, so tests can compare the library against them.
 from __future__ import annotations
 
 import math
+import os
+import signal
+import time
 from collections.abc import Callable, Iterable
 from types import SimpleNamespace
 from typing import Any
@@ -289,3 +292,23 @@ def make_run(tmp_path) -> Callable[..., Any]:
         return _write_collapsing_run(tmp_path / "runs", run_id, **options)
 
     return make
+
+
+@pytest.fixture
+def child_exit_code() -> Callable[..., int | None]:
+    """``child_exit_code(pid, seconds=30)``: the exit code of the forked child ``pid`` once it ends, or ``None``
+    when it has not ended within ``seconds`` (it is then killed), so that a child that hangs fails the test
+    instead of hanging it."""
+
+    def wait(pid: int, seconds: float = 30) -> int | None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            finished, status = os.waitpid(pid, os.WNOHANG)
+            if finished:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return None
+
+    return wait

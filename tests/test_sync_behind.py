@@ -7,9 +7,7 @@ import errno
 import fcntl
 import logging
 import os
-import signal
 import threading
-import time
 
 import pytest
 
@@ -188,7 +186,7 @@ def test_a_parquet_writer_syncs_its_parts(syncs, tmp_path, make_event):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_syncs_behind_afresh_even_when_the_fork_caught_the_lock_held(opened):
+def test_a_forked_child_syncs_behind_afresh_even_when_the_fork_caught_the_lock_held(opened, child_exit_code):
     path, descriptor = opened
     syncer = SyncBehind(1)
     syncer.wrote(path, descriptor, 1)  # the thread now exists
@@ -199,13 +197,7 @@ def test_a_forked_child_syncs_behind_afresh_even_when_the_fork_caught_the_lock_h
                 syncer.wrote(path, descriptor, 1)
                 syncer.close()
                 os._exit(0 if syncer.failures() == [] else 1)
-            finally:
+            except BaseException:
                 os._exit(2)
-    deadline = time.monotonic() + 30
-    while (finished := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if finished[0] == 0:
-        os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
     syncer.close()
-    assert finished[0] == child and os.waitstatus_to_exitcode(finished[1]) == 0
+    assert child_exit_code(child) == 0
