@@ -41,6 +41,14 @@ class CorruptRecordError(ChronoMoEError, ValueError):
         super().__init__(f"{path}:{line_number}: {reason}")
 
 
+def check_integer(field: str, value: Any, minimum: int, note: str = "") -> int:
+    """``value`` when it is an integer of at least ``minimum`` (a bool is refused too), else
+    :class:`InvalidInputError` naming ``field`` and the value (``note`` added to the reason)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInputError(field, value, f"must be an integer >= {minimum}{note}")
+    return value
+
+
 def _abbreviate(value: Any, limit: int = 120) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

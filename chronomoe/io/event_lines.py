@@ -219,11 +219,15 @@ class _WidthGroup:
 
     def prepare(self) -> None:
         """Leave the lines whose counts are not digits and single commas to full validation (in
-        :attr:`rejected`); join the others' counts, each followed by a -1 (no count reads negative: digits only),
-        which checks that each line has ``width`` of them."""
+        :attr:`rejected`); join the others' counts for :meth:`parse`."""
         count_bytes = [line[4] for line in self.lines]
         if not _numbers_only(b",".join(count_bytes)):  # rare: leave the lines at fault to full validation
             count_bytes = self._keep([_numbers_only(counts) for counts in count_bytes])
+        self._join(count_bytes)
+
+    def _join(self, count_bytes: list[bytes]) -> None:
+        """:attr:`joined`: the counts, each line's followed by a -1 (no count reads negative: digits only), which
+        checks that each line has ``width`` of them."""
         self.joined = b",-1,".join(count_bytes) + b",-1" if count_bytes else b""
 
     def parse(self) -> None:
@@ -237,8 +241,9 @@ class _WidthGroup:
         append the batch indices of the others to ``unaccepted``."""
         width, values = self.width, self.values
         if values.size != len(self.lines) * (width + 1) or (values[width :: width + 1] != -1).any():  # rare
-            count_bytes = self._keep([line[4].count(b",") + 1 == width for line in self.lines])
-            values = np.fromstring(b",-1,".join(count_bytes) + b",-1", np.int64, sep=",") if count_bytes else values
+            self._join(self._keep([line[4].count(b",") + 1 == width for line in self.lines]))
+            self.parse()
+            values = self.values
         unaccepted += self.rejected
         if not self.lines:  # nothing built for a width whose lines all failed (it may be 10**17)
             return None

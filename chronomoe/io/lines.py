@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import CorruptRecordError, InvalidInputError
+from ..errors import CorruptRecordError, InvalidInputError, check_integer
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +43,7 @@ _TORN_TAILS_REPORTED: set[tuple[str, int, int]] = set()
 
 def check_max_line_bytes(max_line_bytes: int) -> int:
     """Refuse a line size limit that is not an integer >= 1 (bools refused too), naming it."""
-    if isinstance(max_line_bytes, bool) or not isinstance(max_line_bytes, int) or max_line_bytes < 1:
-        raise InvalidInputError("max_line_bytes", max_line_bytes, "must be an integer >= 1")
-    return max_line_bytes
+    return check_integer("max_line_bytes", max_line_bytes, 1)
 
 
 # -- reading ---------------------------------------------------------------

@@ -41,7 +41,7 @@ from typing import Any
 from chronomoe.controller import ControlDecision
 
 from ..alerts import AlertTransition
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, check_integer
 from ..events import RoutingEvent
 from ..snapshots import SystemSnapshot
 from .parquet_events_frame import encode_events_frame
@@ -107,10 +107,8 @@ class ParquetRunWriter(TelemetryWriter):
         rank: int = 0,
         row_groups_per_part: int = ROW_GROUPS_PER_PART,
     ) -> None:
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-            raise InvalidInputError("rank", rank, "must be an integer >= 0")
-        if isinstance(row_groups_per_part, bool) or not isinstance(row_groups_per_part, int) or row_groups_per_part < 1:
-            raise InvalidInputError("row_groups_per_part", row_groups_per_part, "must be an integer >= 1")
+        check_integer("rank", rank, 0)
+        check_integer("row_groups_per_part", row_groups_per_part, 1)
         super().__init__(
             run_id,
             output_dir,

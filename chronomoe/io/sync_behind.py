@@ -37,7 +37,7 @@ import os
 import threading
 from pathlib import Path
 
-from ..errors import InvalidInputError
+from ..errors import check_integer
 
 DEFAULT_BYTES_PER_SYNC = 8 * 2**20
 """Bytes appended to a file between background syncs when the writer syncs (``fsync=True``) and no other value is
@@ -48,13 +48,6 @@ logger = logging.getLogger(__name__)
 _datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
-def check_bytes_per_sync(bytes_per_sync: int) -> int:
-    """Refuse a ``bytes_per_sync`` that is not an integer >= 0 (bools refused too), naming it."""
-    if isinstance(bytes_per_sync, bool) or not isinstance(bytes_per_sync, int) or bytes_per_sync < 0:
-        raise InvalidInputError("bytes_per_sync", bytes_per_sync, "must be an integer >= 0 (0: no background sync)")
-    return bytes_per_sync
-
-
 class SyncBehind:
     """Background ``fdatasync`` of files every ``bytes_per_sync`` bytes appended (see the module docstring).
 
@@ -62,7 +55,7 @@ class SyncBehind:
     """
 
     def __init__(self, bytes_per_sync: int) -> None:
-        self.bytes_per_sync = check_bytes_per_sync(bytes_per_sync)
+        self.bytes_per_sync = check_integer("bytes_per_sync", bytes_per_sync, 0, " (0: no background sync)")
         self._unsynced: dict[Path, int] = {}  # bytes appended to each file since its last request
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)

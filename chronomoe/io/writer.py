@@ -49,13 +49,13 @@ from pydantic import BaseModel
 from chronomoe.controller import ControlDecision
 
 from ..alerts import AlertTransition
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, check_integer
 from ..events import RoutingEvent
 from ..snapshots import SystemSnapshot
 from .lines import open_for_append
 from .paths import ALERTS_FILE, DECISIONS_FILE, EVENTS_FILE, MANIFEST_FILE, SNAPSHOTS_FILE, check_run_id
 from .serialize import event_line, manifest_bytes, record_line
-from .sync_behind import DEFAULT_BYTES_PER_SYNC, SyncBehind, check_bytes_per_sync
+from .sync_behind import DEFAULT_BYTES_PER_SYNC, SyncBehind
 
 logger = logging.getLogger(__name__)
 
@@ -114,11 +114,10 @@ class TelemetryWriter:
         self.run_id = check_run_id(run_id)
         if bytes_per_sync is None:
             bytes_per_sync = DEFAULT_BYTES_PER_SYNC if fsync else 0
-        self._sync_behind = SyncBehind(check_bytes_per_sync(bytes_per_sync))
+        self._sync_behind = SyncBehind(bytes_per_sync)
         if on_error not in ON_ERROR_CHOICES:
             raise InvalidInputError("on_error", on_error, f"must be one of {', '.join(ON_ERROR_CHOICES)}")
-        if isinstance(max_pending_bytes, bool) or not isinstance(max_pending_bytes, int) or max_pending_bytes < 0:
-            raise InvalidInputError("max_pending_bytes", max_pending_bytes, "must be an integer >= 0")
+        check_integer("max_pending_bytes", max_pending_bytes, 0)
         self.run_dir = Path(output_dir) / run_id
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.events_path = self.run_dir / EVENTS_FILE
